@@ -1,13 +1,6 @@
 """Residual-stream capture: forward hooks record ``pre``, ``mid`` and ``post`` at every layer.
 
-Sites, in TransformerLens' terms ``blocks.{l}.hook_resid_{pre,mid,post}``:
-
-- ``pre``: the layer's input;
-- ``mid``: the residual after attention + skip, before the MLP block. Llama/Qwen2/Qwen3/Mistral: the input
-  of ``layers[l].post_attention_layernorm``; GPT-2: the input of ``h[l].ln_2``. BERT is post-LN and
-  never holds an un-normalised residual: its ``mid`` is the output of ``encoder.layer[l].attention.output``,
-  i.e. ``LayerNorm(attention(x) + x)``, the tensor the feed-forward block reads;
-- ``post``: the layer's output.
+Which module each stream is read from is defined in :mod:`geomcheck.sites`.
 
 Prompts are sorted by length, right-padded, and read at the last real token (or averaged over the
 real tokens), so a prompt's activations do not depend on its batch. Only the base model runs.
@@ -24,65 +17,13 @@ import torch
 from tqdm.auto import tqdm
 
 from geomcheck.accumulators import Moments
+from geomcheck.sites import STREAMS, Site, find_sites
 
-STREAMS = ("pre", "mid", "post")
 POSITIONS = ("last", "mean")
-PARALLEL_BLOCKS = {"gptj", "gpt_neox", "phi", "falcon", "cohere"}
-
-
-class StreamUnavailableError(ValueError):
-    """The architecture has no such site (e.g. no ``mid`` when attention and MLP run in parallel)."""
 
 
 class NonFiniteActivationError(FloatingPointError):
     """NaN or Inf in the residual stream; names the layer and stream."""
-
-
-@dataclass(frozen=True)
-class Site:
-    """One place to read: a module, and whether its input or its output is the stream."""
-
-    module: torch.nn.Module
-    read: str  # "input" | "output"
-
-
-def base_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformer body of a model with or without an LM head."""
-    return getattr(model, "base_model", model)
-
-
-def find_sites(model: torch.nn.Module, streams: Sequence[str] = STREAMS) -> dict[str, list[Site]]:
-    """Per stream, one site per layer, for the supported families."""
-    body = base_model(model)
-    model_type = getattr(model.config, "model_type", "")
-    if model_type == "bert":
-        layers = list(body.encoder.layer)
-        mids = [Site(layer.attention.output, "output") for layer in layers]
-    elif model_type == "gpt2":
-        layers = list(body.h)
-        mids = [Site(block.ln_2, "input") for block in layers]
-    elif hasattr(body, "layers"):
-        layers = list(body.layers)
-        mids = [Site(layer.post_attention_layernorm, "input") for layer in layers if hasattr(layer, "post_attention_layernorm")]
-    else:
-        raise StreamUnavailableError(f"architecture '{model_type}' is not supported: no list of layers found")
-    parallel = model_type in PARALLEL_BLOCKS and getattr(model.config, "use_parallel_residual", True)
-    sites: dict[str, list[Site]] = {}
-    for stream in streams:
-        if stream == "pre":
-            sites[stream] = [Site(layer, "input") for layer in layers]
-        elif stream == "post":
-            sites[stream] = [Site(layer, "output") for layer in layers]
-        elif stream == "mid":
-            if parallel or len(mids) != len(layers):
-                raise StreamUnavailableError(
-                    f"architecture '{model_type}' computes attention and MLP in parallel: there is no residual "
-                    "between them, so stream 'mid' does not exist. Use streams 'pre' and 'post'."
-                )
-            sites[stream] = mids
-        else:
-            raise StreamUnavailableError(f"unknown stream '{stream}'; choose from {', '.join(STREAMS)}")
-    return sites
 
 
 @dataclass

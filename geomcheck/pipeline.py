@@ -1,0 +1,227 @@
+"""One model's run, start to end: prompts → model → per-layer accumulators → geometry.
+
+The model is loaded lazily and at most once; activations and weight overlaps go through the on-disk
+cache, so a re-run with identical inputs loads no model at all.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import geomcheck
+from geomcheck import models
+from geomcheck.accumulators import Moments
+from geomcheck.cache import Arrays, ArrayCache, cache_key
+from geomcheck.capture import Capture, capture
+from geomcheck.geometry import Geometry, geometry_from_moments, geometry_from_samples
+from geomcheck.prompts import prompts_hash, resolve_prompts
+from geomcheck.sites import STREAMS, residual_writers
+from geomcheck.weights import overlap_matrix, top_left_singular_vectors
+
+MIN_PROMPTS = 2  # a variance needs two samples
+
+
+class PromptSetWarning(UserWarning):
+    """The two prompt sets are of very different sizes."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run a model; every field is a pytest option (see ``pytest --help``)."""
+
+    device: str = "cpu"
+    dtype: str | None = None
+    batch_size: int = 16
+    max_prompts: int | None = None
+    harmful: str | None = None
+    harmless: str | None = None
+    position: str = "last"
+    chat_template: bool | None = None
+    streams: tuple[str, ...] = STREAMS
+    n_boot: int = 200
+    seed: int = 0
+    top_k: int = 16
+    device_map: str | None = None
+    trust_remote_code: bool = False
+    cache_dir: Path = field(default_factory=models.default_cache_dir)
+    progress: bool = True
+
+
+class ModelRun:
+    """Lazily computed results for one model under one set of options."""
+
+    def __init__(self, name: str, options: RunOptions) -> None:
+        self.name = name
+        self.spec = models.resolve(name)
+        self.options = options
+        self.loads = 0
+        self.cache = ArrayCache(Path(options.cache_dir) / "activations")
+
+    @cached_property
+    def prompts(self) -> dict[str, list[str]]:
+        """Both prompt sets, cut to ``max_prompts`` and checked for size."""
+        sets = {
+            "harmful": resolve_prompts(self.options.harmful, "harmful"),
+            "harmless": resolve_prompts(self.options.harmless, "harmless"),
+        }
+        if self.options.max_prompts is not None:
+            sets = {k: v[: self.options.max_prompts] for k, v in sets.items()}
+        sizes = {k: len(v) for k, v in sets.items()}
+        for name, size in sizes.items():
+            if size < MIN_PROMPTS:
+                raise ValueError(
+                    f"the {name} set has {size} prompt(s); the statistics need at least {MIN_PROMPTS} per set. "
+                    "Add prompts or raise --max-prompts."
+                )
+        if max(sizes.values()) > 2 * min(sizes.values()):
+            warnings.warn(
+                f"prompt sets differ in size ({sizes['harmful']} harmful vs {sizes['harmless']} harmless): "
+                "the smaller set's variance is noisier; use sets of similar size.",
+                PromptSetWarning,
+                stacklevel=2,
+            )
+        return sets
+
+    @property
+    def chat_template(self) -> bool:
+        return self.spec.chat_template if self.options.chat_template is None else self.options.chat_template
+
+    @property
+    def dtype(self) -> str:
+        return self.options.dtype or self.spec.dtype
+
+    @cached_property
+    def loaded(self) -> models.LoadedModel:
+        """The model itself: loaded on first use only, counted so tests can assert it happens once."""
+        self.loads += 1
+        return models.load(
+            self.spec,
+            device=self.options.device,
+            dtype=self.options.dtype,
+            device_map=self.options.device_map,
+            trust_remote_code=self.options.trust_remote_code,
+            cache_dir=Path(self.options.cache_dir),
+        )
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What determines the weights: the model, its revision and dtype, and our version."""
+        return {
+            "model": self.name,
+            "source": self.spec.source,
+            "package": self.spec.pip,
+            "revision": self.spec.revision,
+            "dtype": self.dtype,
+            "geomcheck": geomcheck.__version__,
+        }
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """What produced the activations; stored with cache entries and baselines."""
+        return {
+            **self.identity,
+            "device": self.options.device,
+            "position": self.options.position,
+            "chat_template": self.chat_template,
+            "prompts_hash": prompts_hash(self.prompts["harmful"], self.prompts["harmless"]),
+            "n_prompts": {k: len(v) for k, v in self.prompts.items()},
+        }
+
+    @cached_property
+    def capture(self) -> Capture:
+        """Activations of both sets, from the cache when an identical run stored them."""
+
+        def compute() -> Arrays:
+            loaded = self.loaded
+            result = capture(
+                loaded.model,
+                loaded.tokenizer,
+                self.prompts,
+                streams=self.options.streams,
+                position=self.options.position,
+                batch_size=self.options.batch_size,
+                chat_template=self.chat_template,
+                keep_samples=True,
+                max_length=getattr(loaded.model.config, "max_position_embeddings", None),
+                progress=self.options.progress,
+            )
+            return capture_to_arrays(result)
+
+        fields = {k: v for k, v in self.meta.items() if k != "device"}
+        key = cache_key({"kind": "activations", **fields, "streams": self.options.streams})
+        arrays, _, _ = self.cache.get_or_compute(key, compute, self.meta)
+        return capture_from_arrays(arrays)
+
+    @cached_property
+    def geometry(self) -> Geometry:
+        """Statistics with bootstrap intervals (or point values only with ``n_boot=0``)."""
+        result = self.capture
+        if self.options.n_boot and result.samples is not None:
+            return geometry_from_samples(result.samples, n_boot=self.options.n_boot, seed=self.options.seed)
+        return geometry_from_moments(
+            {name: {s: (m.mean, m.variance()) for s, m in streams.items()} for name, streams in result.moments.items()}
+        )
+
+    @cached_property
+    def weights(self) -> WeightOverlap:
+        """Layers × layers overlap of the top-k output directions, per kind of writing matrix."""
+
+        def compute() -> Arrays:
+            bases: dict[str, list[np.ndarray]] = {}
+            for _, kind, weight in residual_writers(self.loaded.model):
+                bases.setdefault(kind, []).append(top_left_singular_vectors(weight, self.options.top_k))
+            arrays = {kind: overlap_matrix(b) for kind, b in bases.items()}
+            first = next(iter(bases.values()))[0]
+            arrays["shape"] = np.array(first.shape, dtype=np.int64)
+            return arrays
+
+        key = cache_key({"kind": "weights", **self.identity, "top_k": self.options.top_k})
+        arrays, _, _ = ArrayCache(Path(self.options.cache_dir) / "weights").get_or_compute(key, compute, self.identity)
+        d_model, k = (int(x) for x in arrays.pop("shape"))
+        return WeightOverlap(arrays, k=k, d_model=d_model)
+
+
+@dataclass(frozen=True)
+class WeightOverlap:
+    """Overlap matrices per writer kind (``attn_out``, ``mlp_out``), with the k and d that set chance."""
+
+    matrices: dict[str, np.ndarray]
+    k: int
+    d_model: int
+
+
+def capture_to_arrays(result: Capture) -> Arrays:
+    """Flatten a capture into named arrays for the cache."""
+    arrays: Arrays = {}
+    for name, streams in result.moments.items():
+        for stream, moments in streams.items():
+            arrays[f"{name}/{stream}/count"] = np.array([moments.count], dtype=np.int64)
+            arrays[f"{name}/{stream}/mean"] = moments.mean
+            arrays[f"{name}/{stream}/m2"] = moments.m2
+            if result.samples is not None:
+                arrays[f"{name}/{stream}/samples"] = result.samples[name][stream]
+    return arrays
+
+
+def capture_from_arrays(arrays: Arrays) -> Capture:
+    """Inverse of :func:`capture_to_arrays`."""
+    moments: dict[str, dict[str, Moments]] = {}
+    samples: dict[str, dict[str, np.ndarray]] = {}
+    for key in arrays:
+        name, stream, part = key.split("/")
+        if part == "mean":
+            moments.setdefault(name, {})[stream] = Moments.from_state(
+                int(arrays[f"{name}/{stream}/count"][0]), arrays[key], arrays[f"{name}/{stream}/m2"]
+            )
+        elif part == "samples":
+            samples.setdefault(name, {})[stream] = arrays[key]
+    first = next(iter(next(iter(moments.values())).values()))
+    n_layers, d_model = first.shape
+    return Capture(moments, samples if samples else None, n_layers, d_model)
+

@@ -1,0 +1,265 @@
+"""The pytest plugin: options, session-scoped model runs, fixtures, and the terminal summary.
+
+Thin glue: everything it hands to a check comes from :mod:`geomcheck.pipeline`. Each model is loaded and
+run at most once per session, however many checks read it.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from geomcheck import models
+from geomcheck.capture import POSITIONS
+from geomcheck.geometry import Geometry
+from geomcheck.pipeline import ModelRun, RunOptions, WeightOverlap
+from geomcheck.sites import STREAMS
+
+# name -> (help, type for the ini value, default). Each is a command-line option --<name> and an ini key
+# geomcheck_<name with underscores>; the command line wins.
+OPTIONS: dict[str, tuple[str, str, Any]] = {
+    "device": ("torch device to run on (cpu, cuda, cuda:1, mps)", "string", "cpu"),
+    "dtype": ("dtype for the model: float32, bfloat16 or float16 (default: the registry's)", "string", None),
+    "batch-size": ("prompts per forward pass", "string", "16"),
+    "max-prompts": ("use at most this many prompts of each set", "string", None),
+    "harmful": ("harmful prompt set: built-in name or a .txt/.jsonl/.csv file (file.csv:column)", "string", None),
+    "harmless": ("harmless prompt set: built-in name or a .txt/.jsonl/.csv file (file.jsonl:field)", "string", None),
+    "position": (f"token position to read: {' or '.join(POSITIONS)} (over real tokens)", "string", "last"),
+    "streams": ("comma-separated residual streams to check (pre,mid,post)", "string", ",".join(STREAMS)),
+    "n-boot": ("bootstrap resamples for the 95% intervals (0: point values only)", "string", "200"),
+    "seed": ("seed of the bootstrap", "string", "0"),
+    "top-k": ("singular vectors per weight matrix for the shared-directions check", "string", "16"),
+    "device-map": ("accelerate device map for models larger than one device, e.g. auto", "string", None),
+    "geomcheck-cache-dir": ("activation cache directory (default: $GEOMCHECK_CACHE or ~/.cache/geomcheck)", "string", None),
+    "artifacts-dir": ("where figures are written", "string", "geomcheck-artifacts"),
+    "thresholds": ("TOML file of check thresholds and per-model expected failures (default: shipped)", "string", None),
+}
+RUNS_KEY = pytest.StashKey["GeomcheckSession"]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("geomcheck", "geomcheck: activation-geometry checks")
+    group.addoption(
+        "--model",
+        action="append",
+        dest="geomcheck_models",
+        default=None,
+        metavar="NAME",
+        help="model to check: registry name or local directory; repeat for several (default: smollm2-135m)",
+    )
+    parser.addini("geomcheck_models", "models to check when --model is not given", type="linelist", default=["smollm2-135m"])
+    for name, (help_text, kind, default) in OPTIONS.items():
+        dest = "geomcheck_" + name.removeprefix("geomcheck-").replace("-", "_")
+        group.addoption(f"--{name}", dest=dest, default=None, help=f"{help_text} [ini: {dest}]")
+        parser.addini(dest, help_text, type=kind, default=default)
+    group.addoption(
+        "--trust-remote-code",
+        action="store_true",
+        dest="geomcheck_trust_remote_code",
+        help="allow models to run code from their repository (off unless the registry entry says so)",
+    )
+    group.addoption("--no-chat-template", action="store_true", dest="geomcheck_no_chat_template", help="feed prompts raw, without the chat template")
+
+
+def _setting(config: pytest.Config, name: str) -> Any:
+    dest = "geomcheck_" + name.removeprefix("geomcheck-").replace("-", "_")
+    value = config.getoption(dest)
+    return value if value is not None else config.getini(dest)
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value in (None, "") else int(value)
+
+
+def run_options(config: pytest.Config) -> RunOptions:
+    """The session's RunOptions from command line and ini."""
+    cache_dir = _setting(config, "geomcheck-cache-dir")
+    return RunOptions(
+        device=_setting(config, "device"),
+        dtype=_setting(config, "dtype") or None,
+        batch_size=int(_setting(config, "batch-size")),
+        max_prompts=_optional_int(_setting(config, "max-prompts")),
+        harmful=_setting(config, "harmful") or None,
+        harmless=_setting(config, "harmless") or None,
+        position=_setting(config, "position"),
+        chat_template=False if config.getoption("geomcheck_no_chat_template") else None,
+        streams=tuple(s.strip() for s in _setting(config, "streams").split(",") if s.strip()),
+        n_boot=int(_setting(config, "n-boot")),
+        seed=int(_setting(config, "seed")),
+        top_k=int(_setting(config, "top-k")),
+        device_map=_setting(config, "device-map") or None,
+        trust_remote_code=bool(config.getoption("geomcheck_trust_remote_code")),
+        cache_dir=Path(cache_dir) if cache_dir else models.default_cache_dir(),
+        progress=config.getoption("verbose") >= 0,
+    )
+
+
+def load_thresholds(path: str | None) -> dict[str, Any]:
+    """The shipped thresholds, or a user's file with the same layout."""
+    if path:
+        text = Path(path).read_text(encoding="utf-8")
+    else:
+        text = resources.files("geomcheck.data").joinpath("thresholds.toml").read_text(encoding="utf-8")
+    return tomllib.loads(text)
+
+
+@dataclass
+class Finding:
+    """One check's key figure, for the terminal summary."""
+
+    model: str
+    check: str
+    stream: str | None
+    text: str
+    outcome: str = "?"
+
+
+@dataclass
+class GeomcheckSession:
+    """Per pytest session: the model runs (one per model) and what the checks reported."""
+
+    models: list[str]
+    options: RunOptions
+    thresholds: dict[str, Any]
+    artifacts_dir: Path
+    runs: dict[str, ModelRun] = field(default_factory=dict)
+    findings: dict[str, Finding] = field(default_factory=dict)
+
+    def run(self, model: str) -> ModelRun:
+        if model not in self.runs:
+            self.runs[model] = ModelRun(model, self.options)
+        return self.runs[model]
+
+    def thresholds_for(self, check: str, model: str) -> dict[str, Any]:
+        merged = dict(self.thresholds.get(check, {}))
+        merged.update(self.thresholds.get("models", {}).get(model, {}).get(check, {}))
+        return merged
+
+    def expected_failure(self, check: str, model: str, stream: str | None) -> str | None:
+        table = self.thresholds.get("models", {}).get(model, {}).get("expected_failures", {})
+        return table.get(f"{check}[{stream}]") or table.get(check)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "geomcheck_streams(*streams): streams a check is parametrized over")
+    names = config.getoption("geomcheck_models") or config.getini("geomcheck_models")
+    for name in names:
+        try:
+            models.resolve(name)
+        except (models.UnknownModelError, models.ModelLoadError) as exc:
+            raise pytest.UsageError(str(exc)) from exc
+    config.stash[RUNS_KEY] = GeomcheckSession(
+        models=list(dict.fromkeys(names)),
+        options=run_options(config),
+        thresholds=load_thresholds(_setting(config, "thresholds")),
+        artifacts_dir=Path(_setting(config, "artifacts-dir")),
+    )
+
+
+def check_name(item: pytest.Item | pytest.Function) -> str:
+    """A check's name in thresholds and summaries: its function name without ``test_``."""
+    return getattr(item, "originalname", item.name).removeprefix("test_")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize checks over models (``[model]``) and, if they ask for ``stream``, streams (``[model-mid]``)."""
+    session = metafunc.config.stash[RUNS_KEY]
+    if "model_name" in metafunc.fixturenames:
+        metafunc.parametrize("model_name", session.models, ids=session.models, scope="session")
+    if "stream" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("geomcheck_streams")
+        streams = [s for s in session.options.streams if marker is None or s in marker.args]
+        metafunc.parametrize("stream", streams, ids=streams)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark per-model findings (hypotheses that do not hold) as strict expected failures."""
+    session = config.stash[RUNS_KEY]
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "model_name" not in params:
+            continue
+        reason = session.expected_failure(check_name(item), params["model_name"], params.get("stream"))
+        if reason:
+            item.add_marker(pytest.mark.xfail(reason=reason, strict=True))
+
+
+@pytest.fixture(scope="session")
+def geomcheck_session(request: pytest.FixtureRequest) -> GeomcheckSession:
+    """The session's model runs, options and thresholds."""
+    return request.config.stash[RUNS_KEY]
+
+
+@pytest.fixture(scope="session")
+def model_run(geomcheck_session: GeomcheckSession, model_name: str) -> ModelRun:
+    """One model's run (prompts, model, cache), shared by every check of the session."""
+    return geomcheck_session.run(model_name)
+
+
+@pytest.fixture(scope="session")
+def geometry(model_run: ModelRun) -> Geometry:
+    """Per-layer statistics with 95% bootstrap intervals, parametrized over --model."""
+    return model_run.geometry
+
+
+@pytest.fixture(scope="session")
+def activations(model_run: ModelRun) -> dict[str, dict[str, Any]]:
+    """Raw last-token activations: {set: {stream: array (prompts, layers, features)}}."""
+    samples = model_run.capture.samples
+    assert samples is not None, "activations were captured without samples"
+    return samples
+
+
+@pytest.fixture(scope="session")
+def weights(model_run: ModelRun) -> WeightOverlap:
+    """Layers × layers overlap of each layer's top-k residual-writing directions."""
+    return model_run.weights
+
+
+@pytest.fixture
+def thresholds(request: pytest.FixtureRequest, geomcheck_session: GeomcheckSession, model_name: str) -> dict[str, Any]:
+    """This check's thresholds for this model ([<check>] merged with [models.<model>.<check>])."""
+    return geomcheck_session.thresholds_for(check_name(request.node), model_name)
+
+
+@pytest.fixture
+def geomcheck_record(request: pytest.FixtureRequest, geomcheck_session: GeomcheckSession, record_property):
+    """Call with the check's key figure (a string); it goes to the terminal summary and the JUnit XML."""
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+
+    def record(text: str) -> None:
+        geomcheck_session.findings[request.node.nodeid] = Finding(
+            params.get("model_name", "?"), check_name(request.node), params.get("stream"), text
+        )
+        record_property("geomcheck", text)
+
+    return record
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    finding = item.config.stash[RUNS_KEY].findings.get(item.nodeid)
+    if finding is not None and report.when == "call":
+        finding.outcome = "xfail" if hasattr(report, "wasxfail") else report.outcome
+    return report
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    session = config.stash.get(RUNS_KEY, None)
+    if session is None or not (session.findings or session.runs):
+        return
+    terminalreporter.section("geomcheck")
+    grouped: dict[tuple[str, str], list[Finding]] = {}
+    for finding in session.findings.values():
+        grouped.setdefault((finding.model, finding.check), []).append(finding)
+    for (model, check), findings in grouped.items():
+        parts = [f"{f.stream + ': ' if f.stream else ''}{f.text} [{f.outcome}]" for f in findings]
+        terminalreporter.write_line(f"{model:<18} {check:<26} " + " | ".join(parts))
+    for name, run in session.runs.items():
+        terminalreporter.write_line(f"{name}: model loaded {run.loads}×" + (" (all from cache)" if run.loads == 0 else ""))

@@ -1,0 +1,100 @@
+"""Hypothesis 4: weight matrices of different layers write into shared
+directions of the residual stream.
+
+Each layer's writing matrix is summarised by the span of its top left
+singular vectors (the residual-stream directions it writes most strongly);
+layers are compared by the overlap of those subspaces against the overlap
+that unrelated random subspaces would have by chance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def top_left_singular_vectors(weight: np.ndarray, k: int) -> np.ndarray:
+    """Orthonormal ``(d_model, k)`` basis of the directions ``weight`` writes most.
+
+    ``weight`` is laid out out x in, ``(d_model, d_in)``, and writes into the
+    residual stream (attention output projection, MLP down projection), so its
+    left singular vectors live in the residual stream.  The SVD runs in
+    float64 because half-precision weights give non-orthonormal bases.  ``k``
+    is capped at ``min(weight.shape)``, the rank the matrix can have.
+    """
+    weight = np.asarray(weight, dtype=np.float64)
+    if weight.ndim != 2:
+        raise ValueError(f"weight must be a (d_model, d_in) matrix; got shape {weight.shape}")
+    if k < 1:
+        raise ValueError(f"k must be at least 1; got {k}")
+    u, _, _ = np.linalg.svd(weight, full_matrices=False)
+    return u[:, : min(k, min(weight.shape))]
+
+
+def subspace_overlap(u: np.ndarray, v: np.ndarray) -> float:
+    """Mean squared cosine of the principal angles between two k-dim subspaces.
+
+    With orthonormal bases ``u`` and ``v`` of shape ``(d, k)`` this is
+    ``||uᵀv||_F² / k``: 1 for the same subspace, 0 for orthogonal ones, and
+    in expectation ``k / d`` for independent uniformly random subspaces of
+    R^d, which is the chance level to compare against.
+    """
+    u = np.asarray(u, dtype=np.float64)
+    v = np.asarray(v, dtype=np.float64)
+    if u.ndim != 2 or u.shape != v.shape:
+        raise ValueError(f"bases must be (d, k) of equal shape; got {u.shape} and {v.shape}")
+    return float(np.sum((u.T @ v) ** 2) / u.shape[1])
+
+
+def overlap_matrix(bases: Sequence[np.ndarray]) -> np.ndarray:
+    """Symmetric ``(L, L)`` matrix of pairwise :func:`subspace_overlap`.
+
+    The diagonal is set to exactly 1 (a subspace with itself) so rounding in
+    ``uᵀu`` does not leak into summaries.
+    """
+    size = len(bases)
+    matrix = np.eye(size)
+    for i in range(size):
+        for j in range(i + 1, size):
+            matrix[i, j] = matrix[j, i] = subspace_overlap(bases[i], bases[j])
+    return matrix
+
+
+def random_overlap(k: int, d: int) -> float:
+    """Chance level ``k / d`` of :func:`subspace_overlap` for random subspaces."""
+    if not 1 <= k <= d:
+        raise ValueError(f"need 1 <= k <= d; got k={k}, d={d}")
+    return k / d
+
+
+@dataclass(frozen=True)
+class OverlapSummary:
+    """Overlap between layers against chance: ``ratio`` well above 1 means
+    layers share directions beyond what random subspaces would."""
+
+    mean_offdiag: float
+    mean_adjacent: float
+    chance: float
+    ratio: float
+
+
+def summarize_overlap(matrix: np.ndarray, k: int, d: int) -> OverlapSummary:
+    """Mean overlap over all pairs of distinct layers and over neighbours.
+
+    Adjacent layers are reported apart because shared directions between
+    neighbours alone would point to a local rather than a global structure.
+    """
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] < 2:
+        raise ValueError(f"need a square overlap matrix of at least 2 layers; got {matrix.shape}")
+    offdiag = ~np.eye(matrix.shape[0], dtype=bool)
+    chance = random_overlap(k, d)
+    mean_offdiag = float(matrix[offdiag].mean())
+    return OverlapSummary(
+        mean_offdiag=mean_offdiag,
+        mean_adjacent=float(np.diagonal(matrix, offset=1).mean()),
+        chance=chance,
+        ratio=mean_offdiag / chance,
+    )

@@ -1,0 +1,293 @@
+"""Example-based tests of geomcheck.stats and geomcheck.weights on inputs
+whose answers are known in closed form."""
+
+import math
+
+import numpy as np
+import pytest
+
+from geomcheck.stats import (
+    STAT_NAMES,
+    GrowthFit,
+    Interval,
+    bootstrap,
+    cosine_trend,
+    growth_fit,
+    mean_cosine,
+    separation,
+    statistics_from_moments,
+    statistics_from_samples,
+)
+from geomcheck.weights import (
+    overlap_matrix,
+    random_overlap,
+    subspace_overlap,
+    summarize_overlap,
+    top_left_singular_vectors,
+)
+
+
+def test_cosine_of_identical_orthogonal_and_opposite_vectors():
+    a = np.array([[1.0, 2.0, 3.0], [1.0, 0.0, 0.0], [1.0, -1.0, 2.0]])
+    b = np.array([[1.0, 2.0, 3.0], [0.0, 5.0, 0.0], [-2.0, 2.0, -4.0]])
+    np.testing.assert_allclose(mean_cosine(a, b), [1.0, 0.0, -1.0], atol=1e-12)
+
+
+def test_cosine_with_a_zero_vector_is_nan():
+    result = mean_cosine(np.array([[0.0, 0.0], [1.0, 0.0]]), np.array([[1.0, 1.0], [0.0, 0.0]]))
+    assert np.isnan(result).all()
+
+
+def test_statistics_from_samples_on_known_values():
+    # Two layers, two features. Harmful prompts differ only along feature 0
+    # (variance 2 with ddof=1), harmless only along feature 1 (variance 8).
+    P = np.array([[[1.0, 1.0], [0.0, 1.0]], [[3.0, 1.0], [2.0, 1.0]]])
+    N = np.array([[[1.0, -1.0], [1.0, 0.0]], [[1.0, 3.0], [1.0, 4.0]]])
+    stats = statistics_from_samples(P, N)
+    assert tuple(stats) == STAT_NAMES
+    np.testing.assert_allclose(stats["var_mean/harmful"], [1.0, 1.0])
+    np.testing.assert_allclose(stats["var_max/harmful"], [2.0, 2.0])
+    np.testing.assert_allclose(stats["var_mean/harmless"], [4.0, 4.0])
+    np.testing.assert_allclose(stats["var_max/harmless"], [8.0, 8.0])
+    # Means: P -> (2, 1) and (1, 1); N -> (1, 1) and (1, 2).
+    expected = [3 / (math.sqrt(5) * math.sqrt(2)), 3 / (math.sqrt(2) * math.sqrt(5))]
+    np.testing.assert_allclose(stats["cosine"], expected)
+
+
+def test_statistics_from_moments_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="same"):
+        statistics_from_moments(np.ones((2, 3)), np.ones((2, 3)), np.ones((2, 4)), np.ones((2, 4)))
+
+
+@pytest.mark.parametrize(("n", "m"), [(1, 5), (5, 1)])
+def test_too_few_prompts_for_a_variance(n, m):
+    with pytest.raises(ValueError, match="at least 2 prompts per set"):
+        statistics_from_samples(np.ones((n, 3, 4)), np.ones((m, 3, 4)))
+
+
+def test_growth_fit_on_exact_exponential():
+    fit = growth_fit(1.5 ** np.arange(12))
+    assert fit.rate == pytest.approx(1.5)
+    assert fit.slope == pytest.approx(math.log(1.5))
+    assert fit.intercept == pytest.approx(0.0, abs=1e-12)
+    assert fit.r2 == pytest.approx(1.0)
+    assert fit.excluded == ()
+    assert fit.outliers == ()
+    assert fit.describe_outliers() == "no layer"
+
+
+def test_growth_fit_excludes_a_leading_exact_zero_without_nan():
+    values = 2.0 ** np.arange(10)
+    values[0] = 0.0  # chat template: every prompt ends in the same tokens
+    fit = growth_fit(values)
+    assert fit.excluded == (0,)
+    assert np.isnan(fit.residuals[0])
+    assert np.isfinite(fit.residuals[1:]).all()
+    assert math.isfinite(fit.rate) and math.isfinite(fit.r2)
+    assert fit.rate == pytest.approx(2.0)
+    assert fit.r2 == pytest.approx(1.0)
+
+
+def test_growth_fit_excludes_negative_and_non_finite_values():
+    values = 3.0 ** np.arange(8)
+    values[[2, 5, 7]] = [-1.0, np.nan, np.inf]
+    fit = growth_fit(values)
+    assert fit.excluded == (2, 5, 7)
+    assert fit.rate == pytest.approx(3.0)
+
+
+def test_growth_fit_flags_a_single_spiked_layer():
+    values = 1.5 ** np.arange(20)
+    values[10] *= 50.0
+    fit = growth_fit(values)
+    assert fit.outliers == (10,)
+    assert fit.describe_outliers() == "layer 10"
+    assert fit.r2 < 1.0
+
+
+def test_growth_fit_flags_a_block_of_layers_as_a_range():
+    values = 1.2 ** np.arange(24)
+    values[[9, 10, 11, 17]] *= 40.0
+    fit = growth_fit(values)
+    assert fit.outliers == (9, 10, 11, 17)
+    assert fit.describe_outliers() == "layers 9\u201311, 17"
+
+
+def test_describe_outliers_formats_runs_with_an_en_dash():
+    fit = GrowthFit(
+        rate=1.0,
+        slope=0.0,
+        intercept=0.0,
+        r2=1.0,
+        residuals=np.zeros(30),
+        excluded=(),
+        outliers=(14, 15, 16, 17, 18, 22),
+    )
+    assert fit.describe_outliers() == "layers 14\u201318, 22"
+
+
+def test_growth_fit_on_constant_values_has_r2_one():
+    fit = growth_fit(np.full(6, 4.0))
+    assert fit.rate == pytest.approx(1.0)
+    assert fit.r2 == 1.0
+    assert fit.outliers == ()
+
+
+def test_growth_fit_needs_three_usable_layers():
+    with pytest.raises(ValueError, match="2 of 4 are usable"):
+        growth_fit(np.array([0.0, 1.0, np.nan, 2.0]))
+
+
+def test_bootstrap_interval_contains_the_estimate_of_a_biased_statistic():
+    # Resampling with replacement almost always repeats a prompt, so the
+    # replicates' count of distinct prompts sits below the estimate: the
+    # percentile interval alone would exclude the observed value.
+    rng = np.random.default_rng(1)
+    P = rng.standard_normal((12, 2, 3))
+    N = rng.standard_normal((9, 2, 3))
+
+    def distinct(p, n):
+        return {"distinct": float(len(np.unique(p.reshape(len(p), -1), axis=0)))}
+
+    interval = bootstrap(P, N, distinct, n_boot=100)["distinct"]
+    assert interval.high == 12.0
+    assert interval.low < 12.0
+
+
+def test_bootstrap_intervals_cover_every_statistic_per_layer():
+    rng = np.random.default_rng(2)
+    P = rng.standard_normal((20, 4, 5)) + 1.0
+    N = rng.standard_normal((15, 4, 5))
+    estimate = statistics_from_samples(P, N)
+    intervals = bootstrap(P, N, statistics_from_samples, n_boot=50, seed=3)
+    assert set(intervals) == set(STAT_NAMES)
+    for key, value in estimate.items():
+        assert intervals[key].low.shape == (4,)
+        assert np.all(intervals[key].low <= value) and np.all(value <= intervals[key].high)
+        assert np.all(intervals[key].low < intervals[key].high)
+
+
+def test_bootstrap_is_reproducible_for_a_seed():
+    rng = np.random.default_rng(4)
+    P, N = rng.standard_normal((10, 2, 3)), rng.standard_normal((10, 2, 3))
+    first = bootstrap(P, N, statistics_from_samples, n_boot=20, seed=7)
+    second = bootstrap(P, N, statistics_from_samples, n_boot=20, seed=7)
+    for key in STAT_NAMES:
+        np.testing.assert_array_equal(first[key].low, second[key].low)
+        np.testing.assert_array_equal(first[key].high, second[key].high)
+
+
+def test_separation_of_clearly_separated_curves():
+    pre = np.array([1.0, 2.0, 4.0, 8.0])
+    mid = 3.0 * pre
+    result = separation(pre, mid, Interval(0.9 * pre, 1.1 * pre), Interval(0.9 * mid, 1.1 * mid))
+    assert result.mean_log_ratio == pytest.approx(math.log(3.0))
+    assert result.fraction_separated == 1.0
+    assert result.separated_layers == (0, 1, 2, 3)
+    assert result.compared_layers == (0, 1, 2, 3)
+
+
+def test_separation_of_coinciding_curves():
+    pre = np.array([1.0, 2.0, 4.0])
+    result = separation(pre, pre.copy(), Interval(0.5 * pre, 2 * pre), Interval(0.5 * pre, 2 * pre))
+    assert result.mean_log_ratio == pytest.approx(0.0)
+    assert result.fraction_separated == 0.0
+    assert result.separated_layers == ()
+
+
+def test_separation_compares_a_zero_layer_but_leaves_it_out_of_the_log_ratio():
+    pre = np.array([0.0, 1.0, 2.0])
+    mid = np.array([1.0, 2.0, 4.0])
+    result = separation(
+        pre,
+        mid,
+        Interval(np.array([0.0, 0.9, 1.9]), np.array([0.0, 1.1, 2.1])),
+        Interval(np.array([0.8, 1.9, 3.9]), np.array([1.2, 2.1, 4.1])),
+    )
+    assert result.mean_log_ratio == pytest.approx(math.log(2.0))
+    assert result.separated_layers == (0, 1, 2)
+    assert result.compared_layers == (0, 1, 2)
+
+
+def test_cosine_trend_on_a_decreasing_series():
+    trend = cosine_trend(np.array([0.9, 0.8, 0.5, 0.45, 0.1]))
+    assert trend.spearman == pytest.approx(-1.0)
+    assert trend.slope < 0
+
+
+def test_cosine_trend_averages_tied_ranks_and_drops_nan():
+    # Ranks of (1, 2, 2, 3) are (1, 2.5, 2.5, 4); Pearson with (1, 2, 3, 4)
+    # is 4.5 / sqrt(5 * 4.5).
+    trend = cosine_trend(np.array([1.0, 2.0, np.nan, 2.0, 3.0]))
+    assert trend.spearman == pytest.approx(4.5 / math.sqrt(5 * 4.5))
+    assert trend.slope > 0
+
+
+def test_cosine_trend_of_constant_values_is_no_trend():
+    assert cosine_trend(np.full(5, 0.3)) == cosine_trend(np.array([0.3, 0.3]))
+    assert cosine_trend(np.full(5, 0.3)).spearman == 0.0
+    assert cosine_trend(np.full(5, 0.3)).slope == 0.0
+
+
+def test_cosine_trend_needs_two_finite_values():
+    with pytest.raises(ValueError, match="at least 2 finite values"):
+        cosine_trend(np.array([np.nan, 0.5, np.nan]))
+
+
+def test_subspace_overlap_of_identical_and_orthogonal_bases():
+    basis = np.eye(6)
+    assert subspace_overlap(basis[:, :2], basis[:, :2]) == pytest.approx(1.0)
+    assert subspace_overlap(basis[:, :2], basis[:, 2:4]) == pytest.approx(0.0)
+    # Half of the second subspace lies in the first.
+    assert subspace_overlap(basis[:, :2], basis[:, 1:3]) == pytest.approx(0.5)
+
+
+def test_top_left_singular_vectors_span_the_written_directions():
+    rng = np.random.default_rng(5)
+    d_model, d_in, k = 10, 7, 3
+    written = np.linalg.qr(rng.standard_normal((d_model, k)))[0]
+    weight = written @ rng.standard_normal((k, d_in))  # writes only into `written`
+    basis = top_left_singular_vectors(weight, k)
+    assert basis.shape == (d_model, k)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(k), atol=1e-12)
+    assert subspace_overlap(basis, written) == pytest.approx(1.0)
+
+
+def test_top_left_singular_vectors_caps_k_and_rejects_k_below_one():
+    weight = np.ones((8, 3))
+    assert top_left_singular_vectors(weight, 10).shape == (8, 3)
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        top_left_singular_vectors(weight, 0)
+
+
+def test_random_overlap_matches_monte_carlo_mean():
+    rng = np.random.default_rng(6)
+    k, d = 5, 40
+    samples = [
+        subspace_overlap(
+            np.linalg.qr(rng.standard_normal((d, k)))[0],
+            np.linalg.qr(rng.standard_normal((d, k)))[0],
+        )
+        for _ in range(400)
+    ]
+    assert random_overlap(k, d) == k / d
+    assert np.mean(samples) == pytest.approx(k / d, abs=0.01)
+
+
+def test_overlap_matrix_and_summary():
+    basis = np.eye(8)
+    bases = [basis[:, :2], basis[:, 1:3], basis[:, 4:6]]
+    matrix = overlap_matrix(bases)
+    np.testing.assert_allclose(
+        matrix, [[1.0, 0.5, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 1.0]], atol=1e-12
+    )
+    summary = summarize_overlap(matrix, k=2, d=8)
+    assert summary.mean_offdiag == pytest.approx(1 / 6)
+    assert summary.mean_adjacent == pytest.approx(0.25)
+    assert summary.chance == pytest.approx(0.25)
+    assert summary.ratio == pytest.approx((1 / 6) / 0.25)
+
+
+def test_summarize_overlap_needs_two_layers():
+    with pytest.raises(ValueError, match="at least 2 layers"):
+        summarize_overlap(np.eye(1), k=1, d=4)
