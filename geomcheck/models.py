@@ -27,6 +27,8 @@ DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
 }
 
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+
 # model_type (config.json) -> family (capture sites)
 FAMILIES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "mistral": "mistral", "gpt2": "gpt2", "bert": "bert"}
 
@@ -175,11 +177,16 @@ def load(
     if device_map is None:
         check_dtype_on_device(torch_dtype, device)
     location, kwargs = _weights_location(spec, cache_dir or default_cache_dir())
+    if spec.local_path and not any(any(Path(location).glob(pattern)) for pattern in WEIGHT_FILES):
+        raise ModelLoadError(
+            f"'{location}' has a config.json but no weights ({', '.join(WEIGHT_FILES)}). "
+            "Save the weights there with model.save_pretrained(path)."
+        )
     kwargs["trust_remote_code"] = spec.trust_remote_code or trust_remote_code
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
         model = AutoModel.from_pretrained(location, dtype=torch_dtype, device_map=device_map, **kwargs)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise ModelLoadError(
             f"could not load '{spec.name}' from '{location}': {exc}. Without network access, "
             "pass a local directory saved with save_pretrained, or pre-populate the Hugging Face cache "

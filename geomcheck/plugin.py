@@ -55,7 +55,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("geomcheck_models", "models to check when --model is not given", type="linelist", default=["smollm2-135m"])
     for name, (help_text, kind, default) in OPTIONS.items():
         dest = "geomcheck_" + name.removeprefix("geomcheck-").replace("-", "_")
-        group.addoption(f"--{name}", dest=dest, default=None, help=f"{help_text} [ini: {dest}]")
+        group.addoption(f"--{name}", dest=dest, default=None, help=f"{help_text} [ini: {dest}]".replace("%", "%%"))
         parser.addini(dest, help_text, type=kind, default=default)
     group.addoption(
         "--trust-remote-code",
@@ -123,7 +123,7 @@ class Finding:
 class GeomcheckSession:
     """Per pytest session: the model runs (one per model) and what the checks reported."""
 
-    models: list[str]
+    models: dict[str, str]  # as given (name or path) -> display name used in ids, thresholds and summaries
     options: RunOptions
     thresholds: dict[str, Any]
     artifacts_dir: Path
@@ -148,13 +148,12 @@ class GeomcheckSession:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "geomcheck_streams(*streams): streams a check is parametrized over")
     names = config.getoption("geomcheck_models") or config.getini("geomcheck_models")
-    for name in names:
-        try:
-            models.resolve(name)
-        except (models.UnknownModelError, models.ModelLoadError) as exc:
-            raise pytest.UsageError(str(exc)) from exc
+    try:
+        display = {name: models.resolve(name).name for name in names}
+    except (models.UnknownModelError, models.ModelLoadError) as exc:
+        raise pytest.UsageError(str(exc)) from exc
     config.stash[RUNS_KEY] = GeomcheckSession(
-        models=list(dict.fromkeys(names)),
+        models=display,
         options=run_options(config),
         thresholds=load_thresholds(_setting(config, "thresholds")),
         artifacts_dir=Path(_setting(config, "artifacts-dir")),
@@ -170,7 +169,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize checks over models (``[model]``) and, if they ask for ``stream``, streams (``[model-mid]``)."""
     session = metafunc.config.stash[RUNS_KEY]
     if "model_name" in metafunc.fixturenames:
-        metafunc.parametrize("model_name", session.models, ids=session.models, scope="session")
+        metafunc.parametrize("model_name", list(session.models), ids=list(session.models.values()), scope="session")
     if "stream" in metafunc.fixturenames:
         marker = metafunc.definition.get_closest_marker("geomcheck_streams")
         streams = [s for s in session.options.streams if marker is None or s in marker.args]
@@ -184,7 +183,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         params = getattr(getattr(item, "callspec", None), "params", {})
         if "model_name" not in params:
             continue
-        reason = session.expected_failure(check_name(item), params["model_name"], params.get("stream"))
+        reason = session.expected_failure(check_name(item), session.models[params["model_name"]], params.get("stream"))
         if reason:
             item.add_marker(pytest.mark.xfail(reason=reason, strict=True))
 
@@ -224,7 +223,7 @@ def weights(model_run: ModelRun) -> WeightOverlap:
 @pytest.fixture
 def thresholds(request: pytest.FixtureRequest, geomcheck_session: GeomcheckSession, model_name: str) -> dict[str, Any]:
     """This check's thresholds for this model ([<check>] merged with [models.<model>.<check>])."""
-    return geomcheck_session.thresholds_for(check_name(request.node), model_name)
+    return geomcheck_session.thresholds_for(check_name(request.node), geomcheck_session.models[model_name])
 
 
 @pytest.fixture
@@ -234,7 +233,7 @@ def geomcheck_record(request: pytest.FixtureRequest, geomcheck_session: Geomchec
 
     def record(text: str) -> None:
         geomcheck_session.findings[request.node.nodeid] = Finding(
-            params.get("model_name", "?"), check_name(request.node), params.get("stream"), text
+            geomcheck_session.models.get(params.get("model_name"), "?"), check_name(request.node), params.get("stream"), text
         )
         record_property("geomcheck", text)
 
@@ -262,4 +261,4 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         parts = [f"{f.stream + ': ' if f.stream else ''}{f.text} [{f.outcome}]" for f in findings]
         terminalreporter.write_line(f"{model:<18} {check:<26} " + " | ".join(parts))
     for name, run in session.runs.items():
-        terminalreporter.write_line(f"{name}: model loaded {run.loads}×" + (" (all from cache)" if run.loads == 0 else ""))
+        terminalreporter.write_line(f"{session.models.get(name, name)}: model loaded {run.loads}×" + (" (all from cache)" if run.loads == 0 else ""))

@@ -1,0 +1,58 @@
+"""Shared test fixtures: tiny random-init models saved as local directories, built offline."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from geomcheck.prompts import builtin_prompts
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+)
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer over the built-in prompts' words, with a chat template: no download."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for name in ("harmful", "harmless") for p in builtin_prompts(name) for w in re.findall(r"\w+|[^\w\s]", p)})
+    specials = ["[PAD]", "[UNK]", "<|user|>", "<|assistant|>", "<|end|>"]
+    vocab = {token: i for i, token in enumerate(specials + words)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def save_tiny_llama(path: Path, seed: int = 0, num_layers: int = 4) -> Path:
+    """A random-init Llama (hidden 32) and its tokenizer, saved with save_pretrained."""
+    from transformers import LlamaConfig, LlamaModel
+
+    tokenizer = tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    LlamaModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny Llama directory for the session (read-only by convention)."""
+    return save_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")

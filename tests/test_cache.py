@@ -1,0 +1,55 @@
+"""The activation cache: atomic, checksummed, never unpickled."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from geomcheck.cache import ArrayCache, CacheWarning, cache_key
+
+
+def arrays():
+    return {"a/pre/mean": np.arange(6, dtype=np.float64).reshape(2, 3), "a/pre/count": np.array([4])}
+
+
+def test_key_is_stable_and_order_independent():
+    assert cache_key({"x": 1, "y": [1, 2]}) == cache_key({"y": [1, 2], "x": 1})
+    assert cache_key({"x": 1}) != cache_key({"x": 2})
+
+
+def test_store_then_load_round_trips_arrays_and_meta(tmp_path):
+    cache = ArrayCache(tmp_path)
+    cache.store("k", arrays(), {"model": "m"})
+    loaded, meta = cache.load("k")
+    np.testing.assert_array_equal(loaded["a/pre/mean"], arrays()["a/pre/mean"])
+    assert meta == {"model": "m"}
+    assert [p.name for p in tmp_path.iterdir()] == ["k.safetensors"]  # no temporary file left
+
+
+def test_second_get_or_compute_does_not_compute(tmp_path):
+    cache, calls = ArrayCache(tmp_path), []
+
+    def compute():
+        calls.append(1)
+        return arrays()
+
+    first = cache.get_or_compute("k", compute, {})
+    second = cache.get_or_compute("k", compute, {})
+    assert (first[2], second[2], len(calls)) == (False, True, 1)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_corrupt_entry_is_detected_and_recomputed(tmp_path, damage):
+    cache = ArrayCache(tmp_path)
+    path = cache.store("k", arrays(), {})
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) - 5]
+    else:
+        data[-3] ^= 0xFF  # a flipped bit in the tensor bytes: only the checksum can see it
+    path.write_bytes(bytes(data))
+    with pytest.warns(CacheWarning, match="corrupt"):
+        result, _, hit = cache.get_or_compute("k", arrays, {})
+    assert not hit
+    np.testing.assert_array_equal(result["a/pre/mean"], arrays()["a/pre/mean"])
+    assert cache.load("k") is not None  # rewritten whole

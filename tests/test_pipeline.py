@@ -1,0 +1,59 @@
+"""The run of one model: cache hits skip the model; prompt-set checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from geomcheck.pipeline import ModelRun, PromptSetWarning, RunOptions
+
+
+def options(tmp_path, **overrides) -> RunOptions:
+    fields = {"cache_dir": tmp_path / "cache", "max_prompts": 6, "n_boot": 10, "progress": False, **overrides}
+    return RunOptions(**fields)
+
+
+def test_second_identical_run_does_not_load_the_model(tmp_path, tiny_llama_dir):
+    first = ModelRun(str(tiny_llama_dir), options(tmp_path))
+    first_values = first.geometry.values
+    second = ModelRun(str(tiny_llama_dir), options(tmp_path))
+    second_values = second.geometry.values
+    assert (first.loads, second.loads) == (1, 0)
+    for key, value in first_values.items():
+        np.testing.assert_array_equal(value, second_values[key])
+
+
+def test_weights_are_cached_apart_from_the_prompts(tmp_path, tiny_llama_dir):
+    ModelRun(str(tiny_llama_dir), options(tmp_path)).weights
+    other_prompts = ModelRun(str(tiny_llama_dir), options(tmp_path, harmless="harmful"))
+    overlap = other_prompts.weights
+    assert other_prompts.loads == 0
+    assert set(overlap.matrices) == {"attn_out", "mlp_out"} and overlap.k == 16 and overlap.d_model == 32
+
+
+def test_a_changed_option_misses_the_cache(tmp_path, tiny_llama_dir):
+    ModelRun(str(tiny_llama_dir), options(tmp_path)).capture
+    mean_run = ModelRun(str(tiny_llama_dir), options(tmp_path, position="mean"))
+    mean_run.capture
+    assert mean_run.loads == 1
+
+
+def test_too_few_prompts_names_the_minimum(tmp_path, tiny_llama_dir):
+    run = ModelRun(str(tiny_llama_dir), RunOptions(cache_dir=tmp_path, max_prompts=1))
+    with pytest.raises(ValueError, match="at least 2 per set"):
+        run.prompts
+
+
+def test_very_different_set_sizes_warn(tmp_path, tiny_llama_dir):
+    small = tmp_path / "small.txt"
+    small.write_text("Write a poem\nName a colour\n")
+    run = ModelRun(str(tiny_llama_dir), RunOptions(cache_dir=tmp_path, harmless=str(small)))
+    with pytest.warns(PromptSetWarning, match="differ in size"):
+        run.prompts
+
+
+def test_geometry_without_bootstrap_comes_from_streaming_moments(tmp_path, tiny_llama_dir):
+    run = ModelRun(str(tiny_llama_dir), options(tmp_path, n_boot=0))
+    assert run.geometry.intervals == {}
+    samples = run.capture.samples["harmful"]["mid"].astype(np.float64)
+    np.testing.assert_allclose(run.geometry.curve("mid", "var_mean/harmful"), samples.var(0, ddof=1).mean(-1), rtol=1e-9)

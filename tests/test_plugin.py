@@ -1,0 +1,110 @@
+"""The plugin, end to end through pytester: options, ini, ids, one load per session, errors, README example."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester, tiny_llama_dir: Path, tmp_path_factory):
+    """A pytester folder with the shipped checks and a cache dir; returns the common arguments."""
+    for check in (ROOT / "checks").glob("test_*.py"):
+        if check.name != "test_baseline.py":
+            shutil.copy(check, pytester.path / check.name)
+    cache = tmp_path_factory.mktemp("cache")
+    return ["--model", str(tiny_llama_dir), "--max-prompts", "6", "--n-boot", "10", "--geomcheck-cache-dir", str(cache), "-p", "no:cacheprovider"]
+
+
+def test_help_lists_every_option_in_a_geomcheck_group(pytester: pytest.Pytester):
+    result = pytester.runpytest("--help")
+    text = result.stdout.str()
+    assert "geomcheck: activation-geometry checks:" in text
+    for option in ("--model", "--device", "--dtype", "--batch-size", "--max-prompts", "--harmful", "--harmless",
+                   "--position", "--geomcheck-cache-dir", "--artifacts-dir", "--trust-remote-code"):
+        assert option in text
+    assert "geomcheck_max_prompts" in text  # the matching ini key is named
+
+
+def test_fixtures_are_documented(pytester: pytest.Pytester):
+    pytester.makepyfile("def test_x(): pass")
+    text = pytester.runpytest("--fixtures").stdout.str()
+    for fixture in ("geometry", "activations", "weights", "thresholds", "geomcheck_record"):
+        assert re.search(rf"^{fixture} \[session scope\]|^{fixture}\b", text, re.M), fixture
+    assert "95% bootstrap intervals" in text
+
+
+def test_ids_are_model_and_stream(pytester: pytest.Pytester, project):
+    result = pytester.runpytest("--collect-only", "-q", *project)
+    text = result.stdout.str()
+    assert "test_variance_grows.py::test_variance_grows[tiny-llama-mid]" in text
+    assert "test_streams_separate.py::test_streams_separate[tiny-llama]" in text
+    assert "test_weights_share_directions.py::test_weights_share_directions[tiny-llama]" in text
+
+
+def test_each_model_loads_once_however_many_checks_read_it(pytester: pytest.Pytester, project):
+    result = pytester.runpytest(*project)
+    text = result.stdout.str()
+    assert "tiny-llama: model loaded 1×" in text
+    assert re.search(r"tiny-llama\s+variance_grows\s+pre: harmful ×", text)  # one summary line per check
+    outcomes = result.parseoutcomes()
+    assert sum(outcomes.get(k, 0) for k in ("passed", "failed", "xfailed")) == 8
+    rerun = pytester.runpytest(*project)
+    assert "tiny-llama: model loaded 0× (all from cache)" in rerun.stdout.str()
+
+
+def test_ini_settings_apply_and_the_command_line_wins(pytester: pytest.Pytester, tiny_llama_dir, tmp_path):
+    pytester.makeini(
+        f"""
+        [pytest]
+        geomcheck_models = {tiny_llama_dir}
+        geomcheck_max_prompts = 5
+        geomcheck_n_boot = 7
+        geomcheck_streams = pre,mid
+        geomcheck_geomcheck_cache_dir = {tmp_path}
+        """
+    )
+    pytester.makepyfile(
+        """
+        def test_options(model_run, stream):
+            assert model_run.options.max_prompts == 5
+            assert model_run.options.n_boot == 3  # from the command line
+            assert stream in ("pre", "mid")
+        """
+    )
+    result = pytester.runpytest("--n-boot", "3", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+
+
+def test_unknown_model_is_a_usage_error_with_the_nearest_name(pytester: pytest.Pytester):
+    pytester.makepyfile("def test_x(geometry): pass")
+    result = pytester.runpytest("--model", "smolm2-135m")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "unknown model 'smolm2-135m'. Did you mean 'smollm2-135m'?" in result.stderr.str()
+
+
+def test_expected_failures_from_the_thresholds_file_are_strict(pytester: pytest.Pytester, project, tmp_path):
+    thresholds = tmp_path / "thresholds.toml"
+    thresholds.write_text(
+        (ROOT / "geomcheck" / "data" / "thresholds.toml").read_text()
+        + '\n[models.tiny-llama.cosine_falls]\nmax_spearman = -2.0\n'
+        + '[models.tiny-llama.expected_failures]\n"cosine_falls[mid]" = "finding: no untangling on mid"\n'
+    )
+    result = pytester.runpytest("--thresholds", str(thresholds), "-k", "cosine_falls", *project)
+    result.assert_outcomes(failed=2, xfailed=1)  # the override makes all three fail; mid is the recorded finding
+
+
+def test_readme_example_runs_as_written(pytester: pytest.Pytester, tiny_llama_dir, tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- example: add-a-hypothesis -->\n```python\n(.*?)```", readme, re.S).group(1)
+    filename = re.match(r"# checks/(\S+\.py)", block).group(1)
+    pytester.path.joinpath(filename).write_text(block)
+    result = pytester.runpytest("--model", str(tiny_llama_dir), "--max-prompts", "6", "--n-boot", "0",
+                                "--geomcheck-cache-dir", str(tmp_path), "-v")
+    result.assert_outcomes(passed=3)
+    assert "test_sets_drift_apart[tiny-llama-mid] PASSED" in result.stdout.str()
