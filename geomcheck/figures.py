@@ -139,20 +139,16 @@ def _folder_name(model: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("._") or "model"
 
 
-def write_figures(
-    model: str,
-    geometry: Geometry,
-    weights: WeightOverlap | None,
-    out_dir: Path,
-    baseline: Geometry | None = None,
-) -> list[Path]:
-    """Every figure for one model under ``<out_dir>/<model>/``; returns the files written."""
+def write_geometry(model: str, geometry: Geometry, out_dir: Path, baseline: Geometry | None = None) -> Path:
+    """``<out_dir>/<model>/geometry.png``, or ``geometry-vs-baseline.png`` with the baseline overlaid."""
     folder = Path(out_dir) / _folder_name(model)
-    written = [save_figure(geometry_figure(geometry, f"{model}: residual-stream geometry"), folder / "geometry.png")]
-    if baseline is not None:
-        fig = geometry_figure(geometry, f"{model}: geometry vs baseline (grey)", baseline=baseline)
-        written.append(save_figure(fig, folder / "geometry-vs-baseline.png"))
-    if weights is not None:
-        fig = overlap_figure(weights, f"{model}: overlap of top-{weights.k} written directions across layers")
-        written.append(save_figure(fig, folder / "weight-overlap.png"))
-    return written
+    if baseline is None:
+        return save_figure(geometry_figure(geometry, f"{model}: residual-stream geometry"), folder / "geometry.png")
+    fig = geometry_figure(geometry, f"{model}: geometry vs baseline (grey)", baseline=baseline)
+    return save_figure(fig, folder / "geometry-vs-baseline.png")
+
+
+def write_overlap(model: str, weights: WeightOverlap, out_dir: Path) -> Path:
+    """``<out_dir>/<model>/weight-overlap.png``: the layers × layers heatmaps."""
+    fig = overlap_figure(weights, f"{model}: overlap of top-{weights.k} written directions across layers")
+    return save_figure(fig, Path(out_dir) / _folder_name(model) / "weight-overlap.png")

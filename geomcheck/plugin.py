@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from geomcheck import models
+from geomcheck import figures, models
 from geomcheck.capture import POSITIONS
 from geomcheck.geometry import Geometry
 from geomcheck.pipeline import ModelRun, RunOptions, WeightOverlap
@@ -129,6 +129,10 @@ class GeomcheckSession:
     artifacts_dir: Path
     runs: dict[str, ModelRun] = field(default_factory=dict)
     findings: dict[str, Finding] = field(default_factory=dict)
+    figures: dict[str, dict[str, Path]] = field(default_factory=dict)  # model -> figure kind -> file
+
+    def add_figure(self, model: str, kind: str, path: Path) -> None:
+        self.figures.setdefault(model, {})[kind] = path
 
     def run(self, model: str) -> ModelRun:
         if model not in self.runs:
@@ -156,7 +160,7 @@ def pytest_configure(config: pytest.Config) -> None:
         models=display,
         options=run_options(config),
         thresholds=load_thresholds(_setting(config, "thresholds")),
-        artifacts_dir=Path(_setting(config, "artifacts-dir")),
+        artifacts_dir=config.rootpath / _setting(config, "artifacts-dir"),
     )
 
 
@@ -201,8 +205,11 @@ def model_run(geomcheck_session: GeomcheckSession, model_name: str) -> ModelRun:
 
 
 @pytest.fixture(scope="session")
-def geometry(model_run: ModelRun) -> Geometry:
-    """Per-layer statistics with 95% bootstrap intervals, parametrized over --model."""
+def geometry(model_run: ModelRun, model_name: str, geomcheck_session: GeomcheckSession) -> Geometry:
+    """Per-layer statistics with 95% bootstrap intervals, parametrized over --model; draws the note's figure."""
+    name = geomcheck_session.models[model_name]
+    path = figures.write_geometry(name, model_run.geometry, geomcheck_session.artifacts_dir)
+    geomcheck_session.add_figure(model_name, "geometry", path)
     return model_run.geometry
 
 
@@ -215,8 +222,10 @@ def activations(model_run: ModelRun) -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture(scope="session")
-def weights(model_run: ModelRun) -> WeightOverlap:
-    """Layers × layers overlap of each layer's top-k residual-writing directions."""
+def weights(model_run: ModelRun, model_name: str, geomcheck_session: GeomcheckSession) -> WeightOverlap:
+    """Layers × layers overlap of each layer's top-k residual-writing directions; draws the heatmap."""
+    path = figures.write_overlap(geomcheck_session.models[model_name], model_run.weights, geomcheck_session.artifacts_dir)
+    geomcheck_session.add_figure(model_name, "weight-overlap", path)
     return model_run.weights
 
 
@@ -228,14 +237,18 @@ def thresholds(request: pytest.FixtureRequest, geomcheck_session: GeomcheckSessi
 
 @pytest.fixture
 def geomcheck_record(request: pytest.FixtureRequest, geomcheck_session: GeomcheckSession, record_property):
-    """Call with the check's key figure (a string); it goes to the terminal summary and the JUnit XML."""
+    """Call with the check's key figure (a string); it goes to the terminal summary and the JUnit XML,
+    with the paths of the model's figures."""
     params = getattr(getattr(request.node, "callspec", None), "params", {})
+    model = params.get("model_name")
 
     def record(text: str) -> None:
         geomcheck_session.findings[request.node.nodeid] = Finding(
-            geomcheck_session.models.get(params.get("model_name"), "?"), check_name(request.node), params.get("stream"), text
+            geomcheck_session.models.get(model, "?"), check_name(request.node), params.get("stream"), text
         )
         record_property("geomcheck", text)
+        for kind, path in geomcheck_session.figures.get(model, {}).items():
+            record_property(f"geomcheck_figure_{kind}", str(path))
 
     return record
 
@@ -246,6 +259,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     finding = item.config.stash[RUNS_KEY].findings.get(item.nodeid)
     if finding is not None and report.when == "call":
         finding.outcome = "xfail" if hasattr(report, "wasxfail") else report.outcome
+        html = item.config.pluginmanager.getplugin("html")
+        if html is not None:  # pytest-html: embed the figures in the report
+            figures_used = [v for k, v in item.user_properties if k.startswith("geomcheck_figure_")]
+            report.extras = [*getattr(report, "extras", []), *(html.extras.png(Path(p).read_bytes()) for p in figures_used)]
     return report
 
 
@@ -260,5 +277,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     for (model, check), findings in grouped.items():
         parts = [f"{f.stream + ': ' if f.stream else ''}{f.text} [{f.outcome}]" for f in findings]
         terminalreporter.write_line(f"{model:<18} {check:<26} " + " | ".join(parts))
+    for model, paths in session.figures.items():
+        for path in paths.values():
+            terminalreporter.write_line(f"{session.models[model]}: figure {path}")
     for name, run in session.runs.items():
         terminalreporter.write_line(f"{session.models.get(name, name)}: model loaded {run.loads}×" + (" (all from cache)" if run.loads == 0 else ""))

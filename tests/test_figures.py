@@ -9,7 +9,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 from matplotlib.image import imread
 
-from geomcheck.figures import geometry_figure, overlap_figure, save_figure, write_figures
+from geomcheck.figures import geometry_figure, overlap_figure, save_figure, write_geometry, write_overlap
 from geomcheck.geometry import Geometry, geometry_from_samples
 from geomcheck.pipeline import WeightOverlap
 from geomcheck.weights import overlap_matrix
@@ -149,8 +149,10 @@ def assert_png(path: Path) -> None:
     assert image.ndim == 3 and image.shape[0] > 0 and image.shape[1] > 0 and image.shape[2] in (3, 4)
 
 
-def test_write_figures_writes_valid_pngs_and_no_temp_files(tmp_path, geometry, baseline, weights):
-    paths = write_figures("HuggingFaceTB/SmolLM2-135M", geometry, weights, tmp_path, baseline=baseline)
+def test_written_figures_are_valid_pngs_and_no_temp_files(tmp_path, geometry, baseline, weights):
+    model = "HuggingFaceTB/SmolLM2-135M"
+    paths = [write_geometry(model, geometry, tmp_path), write_geometry(model, geometry, tmp_path, baseline=baseline),
+             write_overlap(model, weights, tmp_path)]
     folder = tmp_path / "HuggingFaceTB_SmolLM2-135M"
     assert paths == [folder / "geometry.png", folder / "geometry-vs-baseline.png", folder / "weight-overlap.png"]
     for path in paths:
@@ -158,16 +160,10 @@ def test_write_figures_writes_valid_pngs_and_no_temp_files(tmp_path, geometry, b
     assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(["HuggingFaceTB_SmolLM2-135M", *(p.name for p in paths)])
 
 
-def test_write_figures_without_weights_or_baseline_writes_geometry_only(tmp_path, geometry):
-    paths = write_figures("tiny", geometry, None, tmp_path)
-    assert paths == [tmp_path / "tiny" / "geometry.png"]
-    assert_png(paths[0])
-
-
 @pytest.mark.parametrize("model", ["../../escape", "/abs/path/to/model", "we ird:name*?"])
 def test_model_names_become_one_folder_inside_out_dir(tmp_path, geometry, model):
     out_dir = tmp_path / "figures"
-    (path,) = write_figures(model, geometry, None, out_dir)
+    path = write_geometry(model, geometry, out_dir)
     assert path.parent.parent == out_dir
     assert path.parent.name not in ("", ".", "..")
     assert path.is_file()

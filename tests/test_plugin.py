@@ -108,3 +108,16 @@ def test_readme_example_runs_as_written(pytester: pytest.Pytester, tiny_llama_di
                                 "--geomcheck-cache-dir", str(tmp_path), "-v")
     result.assert_outcomes(passed=3)
     assert "test_sets_drift_apart[tiny-llama-mid] PASSED" in result.stdout.str()
+
+
+def test_junit_xml_lists_the_figures_as_properties(pytester: pytest.Pytester, project):
+    result = pytester.runpytest("--junitxml=r.xml", "-k", "variance_grows or weights", *project)
+    result.assert_outcomes(passed=3, failed=1)  # random-init weights share no directions: hypothesis 4 fails
+    import xml.etree.ElementTree as ET
+
+    properties = {p.get("name"): p.get("value") for p in ET.parse(pytester.path / "r.xml").iter("property")}
+    for kind in ("geometry", "weight-overlap"):
+        path = Path(properties[f"geomcheck_figure_{kind}"])
+        assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert path.parent == pytester.path / "geomcheck-artifacts" / "tiny-llama"
+    assert f"figure {path}" in result.stdout.str()
