@@ -160,7 +160,7 @@ def pytest_configure(config: pytest.Config) -> None:
         models=display,
         options=run_options(config),
         thresholds=load_thresholds(_setting(config, "thresholds")),
-        artifacts_dir=config.rootpath / _setting(config, "artifacts-dir"),
+        artifacts_dir=config.invocation_params.dir / _setting(config, "artifacts-dir"),
     )
 
 

@@ -18,7 +18,6 @@ def project(pytester: pytest.Pytester, tiny_llama_dir: Path, tmp_path_factory):
         if check.name != "test_baseline.py":
             shutil.copy(check, pytester.path / check.name)
     cache = tmp_path_factory.mktemp("cache")
-    pytester.makeini("[pytest]\n")  # anchors rootdir (and so the artifacts dir) in the pytester folder
     return ["--model", str(tiny_llama_dir), "--max-prompts", "6", "--n-boot", "10", "--geomcheck-cache-dir", str(cache), "-p", "no:cacheprovider"]
 
 
