@@ -8,6 +8,8 @@ real tokens), so a prompt's activations do not depend on its batch. Only the bas
 
 from __future__ import annotations
 
+import copy
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +22,8 @@ from geomcheck.accumulators import Moments
 from geomcheck.sites import STREAMS, Site, find_sites
 
 POSITIONS = ("last", "mean")
+ENCODERS = {"bert"}
+PREFIX_FAMILIES = {"llama", "qwen2", "qwen3", "mistral", "gpt2"}  # causal decoders whose cache we tested
 
 
 class NonFiniteActivationError(FloatingPointError):
@@ -54,8 +58,13 @@ def tokenize(tokenizer, prompts: Sequence[str], chat_template: bool, max_length:
         ]
     else:
         ids = [tokenizer(p)["input_ids"] for p in prompts]
-    if max_length is not None:
-        ids = [seq[:max_length] for seq in ids]
+    if max_length is not None and (too_long := sum(len(seq) > max_length for seq in ids)):
+        warnings.warn(
+            f"{too_long} prompt(s) longer than the model's context of {max_length} tokens were truncated to "
+            "their last tokens (the end of a prompt is what the last-token reading sees); shorten them.",
+            stacklevel=3,
+        )
+        ids = [seq[-max_length:] for seq in ids]
     return ids
 
 
@@ -101,12 +110,14 @@ class _Recorder:
 
     def hook(self, stream: str, layer: int, read: str) -> Callable:
         def on_input(module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            self.readings[stream][layer] = self.reduce(hidden)
+            if self.mask is not None:  # no mask: the shared-prefix pass, which nobody reads
+                hidden = args[0] if args else kwargs["hidden_states"]
+                self.readings[stream][layer] = self.reduce(hidden)
 
         def on_output(module, args, output):
-            hidden = output[0] if isinstance(output, tuple) else output
-            self.readings[stream][layer] = self.reduce(hidden)
+            if self.mask is not None:
+                hidden = output[0] if isinstance(output, tuple) else output
+                self.readings[stream][layer] = self.reduce(hidden)
 
         return on_input if read == "input" else on_output
 
@@ -137,13 +148,48 @@ class _Recorder:
         return stacked
 
 
-def _model_inputs(model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor | bool]:
-    device = next(model.parameters()).device
-    inputs: dict[str, torch.Tensor | bool] = {
-        "input_ids": batch.input_ids.to(device),
-        "attention_mask": batch.attention_mask.to(device),
-    }
-    if getattr(model.config, "model_type", "") != "bert":
+class SharedPrefix:
+    """The key/value cache of the token prefix every prompt starts with, computed once.
+
+    With a chat template ~2/3 of a short prompt's tokens are the same system block; running them once
+    and each batch from their cache makes the model see only the unique tokens. Exact for causal
+    decoders (a token never attends forward); encoders (BERT) and ``position="mean"`` (which needs the
+    prefix tokens' own activations) run the full forward instead.
+    """
+
+    def __init__(self, model: torch.nn.Module, ids: Sequence[int]) -> None:
+        self.length = len(ids)
+        device = next(model.parameters()).device
+        self.cache = model(input_ids=torch.tensor([list(ids)], device=device), use_cache=True).cache
+
+    def inputs(self, batch: Batch, device: torch.device) -> dict[str, object]:
+        """Model inputs continuing the prefix for a batch of right-padded suffixes."""
+        rows, width = batch.input_ids.shape
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(rows)
+        prefix_mask = torch.ones((rows, self.length), dtype=batch.attention_mask.dtype)
+        positions = torch.arange(self.length, self.length + width).expand(rows, width)
+        return {
+            "input_ids": batch.input_ids.to(device),
+            "attention_mask": torch.cat([prefix_mask, batch.attention_mask], dim=1).to(device),
+            "position_ids": positions.to(device),
+            "cache": cache,
+            "use_cache": True,
+        }
+
+
+def shared_prefix_length(token_ids: Sequence[Sequence[int]]) -> int:
+    """Longest common prefix, leaving every prompt at least one token of its own to read."""
+    shortest = min(len(ids) for ids in token_ids)
+    length = 0
+    while length < shortest - 1 and len({ids[length] for ids in token_ids}) == 1:
+        length += 1
+    return length
+
+
+def _full_inputs(model: torch.nn.Module, batch: Batch, device: torch.device) -> dict[str, object]:
+    inputs: dict[str, object] = {"input_ids": batch.input_ids.to(device), "attention_mask": batch.attention_mask.to(device)}
+    if getattr(model.config, "model_type", "") not in ENCODERS:
         inputs["use_cache"] = False
     return inputs
 
@@ -159,6 +205,7 @@ def capture(
     chat_template: bool = True,
     keep_samples: bool = False,
     max_length: int | None = None,
+    prefix_reuse: bool = True,
     progress: bool = True,
 ) -> Capture:
     """Run every prompt set through the model once, folding each batch into per-layer moments."""
@@ -167,16 +214,23 @@ def capture(
     sites = find_sites(model, streams)
     n_layers = len(next(iter(sites.values())))
     d_model = int(model.config.hidden_size)
+    device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    token_ids = {name: tokenize(tokenizer, prompts, chat_template, max_length) for name, prompts in prompt_sets.items()}
+    everything = [ids for ids_of_set in token_ids.values() for ids in ids_of_set]
+    reuse = prefix_reuse and position == "last" and getattr(model.config, "model_type", "") in PREFIX_FAMILIES
+    prefix_length = shared_prefix_length(everything) if reuse and everything else 0
     recorder = _Recorder(sites, position)
     moments = {name: {s: Moments((n_layers, d_model)) for s in streams} for name in prompt_sets}
     samples = {name: {s: np.empty((len(p), n_layers, d_model), np.float32) for s in streams} for name, p in prompt_sets.items()}
-    total = sum(len(p) for p in prompt_sets.values())
-    with recorder.attached(), torch.inference_mode(), tqdm(total=total, desc="geomcheck capture", unit="prompt", disable=not progress) as bar:
-        for name, prompts in prompt_sets.items():
-            for batch in batches(tokenize(tokenizer, prompts, chat_template, max_length), batch_size, pad_id):
+    with recorder.attached(), torch.inference_mode(), tqdm(total=len(everything), desc="geomcheck capture", unit="prompt", disable=not progress) as bar:
+        prefix = SharedPrefix(model, everything[0][:prefix_length]) if prefix_length else None
+        for name, ids_of_set in token_ids.items():
+            suffixes = [ids[prefix_length:] for ids in ids_of_set]
+            for batch in batches(suffixes, batch_size, pad_id):
                 recorder.mask = batch.attention_mask
-                model(**_model_inputs(model, batch))
+                model(**(prefix.inputs(batch, device) if prefix else _full_inputs(model, batch, device)))
+                recorder.mask = None
                 for stream in streams:
                     reading = recorder.take(stream)
                     _check_finite(reading, stream)

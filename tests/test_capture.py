@@ -23,7 +23,7 @@ from transformers import (
 )
 
 from geomcheck import models
-from geomcheck.capture import capture, tokenize
+from geomcheck.capture import PREFIX_FAMILIES, capture, shared_prefix_length, tokenize
 from geomcheck.sites import STREAMS, StreamUnavailableError, find_sites, residual_writers
 
 VOCAB = 256
@@ -403,3 +403,43 @@ def test_real_model_streams_match_hand_computation(which, request):
         expected = reference(model, prompt_ids)
         for stream in STREAMS:
             assert_rel_close(result.samples["set"][stream][i], reduce(expected[stream], "last"), what=f"{which} {stream} prompt {i}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Shared-prefix reuse: the prefix's key/value cache computed once must not change any activation.
+
+SYSTEM = "System: you are a careful assistant. User: "
+
+
+@pytest.mark.parametrize("family", sorted(PREFIX_FAMILIES))
+def test_prefix_reuse_equals_full_forward(family):
+    model = build(CONFIGS[family]())
+    prompts = {"a": [SYSTEM + p for p in PROMPTS[:4]], "b": [SYSTEM + p for p in PROMPTS[4:]]}
+    tokens = [ids for p in prompts.values() for ids in tokenize(CharTokenizer(), p, False)]
+    assert shared_prefix_length(tokens) >= len(SYSTEM)  # the reuse really happens
+    kwargs = dict(chat_template=False, keep_samples=True, progress=False, batch_size=3)
+    full = capture(model, CharTokenizer(), prompts, prefix_reuse=False, **kwargs)
+    reused = capture(model, CharTokenizer(), prompts, prefix_reuse=True, **kwargs)
+    for name in prompts:
+        for stream in STREAMS:
+            assert_rel_close(reused.samples[name][stream], full.samples[name][stream], rel=1e-4, what=f"{family} {stream}")
+
+
+def test_shared_prefix_leaves_each_prompt_a_token_of_its_own():
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2
+    assert shared_prefix_length([[5, 1], [6, 1]]) == 0
+
+
+@pytest.mark.slow
+def test_prefix_reuse_equals_full_forward_on_smollm2(smollm2):
+    kwargs = dict(chat_template=True, keep_samples=True, progress=False)
+    full = capture(smollm2.model, smollm2.tokenizer, {"set": REAL_PROMPTS}, prefix_reuse=False, **kwargs)
+    reused = capture(smollm2.model, smollm2.tokenizer, {"set": REAL_PROMPTS}, prefix_reuse=True, **kwargs)
+    for stream in STREAMS:
+        assert_rel_close(reused.samples["set"][stream], full.samples["set"][stream], rel=1e-4, what=stream)
+
+
+def test_prompts_longer_than_the_context_are_truncated_with_a_warning():
+    with pytest.warns(UserWarning, match=r"1 prompt\(s\) longer than the model's context of 5 tokens"):
+        ids = tokenize(CharTokenizer(), ["abcdefgh", "abc"], False, max_length=5)
+    assert [len(x) for x in ids] == [5, 3] and ids[0] == CharTokenizer()("defgh")["input_ids"]
