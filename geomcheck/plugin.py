@@ -121,14 +121,13 @@ class Finding:
 
 @dataclass
 class GeomcheckSession:
-    """Per pytest session: the model runs (one per model) and what the checks reported."""
+    """Per pytest session (per worker under xdist): the model runs, one per model, and their figures."""
 
     models: dict[str, str]  # as given (name or path) -> display name used in ids, thresholds and summaries
     options: RunOptions
     thresholds: dict[str, Any]
     artifacts_dir: Path
     runs: dict[str, ModelRun] = field(default_factory=dict)
-    findings: dict[str, Finding] = field(default_factory=dict)
     figures: dict[str, dict[str, Path]] = field(default_factory=dict)  # model -> figure kind -> file
 
     def add_figure(self, model: str, kind: str, path: Path) -> None:
@@ -162,6 +161,7 @@ def pytest_configure(config: pytest.Config) -> None:
         thresholds=load_thresholds(_setting(config, "thresholds")),
         artifacts_dir=config.invocation_params.dir / _setting(config, "artifacts-dir"),
     )
+    config.pluginmanager.register(Summary(), "geomcheck-summary")
 
 
 def check_name(item: pytest.Item | pytest.Function) -> str:
@@ -181,12 +181,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark per-model findings (hypotheses that do not hold) as strict expected failures."""
+    """Mark per-model findings (hypotheses that do not hold) as strict expected failures, and group each
+    model's checks for ``pytest -n N --dist loadgroup`` so one worker loads each model once."""
     session = config.stash[RUNS_KEY]
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         if "model_name" not in params:
             continue
+        item.add_marker(pytest.mark.xdist_group(session.models[params["model_name"]]))
         reason = session.expected_failure(check_name(item), session.models[params["model_name"]], params.get("stream"))
         if reason:
             item.add_marker(pytest.mark.xfail(reason=reason, strict=True))
@@ -243,42 +245,59 @@ def geomcheck_record(request: pytest.FixtureRequest, geomcheck_session: Geomchec
     model = params.get("model_name")
 
     def record(text: str) -> None:
-        geomcheck_session.findings[request.node.nodeid] = Finding(
-            geomcheck_session.models.get(model, "?"), check_name(request.node), params.get("stream"), text
-        )
+        # Properties travel with the report, so the summary also works under pytest-xdist.
         record_property("geomcheck", text)
+        record_property("geomcheck_id", [geomcheck_session.models.get(model, "?"), check_name(request.node), params.get("stream")])
         for kind, path in geomcheck_session.figures.get(model, {}).items():
             record_property(f"geomcheck_figure_{kind}", str(path))
+        record_property("geomcheck_loads", geomcheck_session.run(model).loads)
 
     return record
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Embed the check's figures in pytest-html's report, when pytest-html is installed."""
     report = yield
-    finding = item.config.stash[RUNS_KEY].findings.get(item.nodeid)
-    if finding is not None and report.when == "call":
-        finding.outcome = "xfail" if hasattr(report, "wasxfail") else report.outcome
-        html = item.config.pluginmanager.getplugin("html")
-        if html is not None:  # pytest-html: embed the figures in the report
-            figures_used = [v for k, v in item.user_properties if k.startswith("geomcheck_figure_")]
-            report.extras = [*getattr(report, "extras", []), *(html.extras.png(Path(p).read_bytes()) for p in figures_used)]
+    html = item.config.pluginmanager.getplugin("html")
+    if html is not None and report.when == "call":
+        paths = [v for k, v in item.user_properties if k.startswith("geomcheck_figure_")]
+        report.extras = [*getattr(report, "extras", []), *(html.extras.png(Path(p).read_bytes()) for p in paths)]
     return report
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    session = config.stash.get(RUNS_KEY, None)
-    if session is None or not (session.findings or session.runs):
-        return
-    terminalreporter.section("geomcheck")
-    grouped: dict[tuple[str, str], list[Finding]] = {}
-    for finding in session.findings.values():
-        grouped.setdefault((finding.model, finding.check), []).append(finding)
-    for (model, check), findings in grouped.items():
-        parts = [f"{f.stream + ': ' if f.stream else ''}{f.text} [{f.outcome}]" for f in findings]
-        terminalreporter.write_line(f"{model:<18} {check:<26} " + " | ".join(parts))
-    for model, paths in session.figures.items():
-        for path in paths.values():
-            terminalreporter.write_line(f"{session.models[model]}: figure {path}")
-    for name, run in session.runs.items():
-        terminalreporter.write_line(f"{session.models.get(name, name)}: model loaded {run.loads}×" + (" (all from cache)" if run.loads == 0 else ""))
+class Summary:
+    """Collects each check's key figure and outcome from the reports (in the controller under xdist)."""
+
+    def __init__(self) -> None:
+        self.findings: dict[str, Finding] = {}
+        self.figures: dict[str, dict[str, Path]] = {}
+        self.loads: dict[str, int] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        properties = dict(report.user_properties)
+        if report.when != "call" or "geomcheck" not in properties:
+            return
+        model, check, stream = properties["geomcheck_id"]
+        outcome = "xfail" if hasattr(report, "wasxfail") else report.outcome
+        self.findings[report.nodeid] = Finding(model, check, stream, properties["geomcheck"], outcome)
+        for key, value in properties.items():
+            if key.startswith("geomcheck_figure_"):
+                self.figures.setdefault(model, {})[key.removeprefix("geomcheck_figure_")] = Path(value)
+        self.loads[model] = properties["geomcheck_loads"]
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if not self.findings:
+            return
+        terminalreporter.section("geomcheck")
+        grouped: dict[tuple[str, str], list[Finding]] = {}
+        for finding in self.findings.values():
+            grouped.setdefault((finding.model, finding.check), []).append(finding)
+        for (model, check), findings in grouped.items():
+            parts = [f"{f.stream + ': ' if f.stream else ''}{f.text} [{f.outcome}]" for f in findings]
+            terminalreporter.write_line(f"{model:<18} {check:<26} " + " | ".join(parts))
+        for model, paths in self.figures.items():
+            for path in paths.values():
+                terminalreporter.write_line(f"{model}: figure {path}")
+        for model, loads in self.loads.items():
+            terminalreporter.write_line(f"{model}: model loaded {loads}×" + (" (all from cache)" if loads == 0 else ""))
