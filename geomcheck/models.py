@@ -244,6 +244,52 @@ def converted_copy(spec: ModelSpec, root: Path, cache_dir: Path) -> Path:
     return target
 
 
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """What loading and running a model will take, before any weight is read."""
+
+    parameters: int
+    parameter_bytes: int
+    activation_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.parameter_bytes + self.activation_bytes
+
+    def describe(self) -> str:
+        gib = 2**30
+        return (
+            f"{self.parameters / 1e9:.2f} B parameters = {self.parameter_bytes / gib:.2f} GiB + "
+            f"~{self.activation_bytes / gib:.2f} GiB activations"
+        )
+
+
+def estimate_memory(spec: ModelSpec, dtype: torch.dtype, batch_size: int, tokens: int) -> MemoryEstimate | None:
+    """Parameters × dtype size, plus one batch's widest activations; None when no config is at hand."""
+    from transformers import AutoConfig, AutoModel
+
+    if spec.config:
+        model = meta_model(spec)
+    elif spec.local_path:
+        with torch.device("meta"):
+            model = AutoModel.from_config(AutoConfig.from_pretrained(spec.local_path))
+    else:
+        return None
+    count = sum(p.numel() for p in model.parameters())
+    config = model.config
+    widest = max(config.hidden_size, getattr(config, "intermediate_size", 0) or 4 * config.hidden_size)
+    # the MLP's widest tensor and a few residual-sized ones alive at once, per token of the batch
+    activations = batch_size * tokens * (widest + 8 * config.hidden_size) * dtype.itemsize
+    return MemoryEstimate(count, count * dtype.itemsize, activations)
+
+
+def available_memory(device: str) -> int:
+    """Free bytes on the device: CUDA's free memory, or the host's available RAM."""
+    if device.startswith("cuda"):
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 def meta_model(spec: ModelSpec) -> torch.nn.Module:
     """The model at its published dimensions on the ``meta`` device: shapes without memory."""
     from transformers import AutoConfig, AutoModel

@@ -6,6 +6,7 @@ cache, so a re-run with identical inputs loads no model at all.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -99,6 +100,7 @@ class ModelRun:
     @cached_property
     def loaded(self) -> models.LoadedModel:
         """The model itself: loaded on first use only, counted so tests can assert it happens once."""
+        self.check_memory()
         self.loads += 1
         return models.load(
             self.spec,
@@ -108,6 +110,21 @@ class ModelRun:
             trust_remote_code=self.options.trust_remote_code,
             cache_dir=Path(self.options.cache_dir),
         )
+
+    def check_memory(self) -> None:
+        """Print the memory estimate, and refuse a model that cannot fit on its device."""
+        longest = max(len(p) for prompts in self.prompts.values() for p in prompts) // 2 + 64  # ~tokens incl. template
+        estimate = models.estimate_memory(self.spec, models.parse_dtype(self.options.dtype, self.spec), self.options.batch_size, longest)
+        if estimate is None:
+            return
+        free = models.available_memory(self.options.device)
+        print(f"geomcheck: {self.name}: {estimate.describe()}; {free / 2**30:.1f} GiB free on {self.options.device}", file=sys.stderr)
+        if estimate.total_bytes > free and self.options.device_map is None:
+            raise models.ModelLoadError(
+                f"{self.name} needs ~{estimate.total_bytes / 2**30:.1f} GiB but {self.options.device} has "
+                f"{free / 2**30:.1f} GiB free. Use --dtype bfloat16, --device-map auto (spreads layers over GPUs "
+                "and CPU), a smaller --batch-size, or a larger device."
+            )
 
     @property
     def identity(self) -> dict[str, Any]:

@@ -60,3 +60,11 @@ def test_unknown_dtype_is_rejected_with_choices():
 def test_dtype_the_device_cannot_run_is_a_clear_error():
     with pytest.raises(models.ModelLoadError, match="--dtype"):
         models.check_dtype_on_device(torch.float32, "no-such-device")
+
+
+@pytest.mark.parametrize("name, billions", [("llama-3.2-3b", 3.21), ("qwen2.5-32b", 31.99)])  # base models: no untied LM head
+def test_memory_estimate_from_published_dimensions(name, billions):
+    estimate = models.estimate_memory(models.resolve(name), torch.bfloat16, batch_size=16, tokens=64)
+    assert estimate.parameters / 1e9 == pytest.approx(billions, rel=0.01)
+    assert estimate.parameter_bytes == 2 * estimate.parameters and estimate.activation_bytes > 0
+    assert "GiB" in estimate.describe()

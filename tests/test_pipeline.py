@@ -57,3 +57,13 @@ def test_geometry_without_bootstrap_comes_from_streaming_moments(tmp_path, tiny_
     assert run.geometry.intervals == {}
     samples = run.capture.samples["harmful"]["mid"].astype(np.float64)
     np.testing.assert_allclose(run.geometry.curve("mid", "var_mean/harmful"), samples.var(0, ddof=1).mean(-1), rtol=1e-9)
+
+
+def test_a_model_too_large_for_the_device_is_refused_before_loading(tmp_path, tiny_llama_dir, monkeypatch):
+    from geomcheck import models
+
+    monkeypatch.setattr(models, "available_memory", lambda device: 1024)
+    run = ModelRun(str(tiny_llama_dir), options(tmp_path))
+    with pytest.raises(models.ModelLoadError, match="--device-map auto"):
+        run.capture
+    assert run.loads == 0
