@@ -6,6 +6,7 @@ run at most once per session, however many checks read it.
 
 from __future__ import annotations
 
+import contextlib
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -194,6 +195,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xfail(reason=reason, strict=True))
 
 
+def _live(config: pytest.Config):
+    """Let progress bars and the memory estimate reach the terminal while a model runs."""
+    capture_manager = config.pluginmanager.getplugin("capturemanager")
+    return capture_manager.global_and_fixture_disabled() if capture_manager else contextlib.nullcontext()
+
+
 @pytest.fixture(scope="session")
 def geomcheck_session(request: pytest.FixtureRequest) -> GeomcheckSession:
     """The session's model runs, options and thresholds."""
@@ -207,9 +214,11 @@ def model_run(geomcheck_session: GeomcheckSession, model_name: str) -> ModelRun:
 
 
 @pytest.fixture(scope="session")
-def geometry(model_run: ModelRun, model_name: str, geomcheck_session: GeomcheckSession) -> Geometry:
+def geometry(request: pytest.FixtureRequest, model_run: ModelRun, model_name: str, geomcheck_session: GeomcheckSession) -> Geometry:
     """Per-layer statistics with 95% bootstrap intervals, parametrized over --model; draws the note's figure."""
     name = geomcheck_session.models[model_name]
+    with _live(request.config):
+        model_run.geometry
     path = figures.write_geometry(name, model_run.geometry, geomcheck_session.artifacts_dir)
     geomcheck_session.add_figure(model_name, "geometry", path)
     return model_run.geometry
@@ -224,8 +233,10 @@ def activations(model_run: ModelRun) -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture(scope="session")
-def weights(model_run: ModelRun, model_name: str, geomcheck_session: GeomcheckSession) -> WeightOverlap:
+def weights(request: pytest.FixtureRequest, model_run: ModelRun, model_name: str, geomcheck_session: GeomcheckSession) -> WeightOverlap:
     """Layers × layers overlap of each layer's top-k residual-writing directions; draws the heatmap."""
+    with _live(request.config):
+        model_run.weights
     path = figures.write_overlap(geomcheck_session.models[model_name], model_run.weights, geomcheck_session.artifacts_dir)
     geomcheck_session.add_figure(model_name, "weight-overlap", path)
     return model_run.weights

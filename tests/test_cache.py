@@ -53,3 +53,39 @@ def test_corrupt_entry_is_detected_and_recomputed(tmp_path, damage):
     assert not hit
     np.testing.assert_array_equal(result["a/pre/mean"], arrays()["a/pre/mean"])
     assert cache.load("k") is not None  # rewritten whole
+
+
+WRITER = """
+import sys, numpy as np
+from pathlib import Path
+from geomcheck.cache import ArrayCache
+cache = ArrayCache(Path(sys.argv[1]))
+big = {"x": np.random.default_rng(0).standard_normal((64, 1024, 1024)).astype(np.float32)}  # 256 MB
+print("ready", flush=True)
+i = 0
+while True:
+    cache.store(f"k{i % 3}", big, {"i": i})
+    i += 1
+"""
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGKILL"])
+def test_killing_a_writer_mid_write_leaves_every_entry_whole(tmp_path, signal_name):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(1.5)  # several 256 MB writes in, most likely in the middle of one
+    proc.send_signal(getattr(signal, signal_name))
+    proc.wait(timeout=60)
+    cache = ArrayCache(tmp_path)
+    entries = sorted(tmp_path.glob("*.safetensors"))
+    assert entries, "the writer finished no entry before the signal"
+    for entry in entries:
+        arrays, meta = cache.load(entry.stem)  # checksum verified: never a torn entry
+        assert arrays["x"].shape == (64, 1024, 1024)
+    if signal_name == "SIGINT":  # Python unwinds: the temporary file is removed too
+        assert not list(tmp_path.glob(".*.tmp"))
