@@ -1,0 +1,408 @@
+"""Baselines: numeric comparison with tolerance, the file format, and the syrupy round trip end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from geomcheck.baseline import (
+    FORMAT,
+    BaselineFileError,
+    BaselineMismatchWarning,
+    GeometryBaselineExtension,
+    Tolerance,
+    baseline_payload,
+    compare,
+    compare_all,
+    dumps,
+    failure_lines,
+    parse_baseline,
+    resolve_tolerance,
+    tolerances_from_config,
+)
+from geomcheck.geometry import geometry_from_samples
+
+ROOT = Path(__file__).resolve().parents[1]
+META = {
+    "model": "tiny",
+    "name": "tiny",
+    "source": "org/tiny",
+    "revision": "main",
+    "dtype": "float32",
+    "device": "cpu",
+    "position": "last",
+    "chat_template": True,
+    "prompts_hash": "abc123",
+    "n_prompts": {"harmful": 8, "harmless": 8},
+    "geomcheck": "0.1.0",
+}
+
+
+def payload(curves: dict[str, list[float]], intervals: dict[str, tuple[list, list]] | None = None, **meta) -> dict:
+    """A baseline payload from plain per-layer lists; no interval unless given."""
+    intervals = intervals or {}
+    statistics = {}
+    for key, values in curves.items():
+        lows, highs = intervals.get(key, ([None] * len(values), [None] * len(values)))
+        statistics[key] = [
+            {"layer": i, "value": v, "low": lo, "high": hi} for i, (v, lo, hi) in enumerate(zip(values, lows, highs))
+        ]
+    return {"format": FORMAT, "meta": {**META, **meta}, "statistics": statistics}
+
+
+CURVES = {
+    "mid/cosine": [0.99, 0.95, 0.90, 0.80],
+    "mid/var_mean/harmful": [1.0, 2.0, 4.0, 8.0],
+    "post/var_mean/harmful": [1.5, 3.0, 6.0, 12.0],
+}
+
+
+def perturbed(curves: dict[str, list[float]], key: str, layer: int, value: float) -> dict[str, list[float]]:
+    out = {k: list(v) for k, v in curves.items()}
+    out[key][layer] = value
+    return out
+
+
+# --- compare ---------------------------------------------------------------------------------------
+
+
+def test_identical_payloads_have_no_drift():
+    assert compare(payload(CURVES), payload(CURVES)) == []
+    assert all(d.score == 0 and not d.exceeded for d in compare_all(payload(CURVES), payload(CURVES)))
+    assert len(compare_all(payload(CURVES), payload(CURVES))) == 12
+
+
+def test_one_perturbed_layer_is_the_only_drift_and_is_named():
+    drifts = compare(payload(CURVES), payload(perturbed(CURVES, "mid/var_mean/harmful", 2, 5.0)))
+    assert [(d.model, d.stream, d.statistic, d.layer) for d in drifts] == [("tiny", "mid", "var_mean/harmful", 2)]
+    (drift,) = drifts
+    assert (drift.baseline, drift.current) == (4.0, 5.0)
+    assert drift.tolerance == pytest.approx(4e-3)  # rel 1e-3 × |4.0|
+    assert drift.score == pytest.approx(1.0 / 4e-3)
+    text = drift.describe()
+    for part in ("tiny", "mid/var_mean/harmful", "layer 2", "baseline 4", "now 5", "tolerance 0.004"):
+        assert part in text
+
+
+def test_drifts_are_sorted_worst_first():
+    current = perturbed(CURVES, "mid/var_mean/harmful", 1, 2.1)  # 0.1 / 2e-3 = 50 tolerances
+    current = perturbed(current, "post/var_mean/harmful", 3, 24.0)  # 12 / 1.2e-2 = 1000 tolerances
+    current = perturbed(current, "mid/cosine", 0, 0.98)  # 0.01 / 9.9e-4 ≈ 10 tolerances
+    drifts = compare(payload(CURVES), payload(current))
+    assert [(d.key, d.layer) for d in drifts] == [
+        ("post/var_mean/harmful", 3),
+        ("mid/var_mean/harmful", 1),
+        ("mid/cosine", 0),
+    ]
+    assert drifts[0].score > drifts[1].score > drifts[2].score > 1
+
+
+EDGE_CASES = {
+    # name: (tolerance, baseline value, interval, value at the edge)
+    "abs": (Tolerance(rel=0.0, abs=0.5, z=0.0), 2.0, None, 2.5),
+    "rel": (Tolerance(rel=0.25, abs=0.0, z=0.0), 4.0, None, 5.0),
+    "se": (Tolerance(rel=0.0, abs=0.0, z=4.0), 0.0, (-1.96, 1.96), 4.0),  # SE = 3.92/3.92 = 1 → tolerance 4
+}
+
+
+@pytest.mark.parametrize("case", sorted(EDGE_CASES))
+def test_a_value_exactly_at_the_tolerance_passes_and_just_beyond_fails(case):
+    tol, value, interval, edge = EDGE_CASES[case]
+    intervals = {"mid/cosine": ([interval[0]], [interval[1]])} if interval else None
+    baseline = payload({"mid/cosine": [value]}, intervals)
+    overrides = {"cosine": tol}
+
+    def drifts(now: float):
+        return compare(baseline, payload({"mid/cosine": [now]}), overrides)
+
+    below = value - (edge - value)
+    assert drifts(edge) == [] and drifts(below) == []
+    # The next float out: chosen so that |now − baseline| is computed exactly (no rounding back onto the edge).
+    for outside in (math.nextafter(edge, math.inf), math.nextafter(below, -math.inf)):
+        assert abs(outside - value) > edge - value
+        assert [d.layer for d in drifts(outside)] == [0]
+    assert compare_all(baseline, payload({"mid/cosine": [edge]}), overrides)[0].tolerance == edge - value
+
+
+def test_the_tolerance_is_the_largest_of_its_three_terms():
+    tol = Tolerance(rel=0.1, abs=0.5, z=4.0)
+    assert tol.tolerance(2.0) == 0.5  # abs beats rel·|2| = 0.2
+    assert tol.tolerance(20.0) == 2.0  # rel beats abs
+    assert tol.tolerance(2.0, 0.0, 3.92) == 4.0  # 4 SEs beat both
+    assert tol.tolerance(2.0, 1.0, 1.0) == 0.5  # a zero-width interval adds nothing
+
+
+def test_bfloat16_noise_floor_raises_the_relative_term():
+    baseline = payload({"mid/cosine": [1.0]}, dtype="bfloat16")
+    assert compare(baseline, payload({"mid/cosine": [1.03]}, dtype="bfloat16")) == []  # 4 × 2^-7 = 0.03125
+    assert compare(baseline, payload({"mid/cosine": [1.04]}, dtype="bfloat16"))[0].statistic == "cosine"
+    assert compare(payload({"mid/cosine": [1.0]}), payload({"mid/cosine": [1.03]}))  # float32: no such floor
+
+
+def test_nan_and_missing_layers():
+    nan = float("nan")
+    assert compare(payload({"mid/cosine": [nan, 0.5]}), payload({"mid/cosine": [nan, 0.5]})) == []
+    (drift,) = compare(payload({"mid/cosine": [0.9, 0.5]}), payload({"mid/cosine": [nan, 0.5]}))
+    assert drift.layer == 0 and drift.score == math.inf
+    (missing,) = compare(payload({"mid/cosine": [0.9, 0.5, 0.4]}), payload({"mid/cosine": [0.9, 0.5]}))
+    assert missing.layer == 2 and math.isnan(missing.current)
+
+
+def test_tolerance_overrides_most_specific_first():
+    loose, tight = Tolerance(rel=0.5), Tolerance(rel=1e-9)
+    overrides = {"var_mean": loose, "mid/var_mean/harmful": tight}
+    assert resolve_tolerance("mid", "var_mean/harmful", overrides) is tight
+    assert resolve_tolerance("pre", "var_mean/harmful", overrides) is loose
+    assert resolve_tolerance("pre", "cosine", overrides) == Tolerance(rel=1e-3, abs=1e-6)
+    config = tolerances_from_config({"tolerance": {"cosine": {"z": 6}, "mid/var_max/harmful": {"rel": 0.01}}})
+    assert config["cosine"] == Tolerance(rel=1e-3, abs=1e-6, z=6.0)
+    assert config["mid/var_max/harmful"] == Tolerance(rel=0.01, abs=1e-9, z=4.0)
+    with pytest.raises(ValueError, match="rel, abs and z"):
+        tolerances_from_config({"tolerance": {"cosine": {"relative": 1}}})
+    with pytest.raises(ValueError, match="rel must be"):
+        Tolerance(rel=-1.0)
+
+
+def test_the_report_is_worst_first_and_capped():
+    baseline = payload({"mid/var_mean/harmful": [1.0] * 15})
+    current = payload({"mid/var_mean/harmful": [1.0 + 0.01 * (i + 1) for i in range(15)]})
+    lines = failure_lines(dumps(current), dumps(baseline), "baselines/tiny/x.json")
+    assert "tiny" in lines[0] and "15 of 15 values" in lines[0] and "baselines/tiny/x.json" in lines[0]
+    value_lines = [line for line in lines if line.startswith("  tiny ")]
+    assert len(value_lines) == 10
+    assert "layer 14" in value_lines[0] and "layer 5" in value_lines[-1]  # worst (largest change) first
+    assert "  … and 5 more" in lines
+    assert any(line.startswith("first drifting layer: 0") for line in lines)
+    assert "pytest checks/ --model tiny --snapshot-update" in lines[-1]
+
+
+# --- the file --------------------------------------------------------------------------------------
+
+
+def real_payload(n_boot: int = 10) -> dict:
+    rng = np.random.default_rng(0)
+    samples = {name: {s: rng.normal(size=(6, 3, 5)) * (1 + np.arange(3))[:, None] for s in ("pre", "mid")} for name in ("harmful", "harmless")}
+    return baseline_payload(geometry_from_samples(samples, n_boot=n_boot), META)
+
+
+def test_serialization_round_trips_exactly_one_layer_per_line():
+    original = real_payload()
+    original["statistics"]["mid/cosine"][1]["value"] = float("nan")
+    text = dumps(original)
+    strict = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert list(strict["statistics"]) == sorted(strict["statistics"]) and list(strict["meta"]) == sorted(strict["meta"])
+    back = parse_baseline(text)
+    assert back["meta"] == original["meta"] and back["meta"]["n_boot"] == 10
+    for key, rows in original["statistics"].items():
+        for row, copy in zip(rows, back["statistics"][key], strict=True):
+            for name in ("value", "low", "high"):
+                assert copy[name] == row[name] or (math.isnan(copy[name]) and math.isnan(row[name]))
+    assert set(original["statistics"]) == {f"{s}/{n}" for s in ("pre", "mid") for n in
+                                           ("cosine", "var_mean/harmful", "var_mean/harmless", "var_max/harmful", "var_max/harmless")}
+    row_lines = [line for line in text.splitlines() if line.lstrip().startswith('{"layer"')]
+    assert len(row_lines) == 10 * 3  # 10 statistics × 3 layers
+    assert '{"layer": 1, "value": "NaN", "low": ' in text
+    assert dumps(back) == text  # stable: re-serializing changes nothing
+
+
+def test_without_bootstrap_intervals_are_null_and_tolerance_falls_back_to_rel_and_abs():
+    text = dumps(real_payload(n_boot=0))
+    assert '"low": null, "high": null' in text
+    back = parse_baseline(text)
+    assert compare(back, back) == []
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ('{"format": "geomcheck-baseline/1", "meta": {}', "invalid JSON at line 1"),
+        ('{"format": "geomcheck-baseline/1", "meta": {"model": "m", "dtype": "float32"}}', "missing key(s) 'statistics'"),
+        ("[1, 2]", "must be a JSON object"),
+        ('{"format": "geomcheck-baseline/9", "meta": {}, "statistics": {}}', "this geomcheck reads"),
+        ('{"format": "geomcheck-baseline/1", "meta": {"model": "m", "dtype": "f"}, '
+         '"statistics": {"mid/cosine": [{"layer": 0, "value": 1.0, "low": 0.9}]}}', "row 0 lacks 'high'"),
+        ('{"format": "geomcheck-baseline/1", "meta": {"model": "m", "dtype": "f"}, '
+         '"statistics": {"mid/cosine": [{"layer": 1, "value": 1.0, "low": null, "high": null}]}}', "layers 0, 1, 2"),
+        ('{"format": "geomcheck-baseline/1", "meta": {"model": "m", "dtype": "f"}, "statistics": '
+         '{"mid/cosine": [{"layer": 0, "value": "__import__(\'os\')", "low": null, "high": null}]}}', "not a number"),
+        ('{"format": "geomcheck-baseline/1", "format": "x"}', "duplicate key 'format'"),
+    ],
+)
+def test_a_broken_file_names_the_file_the_problem_and_the_fix(text, problem):
+    with pytest.raises(BaselineFileError) as info:
+        parse_baseline(text, "baselines/m/test_baseline/test_matches_baseline.json")
+    message = str(info.value)
+    assert "baselines/m/test_baseline/test_matches_baseline.json" in message
+    assert problem in message
+    assert "--snapshot-update" in message and "left as it is" in message
+
+
+def test_a_broken_baseline_does_not_match_and_the_report_says_why():
+    extension = GeometryBaselineExtension()
+    current = dumps(payload(CURVES))
+    assert extension.matches(serialized_data=current, snapshot_data="{oops") is False
+    (line,) = failure_lines(current, "{oops", "b.json")
+    assert line.startswith("baseline file b.json is not a valid geomcheck baseline: invalid JSON")
+
+
+def test_a_missing_baseline_says_how_to_create_it():
+    lines = failure_lines(dumps(payload(CURVES)), None, "baselines/tiny/test_baseline/test_matches_baseline.json")
+    assert lines[0] == "no baseline for tiny: expected baselines/tiny/test_baseline/test_matches_baseline.json"
+    assert "pytest checks/ --model tiny --snapshot-update" in lines[1]
+
+
+# --- metadata --------------------------------------------------------------------------------------
+
+
+def test_a_different_dtype_prompt_set_or_version_warns_naming_old_and_new():
+    extension = GeometryBaselineExtension()
+    baseline = dumps(payload(CURVES))
+    changed = dumps(payload(CURVES, dtype="bfloat16", prompts_hash="def456", geomcheck="0.2.0"))
+    with pytest.warns(BaselineMismatchWarning) as record:
+        assert extension.matches(serialized_data=changed, snapshot_data=baseline) is True  # values still match
+    (warning,) = record
+    text = str(warning.message)
+    for part in ("dtype: baseline 'float32', now 'bfloat16'", "prompts_hash: baseline 'abc123', now 'def456'",
+                 "geomcheck: baseline '0.1.0', now '0.2.0'", "tiny"):
+        assert part in text
+
+
+def test_the_same_setup_does_not_warn_and_another_device_or_local_path_is_not_a_mismatch():
+    extension = GeometryBaselineExtension()
+    baseline = dumps(payload(CURVES, source="/home/a/models/tiny"))
+    current = dumps(payload(CURVES, device="cuda", source="/home/b/tiny"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert extension.matches(serialized_data=current, snapshot_data=baseline) is True
+
+
+def test_under_update_a_changed_setup_is_rewritten_but_noise_is_not():
+    extension = GeometryBaselineExtension()
+    extension.configure(updating=True)
+    baseline = dumps(payload(CURVES))
+    noisy = dumps(payload(perturbed(CURVES, "mid/cosine", 0, 0.99 + 1e-7)))
+    assert extension.matches(serialized_data=noisy, snapshot_data=baseline) is True  # kept: no churn
+    changed = dumps(payload(CURVES, dtype="bfloat16"))
+    assert extension.matches(serialized_data=changed, snapshot_data=baseline) is False  # rewritten
+
+
+def test_a_statistic_the_baseline_lacks_fails_one_the_run_lacks_warns():
+    extension = GeometryBaselineExtension()
+    smaller = {k: v for k, v in CURVES.items() if k != "post/var_mean/harmful"}
+    assert extension.matches(serialized_data=dumps(payload(CURVES)), snapshot_data=dumps(payload(smaller))) is False
+    lines = failure_lines(dumps(payload(CURVES)), dumps(payload(smaller)), "b.json")
+    assert "lacks statistics this run computes: post/var_mean/harmful" in lines[-1]
+    with pytest.warns(BaselineMismatchWarning, match="not computed in this run.*post/var_mean/harmful"):
+        assert extension.matches(serialized_data=dumps(payload(smaller)), snapshot_data=dumps(payload(CURVES))) is True
+
+
+# --- end to end through syrupy ---------------------------------------------------------------------
+
+BASELINE = Path("baselines/tiny-llama/test_baseline/test_matches_baseline.json")
+
+
+@pytest.fixture(scope="module")
+def activation_cache(tmp_path_factory) -> Path:
+    """One activation cache for the module: the unperturbed model is captured once."""
+    return tmp_path_factory.mktemp("activations")
+
+
+@pytest.fixture
+def checks(pytester: pytest.Pytester, tiny_llama_dir: Path, activation_cache: Path, monkeypatch):
+    """A pytester project with the baseline check; returns a runner for a model directory."""
+    # Under `pytest -n`, the subprocess would inherit the worker's variables, and syrupy would then act as
+    # an xdist worker: no snapshot report and no unused-snapshot cleanup.
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        monkeypatch.delenv(name, raising=False)
+    shutil.copy(ROOT / "checks" / "test_baseline.py", pytester.path / "test_baseline.py")
+    pytester.makeini("[pytest]\n")
+
+    def run(*extra: str, model: Path = tiny_llama_dir, cache: Path = activation_cache):
+        return pytester.runpytest_subprocess(
+            "test_baseline.py", "--model", str(model), "--max-prompts", "8", "--n-boot", "20",
+            "--geomcheck-cache-dir", str(cache), "-p", "no:cacheprovider", *extra, timeout=120,
+        )
+
+    return run
+
+
+def scaled_copy(source: Path, target: Path, factor: float) -> Path:
+    """The same model with layer 1's MLP output scaled: a swapped or broken checkpoint."""
+    import torch
+    from transformers import AutoTokenizer, LlamaModel
+
+    model = LlamaModel.from_pretrained(source)
+    with torch.no_grad():
+        model.layers[1].mlp.down_proj.weight.mul_(factor)
+    model.save_pretrained(target)
+    AutoTokenizer.from_pretrained(source).save_pretrained(target)
+    return target
+
+
+def test_round_trip_create_pass_then_a_changed_checkpoint_fails(pytester, checks, tiny_llama_dir, tmp_path):
+    missing = checks()
+    missing.assert_outcomes(failed=1)
+    missing.stdout.fnmatch_lines([f"no baseline for tiny-llama: expected {BASELINE}", "Create it with: pytest * --snapshot-update"])
+    assert not (pytester.path / BASELINE).exists()
+
+    created = checks("--snapshot-update")
+    created.assert_outcomes(passed=1)
+    created.stdout.fnmatch_lines(["*1 snapshot generated*"])
+    text = (pytester.path / BASELINE).read_text()
+    stored = parse_baseline(text, str(BASELINE))
+    assert stored["meta"]["name"] == "tiny-llama" and stored["meta"]["n_prompts"] == {"harmful": 8, "harmless": 8}
+    assert len(stored["statistics"]["post/cosine"]) == 4  # one row per layer of the tiny Llama
+    assert not list(pytester.path.rglob("__snapshots__"))  # nothing beside the tests
+
+    again = checks()
+    again.assert_outcomes(passed=1)
+    again.stdout.fnmatch_lines(["*1 snapshot passed*"])
+    assert (pytester.path / BASELINE).read_text() == text
+
+    other_prompts = checks("--max-prompts", "6")  # another prompt set: compared, but with a warning
+    other_prompts.stdout.fnmatch_lines([
+        "*test_baseline.py:*: BaselineMismatchWarning: the baseline of tiny-llama ("
+        f"{BASELINE}) was made with another setup: prompts_hash: baseline *, now *"
+    ])
+    assert (pytester.path / BASELINE).read_text() == text
+
+    # Same directory name (so the same model and baseline), different weights, a fresh cache.
+    broken = scaled_copy(tiny_llama_dir, tmp_path / "perturbed" / "tiny-llama", 100.0)
+    drifted = checks(model=broken, cache=tmp_path / "cache")
+    drifted.assert_outcomes(failed=1)
+    out = drifted.stdout.str()
+    assert f"the geometry of tiny-llama drifted from its baseline ({BASELINE})" in out
+    first = next(line for line in drifted.stdout.lines if line.startswith("  tiny-llama "))
+    assert "post/var_" in first and "layer 1:" in first  # the scaled layer's output is the worst drift
+    assert "first drifting layer: 1." in out
+    assert "--snapshot-update" in out
+    assert (pytester.path / BASELINE).read_text() == text  # a failed run never rewrites the baseline
+
+
+def test_a_broken_baseline_fails_untouched_until_updated_and_stale_ones_are_cleaned(pytester, checks):
+    checks("--snapshot-update").assert_outcomes(passed=1)
+    path = pytester.path / BASELINE
+    path.write_text('{"format": "geomcheck-baseline/1",\n "meta": {}\n')
+
+    failed = checks()
+    failed.assert_outcomes(failed=1)
+    failed.stdout.fnmatch_lines([f"baseline file {BASELINE} is not a valid geomcheck baseline: invalid JSON*--snapshot-update"])
+    assert path.read_text() == '{"format": "geomcheck-baseline/1",\n "meta": {}\n'
+
+    stale = path.with_name("test_removed_check.json")
+    stale.write_text("{}")
+    other_model = pytester.path / "baselines" / "another-model" / "test_baseline" / "test_matches_baseline.json"
+    other_model.parent.mkdir(parents=True)
+    other_model.write_text("{}")
+    updated = checks("--snapshot-update")
+    updated.assert_outcomes(passed=1)
+    updated.stdout.fnmatch_lines(["*1 snapshot updated. 1 unused snapshot deleted.*"])
+    assert parse_baseline(path.read_text())["meta"]["name"] == "tiny-llama"
+    assert not stale.exists()
+    assert other_model.exists()  # baselines of models not in the session are never touched
