@@ -231,9 +231,9 @@ def capture(
                 recorder.mask = batch.attention_mask
                 model(**(prefix.inputs(batch, device) if prefix else _full_inputs(model, batch, device)))
                 recorder.mask = None
-                for stream in streams:
-                    reading = recorder.take(stream)
-                    _check_finite(reading, stream)
+                readings = {stream: recorder.take(stream) for stream in streams}
+                _check_finite(readings)
+                for stream, reading in readings.items():
                     moments[name][stream].update(reading.numpy())
                     if keep_samples:
                         samples[name][stream][batch.indices] = reading.numpy()
@@ -241,12 +241,16 @@ def capture(
     return Capture(moments, samples if keep_samples else None, n_layers, d_model)
 
 
-def _check_finite(reading: torch.Tensor, stream: str) -> None:
-    finite = torch.isfinite(reading)
-    if not bool(finite.all()):
-        layer = int((~finite).any(dim=2).any(dim=0).nonzero()[0])
+def _check_finite(readings: Mapping[str, torch.Tensor]) -> None:
+    """Fail at the earliest layer (and stream, in forward order) where NaN or Inf appears."""
+    bad = []
+    for order, (stream, reading) in enumerate(readings.items()):
+        layers = (~torch.isfinite(reading)).any(dim=2).any(dim=0).nonzero()
+        if len(layers):
+            bad.append((int(layers[0]), order, stream))
+    if bad:
+        layer, _, stream = min(bad)
         raise NonFiniteActivationError(
             f"NaN/Inf in stream '{stream}' at layer {layer}. In float16 the largest activations overflow "
             "(max 65504); re-run with --dtype bfloat16 or float32."
         )
-

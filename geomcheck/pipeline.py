@@ -19,7 +19,7 @@ import geomcheck
 from geomcheck import models
 from geomcheck.accumulators import Moments
 from geomcheck.cache import Arrays, ArrayCache, cache_key
-from geomcheck.capture import Capture, capture
+from geomcheck.capture import Capture, NonFiniteActivationError, capture
 from geomcheck.geometry import Geometry, geometry_from_moments, geometry_from_samples
 from geomcheck.prompts import prompts_hash, resolve_prompts
 from geomcheck.sites import STREAMS, residual_writers
@@ -156,24 +156,30 @@ class ModelRun:
 
         def compute() -> Arrays:
             loaded = self.loaded
-            result = capture(
-                loaded.model,
-                loaded.tokenizer,
-                self.prompts,
-                streams=self.options.streams,
-                position=self.options.position,
-                batch_size=self.options.batch_size,
-                chat_template=self.chat_template,
-                keep_samples=True,
-                max_length=getattr(loaded.model.config, "max_position_embeddings", None),
-                progress=self.options.progress,
-            )
+            try:
+                result = self._capture(loaded)
+            except NonFiniteActivationError as exc:
+                raise NonFiniteActivationError(f"{self.spec.name}: {exc}") from exc
             return capture_to_arrays(result)
 
         fields = {k: v for k, v in self.meta.items() if k != "device"}
         key = cache_key({"kind": "activations", **fields, "streams": self.options.streams})
         arrays, _, _ = self.cache.get_or_compute(key, compute, self.meta)
         return capture_from_arrays(arrays)
+
+    def _capture(self, loaded: models.LoadedModel) -> Capture:
+        return capture(
+            loaded.model,
+            loaded.tokenizer,
+            self.prompts,
+            streams=self.options.streams,
+            position=self.options.position,
+            batch_size=self.options.batch_size,
+            chat_template=self.chat_template,
+            keep_samples=True,
+            max_length=getattr(loaded.model.config, "max_position_embeddings", None),
+            progress=self.options.progress,
+        )
 
     @cached_property
     def geometry(self) -> Geometry:

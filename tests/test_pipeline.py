@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from geomcheck.pipeline import ModelRun, PromptSetWarning, RunOptions
 
@@ -67,3 +68,21 @@ def test_a_model_too_large_for_the_device_is_refused_before_loading(tmp_path, ti
     with pytest.raises(models.ModelLoadError, match="--device-map auto"):
         run.capture
     assert run.loads == 0
+
+
+def test_nan_activations_fail_naming_model_layer_stream_and_the_fp16_hint(tmp_path, tiny_llama_dir):
+    from geomcheck.capture import NonFiniteActivationError
+
+    run = ModelRun(str(tiny_llama_dir), options(tmp_path))
+    with torch.no_grad():
+        run.loaded.model.layers[2].mlp.down_proj.weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteActivationError, match=r"tiny-llama: NaN/Inf in stream 'post' at layer 2.*bfloat16"):
+        run.capture
+    assert not list((tmp_path / "cache" / "activations").glob("*.safetensors"))  # nothing cached
+
+
+def test_device_map_auto_loads_through_accelerate_and_captures_the_same(tmp_path, tiny_llama_dir):
+    plain = ModelRun(str(tiny_llama_dir), options(tmp_path / "a"))
+    mapped = ModelRun(str(tiny_llama_dir), options(tmp_path / "b", device_map="auto"))
+    for stream in ("pre", "mid", "post"):
+        np.testing.assert_allclose(mapped.capture.samples["harmful"][stream], plain.capture.samples["harmful"][stream], rtol=1e-5, atol=1e-6)
