@@ -134,3 +134,30 @@ def geometry_from_moments(moments: Mapping[str, Mapping[str, tuple[np.ndarray, n
     values.update(_derived(values, streams))
     return Geometry(streams, values, {}, 0)
 
+
+
+def geometry_to_arrays(geometry: Geometry) -> dict[str, np.ndarray]:
+    """Flatten for the cache: ``value/<key>``, ``low/<key>``, ``high/<key>``, plus the stream order."""
+    arrays = {f"value/{k}": np.asarray(v, np.float64) for k, v in geometry.values.items()}
+    for key, interval in geometry.intervals.items():
+        arrays[f"low/{key}"] = np.asarray(interval.low, np.float64)
+        arrays[f"high/{key}"] = np.asarray(interval.high, np.float64)
+    arrays["streams"] = np.frombuffer(",".join(geometry.streams).encode(), dtype=np.uint8).copy()
+    arrays["n_boot"] = np.array([geometry.n_boot], dtype=np.int64)
+    return arrays
+
+
+def geometry_from_arrays(arrays: Mapping[str, np.ndarray]) -> Geometry:
+    """Inverse of :func:`geometry_to_arrays`; scalars come back as 0-d arrays or floats as stored."""
+    streams = tuple(bytes(arrays["streams"]).decode().split(","))
+    values = {k.removeprefix("value/"): v for k, v in arrays.items() if k.startswith("value/")}
+
+    def unpack(a: np.ndarray) -> np.ndarray | float:
+        return float(a) if a.ndim == 0 else a
+
+    intervals = {
+        k.removeprefix("low/"): Interval(unpack(v), unpack(arrays["high/" + k.removeprefix("low/")]))
+        for k, v in arrays.items()
+        if k.startswith("low/")
+    }
+    return Geometry(streams, values, intervals, int(arrays["n_boot"][0]))

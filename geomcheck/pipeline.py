@@ -20,7 +20,7 @@ from geomcheck import models
 from geomcheck.accumulators import Moments
 from geomcheck.cache import Arrays, ArrayCache, cache_key
 from geomcheck.capture import Capture, NonFiniteActivationError, capture
-from geomcheck.geometry import Geometry, geometry_from_moments, geometry_from_samples
+from geomcheck.geometry import Geometry, geometry_from_arrays, geometry_from_moments, geometry_from_samples, geometry_to_arrays
 from geomcheck.prompts import prompts_hash, resolve_prompts
 from geomcheck.sites import STREAMS, residual_writers
 from geomcheck.weights import overlap_matrix, top_left_singular_vectors
@@ -150,6 +150,11 @@ class ModelRun:
             "n_prompts": {k: len(v) for k, v in self.prompts.items()},
         }
 
+    @property
+    def _activations_key(self) -> str:
+        fields = {k: v for k, v in self.meta.items() if k != "device"}
+        return cache_key({"kind": "activations", **fields, "streams": self.options.streams})
+
     @cached_property
     def capture(self) -> Capture:
         """Activations of both sets, from the cache when an identical run stored them."""
@@ -162,9 +167,7 @@ class ModelRun:
                 raise NonFiniteActivationError(f"{self.spec.name}: {exc}") from exc
             return capture_to_arrays(result)
 
-        fields = {k: v for k, v in self.meta.items() if k != "device"}
-        key = cache_key({"kind": "activations", **fields, "streams": self.options.streams})
-        arrays, _, _ = self.cache.get_or_compute(key, compute, self.meta)
+        arrays, _, _ = self.cache.get_or_compute(self._activations_key, compute, self.meta)
         return capture_from_arrays(arrays)
 
     def _capture(self, loaded: models.LoadedModel) -> Capture:
@@ -183,13 +186,21 @@ class ModelRun:
 
     @cached_property
     def geometry(self) -> Geometry:
-        """Statistics with bootstrap intervals (or point values only with ``n_boot=0``)."""
-        result = self.capture
-        if self.options.n_boot and result.samples is not None:
-            return geometry_from_samples(result.samples, n_boot=self.options.n_boot, seed=self.options.seed)
-        return geometry_from_moments(
-            {name: {s: (m.mean, m.variance()) for s, m in streams.items()} for name, streams in result.moments.items()}
-        )
+        """Statistics with bootstrap intervals (or point values only with ``n_boot=0``), cached like the
+        activations: a re-run neither loads the model nor repeats the bootstrap."""
+
+        def compute() -> Arrays:
+            result = self.capture
+            if self.options.n_boot and result.samples is not None:
+                geometry = geometry_from_samples(result.samples, n_boot=self.options.n_boot, seed=self.options.seed)
+            else:
+                moments = {n: {s: (m.mean, m.variance()) for s, m in st.items()} for n, st in result.moments.items()}
+                geometry = geometry_from_moments(moments)
+            return geometry_to_arrays(geometry)
+
+        key = cache_key({"kind": "geometry", "activations": self._activations_key, "n_boot": self.options.n_boot, "seed": self.options.seed})
+        arrays, _, _ = ArrayCache(Path(self.options.cache_dir) / "geometry").get_or_compute(key, compute, self.meta)
+        return geometry_from_arrays(arrays)
 
     @cached_property
     def weights(self) -> WeightOverlap:

@@ -86,3 +86,15 @@ def test_device_map_auto_loads_through_accelerate_and_captures_the_same(tmp_path
     mapped = ModelRun(str(tiny_llama_dir), options(tmp_path / "b", device_map="auto"))
     for stream in ("pre", "mid", "post"):
         np.testing.assert_allclose(mapped.capture.samples["harmful"][stream], plain.capture.samples["harmful"][stream], rtol=1e-5, atol=1e-6)
+
+
+def test_cached_geometry_equals_the_computed_one_and_skips_the_activations(tmp_path, tiny_llama_dir, monkeypatch):
+    first = ModelRun(str(tiny_llama_dir), options(tmp_path)).geometry
+    second_run = ModelRun(str(tiny_llama_dir), options(tmp_path))
+    monkeypatch.setattr(ModelRun, "capture", property(lambda self: pytest.fail("activations were read")))
+    second = second_run.geometry
+    assert second.streams == first.streams and second.n_boot == first.n_boot
+    for key, value in first.values.items():
+        np.testing.assert_array_equal(second.values[key], value)
+        np.testing.assert_array_equal(second.interval(key).low, first.interval(key).low)
+        np.testing.assert_array_equal(second.interval(key).high, first.interval(key).high)
