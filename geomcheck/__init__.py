@@ -4,3 +4,6 @@ transformer's residual stream (variance growth with depth, separation of the
 directions across layers)."""
 
 __version__ = "0.1.0"
+
+STREAMS = ("pre", "mid", "post")  # residual stream before attention, after attention + skip, after the layer
+POSITIONS = ("last", "mean")  # the last real token, or the mean over real tokens

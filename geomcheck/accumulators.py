@@ -64,3 +64,13 @@ class Moments:
         if self.count <= ddof:
             raise ValueError(f"variance needs at least {ddof + 1} samples, got {self.count}")
         return self.m2 / (self.count - ddof)
+
+
+@dataclass
+class Capture:
+    """Per prompt set and stream: running moments, and the raw samples if they were asked for."""
+
+    moments: dict[str, dict[str, Moments]]
+    samples: dict[str, dict[str, np.ndarray]] | None
+    n_layers: int
+    d_model: int

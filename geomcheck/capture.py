@@ -18,26 +18,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from geomcheck.accumulators import Moments
-from geomcheck.sites import STREAMS, Site, find_sites
+from geomcheck import POSITIONS, STREAMS
+from geomcheck.accumulators import Capture, Moments
+from geomcheck.sites import Site, find_sites
 
-POSITIONS = ("last", "mean")
 ENCODERS = {"bert"}
 PREFIX_FAMILIES = {"llama", "qwen2", "qwen3", "mistral", "gpt2"}  # causal decoders whose cache we tested
 
 
 class NonFiniteActivationError(FloatingPointError):
     """NaN or Inf in the residual stream; names the layer and stream."""
-
-
-@dataclass
-class Capture:
-    """Per prompt set and stream: running moments, and the raw samples if they were asked for."""
-
-    moments: dict[str, dict[str, Moments]]
-    samples: dict[str, dict[str, np.ndarray]] | None
-    n_layers: int
-    d_model: int
 
 
 @dataclass

@@ -6,106 +6,33 @@ would compute vocab-sized logits for every token for nothing.
 
 from __future__ import annotations
 
-import difflib
-import json
 import importlib.metadata
 import importlib.util
 import os
 import shutil
-import tomllib
-from dataclasses import dataclass, field
-from importlib import resources
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from filelock import FileLock
 
+from geomcheck.registry import (  # noqa: F401  (re-exported: the registry is part of this module's interface)
+    ModelLoadError,
+    ModelSpec,
+    UnknownModelError,
+    default_cache_dir,
+    registry,
+    resolve,
+)
+
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
-
-WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
-
-# model_type (config.json) -> family (capture sites)
-FAMILIES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "mistral": "mistral", "gpt2": "gpt2", "bert": "bert"}
-
-
-class UnknownModelError(LookupError):
-    """A model name that is neither in the registry nor an existing directory."""
-
-
-class ModelLoadError(RuntimeError):
-    """The model was found but could not be loaded; the message says how to fix it."""
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to load and run one model, as written in ``data/models.toml``."""
-
-    name: str
-    hub_id: str
-    revision: str = "main"
-    family: str = "llama"
-    dtype: str = "float32"
-    chat_template: bool = True
-    package: str | None = None
-    pip: str | None = None
-    gguf_file: str | None = None
-    subdir: str | None = None
-    trust_remote_code: bool = False
-    license: str | None = None
-    config: dict[str, Any] = field(default_factory=dict)
-    local_path: str | None = None
-
-    @property
-    def source(self) -> str:
-        """Where the weights come from, for error messages and cache keys."""
-        return self.local_path or self.hub_id
-
-
-def registry() -> dict[str, ModelSpec]:
-    """The shipped registry, name -> spec."""
-    text = resources.files("geomcheck.data").joinpath("models.toml").read_text(encoding="utf-8")
-    return {name: ModelSpec(name=name, **entry) for name, entry in tomllib.loads(text).items()}
-
-
-def resolve(name_or_path: str) -> ModelSpec:
-    """A registry name, or a local ``from_pretrained`` directory; anything else fails with a hint."""
-    known = registry()
-    if name_or_path in known:
-        return known[name_or_path]
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return _spec_for_directory(path)
-    nearest = difflib.get_close_matches(name_or_path, list(known), n=1, cutoff=0.4)
-    hint = f" Did you mean '{nearest[0]}'?" if nearest else ""
-    raise UnknownModelError(
-        f"unknown model '{name_or_path}'.{hint} Known models: {', '.join(sorted(known))}; "
-        "or pass the path of a local directory saved with save_pretrained."
-    )
-
-
-def _spec_for_directory(path: Path) -> ModelSpec:
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ModelLoadError(
-            f"'{path}' has no config.json: it is not a from_pretrained directory. "
-            "Save the model there with model.save_pretrained(path) and tokenizer.save_pretrained(path)."
-        )
-    model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type", "")
-    has_template = any((path / f).exists() for f in ("chat_template.jinja", "chat_template.json"))
-    if not has_template and (path / "tokenizer_config.json").is_file():
-        has_template = "chat_template" in json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
-    return ModelSpec(
-        name=path.name,
-        hub_id=str(path.resolve()),
-        family=FAMILIES.get(model_type, model_type),
-        chat_template=has_template,
-        local_path=str(path.resolve()),
-    )
 
 
 @dataclass
@@ -117,13 +44,6 @@ class LoadedModel:
     tokenizer: Any
     dtype: torch.dtype
     device: str
-
-
-def default_cache_dir() -> Path:
-    """``$GEOMCHECK_CACHE``, else ``$XDG_CACHE_HOME/geomcheck``, else ``~/.cache/geomcheck``."""
-    if env := os.environ.get("GEOMCHECK_CACHE"):
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "geomcheck"
 
 
 def package_dir(spec: ModelSpec) -> Path:

@@ -11,19 +11,20 @@ import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 import geomcheck
-from geomcheck import models
-from geomcheck.accumulators import Moments
+from geomcheck import STREAMS, registry
+from geomcheck.accumulators import Capture, Moments
 from geomcheck.cache import Arrays, ArrayCache, cache_key
-from geomcheck.capture import Capture, NonFiniteActivationError, capture
 from geomcheck.geometry import Geometry, geometry_from_arrays, geometry_from_moments, geometry_from_samples, geometry_to_arrays
 from geomcheck.prompts import prompts_hash, resolve_prompts
-from geomcheck.sites import STREAMS, residual_writers
 from geomcheck.weights import overlap_matrix, top_left_singular_vectors
+
+if TYPE_CHECKING:
+    from geomcheck.models import LoadedModel
 
 MIN_PROMPTS = 2  # a variance needs two samples
 
@@ -50,16 +51,19 @@ class RunOptions:
     top_k: int = 16
     device_map: str | None = None
     trust_remote_code: bool = False
-    cache_dir: Path = field(default_factory=models.default_cache_dir)
+    cache_dir: Path = field(default_factory=registry.default_cache_dir)
     progress: bool = True
 
 
 class ModelRun:
-    """Lazily computed results for one model under one set of options."""
+    """Lazily computed results for one model under one set of options.
+
+    torch and transformers are imported only when the model must run: a fully cached re-run never needs them.
+    """
 
     def __init__(self, name: str, options: RunOptions) -> None:
         self.name = name
-        self.spec = models.resolve(name)
+        self.spec = registry.resolve(name)
         self.options = options
         self.loads = 0
         self.cache = ArrayCache(Path(options.cache_dir) / "activations")
@@ -98,8 +102,10 @@ class ModelRun:
         return self.options.dtype or self.spec.dtype
 
     @cached_property
-    def loaded(self) -> models.LoadedModel:
+    def loaded(self) -> LoadedModel:
         """The model itself: loaded on first use only, counted so tests can assert it happens once."""
+        from geomcheck import models
+
         self.check_memory()
         self.loads += 1
         return models.load(
@@ -113,6 +119,8 @@ class ModelRun:
 
     def check_memory(self) -> None:
         """Print the memory estimate, and refuse a model that cannot fit on its device."""
+        from geomcheck import models
+
         longest = max(len(p) for prompts in self.prompts.values() for p in prompts) // 2 + 64  # ~tokens incl. template
         estimate = models.estimate_memory(self.spec, models.parse_dtype(self.options.dtype, self.spec), self.options.batch_size, longest)
         if estimate is None:
@@ -160,6 +168,8 @@ class ModelRun:
         """Activations of both sets, from the cache when an identical run stored them."""
 
         def compute() -> Arrays:
+            from geomcheck.capture import NonFiniteActivationError
+
             loaded = self.loaded
             try:
                 result = self._capture(loaded)
@@ -170,7 +180,9 @@ class ModelRun:
         arrays, _, _ = self.cache.get_or_compute(self._activations_key, compute, self.meta)
         return capture_from_arrays(arrays)
 
-    def _capture(self, loaded: models.LoadedModel) -> Capture:
+    def _capture(self, loaded: LoadedModel) -> Capture:
+        from geomcheck.capture import capture
+
         return capture(
             loaded.model,
             loaded.tokenizer,
@@ -207,6 +219,8 @@ class ModelRun:
         """Layers × layers overlap of the top-k output directions, per kind of writing matrix."""
 
         def compute() -> Arrays:
+            from geomcheck.sites import residual_writers
+
             bases: dict[str, list[np.ndarray]] = {}
             for _, kind, weight in residual_writers(self.loaded.model):
                 bases.setdefault(kind, []).append(top_left_singular_vectors(weight, self.options.top_k))

@@ -11,15 +11,16 @@ import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from geomcheck import figures, models
-from geomcheck.capture import POSITIONS
-from geomcheck.geometry import Geometry
-from geomcheck.pipeline import ModelRun, RunOptions, WeightOverlap
-from geomcheck.sites import STREAMS
+from geomcheck import POSITIONS, STREAMS, registry
+
+if TYPE_CHECKING:  # the heavy modules load when a check first needs them, not at pytest start-up
+    from geomcheck.geometry import Geometry
+    from geomcheck.pipeline import ModelRun, RunOptions, WeightOverlap
 
 # name -> (help, type for the ini value, default). Each is a command-line option --<name> and an ini key
 # geomcheck_<name with underscores>; the command line wins.
@@ -79,6 +80,8 @@ def _optional_int(value: Any) -> int | None:
 
 def run_options(config: pytest.Config) -> RunOptions:
     """The session's RunOptions from command line and ini."""
+    from geomcheck.pipeline import RunOptions
+
     cache_dir = _setting(config, "geomcheck-cache-dir")
     return RunOptions(
         device=_setting(config, "device"),
@@ -89,15 +92,19 @@ def run_options(config: pytest.Config) -> RunOptions:
         harmless=_setting(config, "harmless") or None,
         position=_setting(config, "position"),
         chat_template=False if config.getoption("geomcheck_no_chat_template") else None,
-        streams=tuple(s.strip() for s in _setting(config, "streams").split(",") if s.strip()),
+        streams=streams_setting(config),
         n_boot=int(_setting(config, "n-boot")),
         seed=int(_setting(config, "seed")),
         top_k=int(_setting(config, "top-k")),
         device_map=_setting(config, "device-map") or None,
         trust_remote_code=bool(config.getoption("geomcheck_trust_remote_code")),
-        cache_dir=Path(cache_dir) if cache_dir else models.default_cache_dir(),
+        cache_dir=Path(cache_dir) if cache_dir else registry.default_cache_dir(),
         progress=config.getoption("verbose") >= 0,
     )
+
+
+def streams_setting(config: pytest.Config) -> tuple[str, ...]:
+    return tuple(s.strip() for s in _setting(config, "streams").split(",") if s.strip())
 
 
 def load_thresholds(path: str | None) -> dict[str, Any]:
@@ -124,8 +131,8 @@ class Finding:
 class GeomcheckSession:
     """Per pytest session (per worker under xdist): the model runs, one per model, and their figures."""
 
+    config: pytest.Config
     models: dict[str, str]  # as given (name or path) -> display name used in ids, thresholds and summaries
-    options: RunOptions
     thresholds: dict[str, Any]
     artifacts_dir: Path
     runs: dict[str, ModelRun] = field(default_factory=dict)
@@ -134,7 +141,13 @@ class GeomcheckSession:
     def add_figure(self, model: str, kind: str, path: Path) -> None:
         self.figures.setdefault(model, {})[kind] = path
 
+    @cached_property
+    def options(self) -> RunOptions:
+        return run_options(self.config)
+
     def run(self, model: str) -> ModelRun:
+        from geomcheck.pipeline import ModelRun
+
         if model not in self.runs:
             self.runs[model] = ModelRun(model, self.options)
         return self.runs[model]
@@ -153,12 +166,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "geomcheck_streams(*streams): streams a check is parametrized over")
     names = config.getoption("geomcheck_models") or config.getini("geomcheck_models")
     try:
-        display = {name: models.resolve(name).name for name in names}
-    except (models.UnknownModelError, models.ModelLoadError) as exc:
+        display = {name: registry.resolve(name).name for name in names}
+    except (registry.UnknownModelError, registry.ModelLoadError) as exc:
         raise pytest.UsageError(str(exc)) from exc
     config.stash[RUNS_KEY] = GeomcheckSession(
+        config=config,
         models=display,
-        options=run_options(config),
         thresholds=load_thresholds(_setting(config, "thresholds")),
         artifacts_dir=config.invocation_params.dir / _setting(config, "artifacts-dir"),
     )
@@ -177,7 +190,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("model_name", list(session.models), ids=list(session.models.values()), scope="session")
     if "stream" in metafunc.fixturenames:
         marker = metafunc.definition.get_closest_marker("geomcheck_streams")
-        streams = [s for s in session.options.streams if marker is None or s in marker.args]
+        streams = [s for s in streams_setting(metafunc.config) if marker is None or s in marker.args]
         metafunc.parametrize("stream", streams, ids=streams)
 
 
@@ -216,6 +229,8 @@ def model_run(geomcheck_session: GeomcheckSession, model_name: str) -> ModelRun:
 @pytest.fixture(scope="session")
 def geometry(request: pytest.FixtureRequest, model_run: ModelRun, model_name: str, geomcheck_session: GeomcheckSession) -> Geometry:
     """Per-layer statistics with 95% bootstrap intervals, parametrized over --model; draws the note's figure."""
+    from geomcheck import figures
+
     name = geomcheck_session.models[model_name]
     with _live(request.config):
         model_run.geometry
@@ -235,6 +250,8 @@ def activations(model_run: ModelRun) -> dict[str, dict[str, Any]]:
 @pytest.fixture(scope="session")
 def weights(request: pytest.FixtureRequest, model_run: ModelRun, model_name: str, geomcheck_session: GeomcheckSession) -> WeightOverlap:
     """Layers × layers overlap of each layer's top-k residual-writing directions; draws the heatmap."""
+    from geomcheck import figures
+
     with _live(request.config):
         model_run.weights
     path = figures.write_overlap(geomcheck_session.models[model_name], model_run.weights, geomcheck_session.artifacts_dir)

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-STREAMS = ("pre", "mid", "post")
+from geomcheck import STREAMS
+
 PARALLEL_BLOCKS = {"gptj", "gpt_neox", "phi", "falcon", "cohere"}
 
 
