@@ -258,22 +258,17 @@ def test_directory_path(tmp_path: Path) -> None:
     assert "adir.txt" in msg and "directory" in msg
 
 
-def test_unreadable_file(tmp_path: Path) -> None:
+def test_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # root reads a chmod-000 file anyway, so the permission error is raised by the read itself
     f = tmp_path / "secret.txt"
     f.write_text("a prompt\n", encoding="utf-8")
-    f.chmod(0)
-    try:
-        try:
-            with open(f, "rb"):
-                readable = True
-        except PermissionError:
-            readable = False
-        if readable:
-            pytest.skip("chmod 000 file is still readable (running as root?)")
-        msg = _raises(f)
-        assert "secret.txt" in msg and "permission" in msg.lower()
-    finally:
-        f.chmod(0o600)
+
+    def denied(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    msg = _raises(f)
+    assert "secret.txt" in msg and "permission" in msg.lower() and "chmod u+r" in msg
 
 
 def test_latin1_file(tmp_path: Path) -> None:
