@@ -149,7 +149,7 @@ class SharedPrefix:
 
     def __init__(self, model: torch.nn.Module, ids: Sequence[int]) -> None:
         self.length = len(ids)
-        device = next(model.parameters()).device
+        device = input_device(model)
         self.cache = model(input_ids=torch.tensor([list(ids)], device=device), use_cache=True).cache
 
     def inputs(self, batch: Batch, device: torch.device) -> dict[str, object]:
@@ -166,6 +166,16 @@ class SharedPrefix:
             "cache": cache,
             "use_cache": True,
         }
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where the token ids go. A model dispatched by accelerate may keep some weights on ``meta`` (offloaded
+    to CPU or disk) and moves each block's inputs itself; its embedding's entry in the device map decides."""
+    device_map = getattr(model, "hf_device_map", None)
+    if device_map:
+        first = next(iter(device_map.values()))
+        return torch.device(f"cuda:{first}" if isinstance(first, int) else first if first not in ("disk", "meta") else "cpu")
+    return next(model.parameters()).device
 
 
 def shared_prefix_length(token_ids: Sequence[Sequence[int]]) -> int:
@@ -204,7 +214,7 @@ def capture(
     sites = find_sites(model, streams)
     n_layers = len(next(iter(sites.values())))
     d_model = int(model.config.hidden_size)
-    device = next(model.parameters()).device
+    device = input_device(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     token_ids = {name: tokenize(tokenizer, prompts, chat_template, max_length) for name, prompts in prompt_sets.items()}
     everything = [ids for ids_of_set in token_ids.values() for ids in ids_of_set]

@@ -86,7 +86,7 @@ def load(
     *,
     device: str = "cpu",
     dtype: str | None = None,
-    device_map: str | None = None,
+    device_map: str | dict[str, Any] | None = None,
     trust_remote_code: bool = False,
     cache_dir: Path | None = None,
 ) -> LoadedModel:
@@ -105,6 +105,8 @@ def load(
     kwargs["trust_remote_code"] = spec.trust_remote_code or trust_remote_code
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        if device_map is not None:  # accelerate may offload what fits nowhere else to disk
+            kwargs["offload_folder"] = str((cache_dir or default_cache_dir()) / "offload" / spec.name)
         model = AutoModel.from_pretrained(location, dtype=torch_dtype, device_map=device_map, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(

@@ -98,3 +98,19 @@ def test_cached_geometry_equals_the_computed_one_and_skips_the_activations(tmp_p
         np.testing.assert_array_equal(second.values[key], value)
         np.testing.assert_array_equal(second.interval(key).low, first.interval(key).low)
         np.testing.assert_array_equal(second.interval(key).high, first.interval(key).high)
+
+
+def test_capture_hooks_work_on_a_model_sharded_by_accelerate_with_layers_offloaded(tmp_path, tiny_llama_dir):
+    from geomcheck import models
+    from geomcheck.capture import capture
+
+    spec = models.resolve(str(tiny_llama_dir))
+    split = {"embed_tokens": "cpu", "layers.0": "cpu", "layers.1": "cpu", "layers.2": "disk", "layers.3": "disk", "norm": "cpu", "rotary_emb": "cpu"}
+    sharded = models.load(spec, device_map=split, cache_dir=tmp_path)
+    assert sharded.model.layers[3].mlp.down_proj.weight.device.type == "meta"  # really offloaded
+    plain = models.load(spec)
+    prompts = {"set": ["Write a poem about the sea", "Explain gravity to a child", "Name three rivers"]}
+    expected = capture(plain.model, plain.tokenizer, prompts, keep_samples=True, progress=False)
+    actual = capture(sharded.model, sharded.tokenizer, prompts, keep_samples=True, progress=False)
+    for stream in ("pre", "mid", "post"):
+        np.testing.assert_allclose(actual.samples["set"][stream], expected.samples["set"][stream], rtol=1e-6, atol=1e-7)
