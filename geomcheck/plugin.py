@@ -68,6 +68,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--no-chat-template", action="store_true", dest="geomcheck_no_chat_template", help="feed prompts raw, without the chat template")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """``-n N`` alone means ``--dist loadgroup`` here: each model's checks stay on one worker, which loads
+    the model once (xdist would otherwise pick ``load`` and spread them). An explicit ``--dist`` wins."""
+    if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", None) == "no":
+        config.option.dist = "loadgroup"
+
+
 def _setting(config: pytest.Config, name: str) -> Any:
     dest = "geomcheck_" + name.removeprefix("geomcheck-").replace("-", "_")
     value = config.getoption(dest)

@@ -121,3 +121,26 @@ def test_junit_xml_lists_the_figures_as_properties(pytester: pytest.Pytester, pr
         assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert path.parent == pytester.path / "geomcheck-artifacts" / "tiny-llama"
     assert f"figure {path}" in result.stdout.str()
+
+
+def test_two_xdist_workers_share_one_cache_without_tearing_or_double_work(pytester: pytest.Pytester, tmp_path_factory):
+    from conftest import save_tiny_llama
+
+    root = tmp_path_factory.mktemp("two-models")
+    first, second = save_tiny_llama(root / "tiny-a", seed=1), save_tiny_llama(root / "tiny-b", seed=2)
+    for check in ("test_variance_grows.py", "test_cosine_falls.py", "test_weights_share_directions.py"):
+        shutil.copy(ROOT / "checks" / check, pytester.path / check)
+    cache = tmp_path_factory.mktemp("shared-cache")
+    args = ["-n", "2", "--model", str(first), "--model", str(second), "--max-prompts", "6", "--n-boot", "10",
+            "--geomcheck-cache-dir", str(cache), "-p", "no:cacheprovider", "-p", "no:randomly"]
+    for loads in ("1×", "0× (all from cache)"):  # -n alone groups by model: one worker loads each model once
+        result = pytester.runpytest_subprocess(*args)
+        outcomes = result.parseoutcomes()
+        assert outcomes.get("passed", 0) + outcomes.get("failed", 0) == 14 and "error" not in outcomes
+        assert f"tiny-a: model loaded {loads}" in result.stdout.str()
+        assert f"tiny-b: model loaded {loads}" in result.stdout.str()
+    # one whole entry per model and kind, nothing half-written, nothing computed twice under two names
+    for kind in ("activations", "geometry", "weights"):
+        entries = list((cache / kind).glob("*.safetensors"))
+        assert len(entries) == 2, (kind, entries)
+    assert not list(cache.rglob("*.tmp"))
