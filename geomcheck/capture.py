@@ -222,7 +222,11 @@ def capture(
     prefix_length = shared_prefix_length(everything) if reuse and everything else 0
     recorder = _Recorder(sites, position)
     moments = {name: {s: Moments((n_layers, d_model)) for s in streams} for name in prompt_sets}
-    samples = {name: {s: np.empty((len(p), n_layers, d_model), np.float32) for s in streams} for name, p in prompt_sets.items()}
+    samples = (
+        {name: {s: np.empty((len(p), n_layers, d_model), np.float32) for s in streams} for name, p in prompt_sets.items()}
+        if keep_samples
+        else None
+    )
     with recorder.attached(), torch.inference_mode(), tqdm(total=len(everything), desc="geomcheck capture", unit="prompt", disable=not progress) as bar:
         prefix = SharedPrefix(model, everything[0][:prefix_length]) if prefix_length else None
         for name, ids_of_set in token_ids.items():
@@ -235,10 +239,10 @@ def capture(
                 _check_finite(readings)
                 for stream, reading in readings.items():
                     moments[name][stream].update(reading.numpy())
-                    if keep_samples:
+                    if samples is not None:
                         samples[name][stream][batch.indices] = reading.numpy()
                 bar.update(len(batch.indices))
-    return Capture(moments, samples if keep_samples else None, n_layers, d_model)
+    return Capture(moments, samples, n_layers, d_model)
 
 
 def _check_finite(readings: Mapping[str, torch.Tensor]) -> None:
