@@ -21,7 +21,7 @@ check: $(STAMP)
 	$(BIN)/pytest checks/
 
 test: $(STAMP)
-	$(BIN)/pytest tests/ -n 2
+	OMP_NUM_THREADS=1 $(BIN)/pytest tests/ -n 2
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_capture.py

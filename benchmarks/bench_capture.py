@@ -102,6 +102,15 @@ sets (longer prompts, so wider batches); reports time, peak RSS Δ, the accumula
 every numpy buffer ``capture`` allocates, touched or not. Time under tracemalloc is slower; it is shown
 for orientation only. Default: ``64,1024`` for the embedded models, skipped for ``*-random`` models.
 
+Reference results (AMD EPYC, 2 cores, torch 2.13 CPU, transformers 5.24; 64 prompts, batch 16, float32)
+---------------------------------------------------------------------------------------------------
+smollm2-135m, idle machine, 2 threads (``--wait-idle 60``): naive floor 4.16 s, unique-token floor 2.24 s
+(24-token shared chat-template prefix, 59% of real tokens), geomcheck as shipped (prefix reuse) 2.37 s =
+0.57× naive = 1.06× unique floor; prefix_reuse=False 1.03× naive; CausalLM output_hidden_states 5.36 s
+(2.26× geomcheck), nnsight 5.46 s, TransformerLens 5.46 s. minilm-l6 (1 thread): geomcheck 1.05-1.08×
+naive (no prefix reuse for an encoder). llama-3.2-3b-random (8 prompts, batch 4, 1 thread): geomcheck
+0.67× naive, 1.01× unique floor. Accumulator: 1.66 MB (smollm2) for 64 and 1,024 prompts alike.
+
 Output: machine info, prompt/token statistics, correctness checks, the markdown table, the explicit ratios
 (geomcheck / naive floor, geomcheck / unique-token floor, output_hidden_states (CausalLM) / geomcheck),
 the accumulator-memory table, and with ``--json`` the same as JSON.
@@ -838,7 +847,9 @@ def run_methods(ctx: Context, methods: list[str], warmup: int, repeats: int, idl
                     got = RUNNERS[m](ctx, collect)
                     elapsed = time.perf_counter() - t0
                     own = _own_cpu() - c0
-                    others = max(0.0, (_system_busy() - b0) - own) / (elapsed * (os.cpu_count() or 1))
+                    # psutil's machine-wide CPU times tick at 10 ms: meaningless for very short runs
+                    others = (max(0.0, (_system_busy() - b0) - own) / (elapsed * (os.cpu_count() or 1))
+                              if elapsed >= 0.25 else float("nan"))
             except Exception as exc:
                 results[m]["error"] = fmt_err(exc)
                 traceback.print_exc()
@@ -851,7 +862,7 @@ def run_methods(ctx: Context, methods: list[str], warmup: int, repeats: int, idl
             results[m]["rss"].append(mem.peak_rss_delta)
             if mem.peak_gpu_delta is not None:
                 results[m]["gpu"].append(mem.peak_gpu_delta)
-            print(f"  round {r + 1}/{repeats}: {m:18s} {elapsed:8.3f} s  cpu {own:8.3f} s  others {others:4.0%}  "
+            print(f"  round {r + 1}/{repeats}: {m:18s} {elapsed:8.3f} s  cpu {own:8.3f} s  others {others:5.0%}  "
                   f"peak RSS Δ {mem.peak_rss_delta / 2**20:8.1f} MB", file=sys.stderr, flush=True)
     for m, res in results.items():
         if res["times"]:
@@ -859,7 +870,8 @@ def run_methods(ctx: Context, methods: list[str], warmup: int, repeats: int, idl
             res["min_s"] = min(res["times"])
             res["max_s"] = max(res["times"])
             res["cpu_median_s"] = statistics.median(res["cpu_times"])
-            res["others_cpu_share_max"] = max(res["others_cpu_share"])
+            shares = [x for x in res["others_cpu_share"] if x == x]
+            res["others_cpu_share_max"] = max(shares) if shares else None
             res["peak_rss_delta_mb"] = max(res["rss"]) / 2**20
             if res["gpu"]:
                 res["peak_gpu_delta_mb"] = max(res["gpu"]) / 2**20
@@ -886,7 +898,8 @@ def memory_test(subject: Subject, sizes: list[int], batch_size: int, device: str
         tracemalloc.stop()
         acc = sum(m.mean.nbytes + m.m2.nbytes for per in cap.moments.values() for m in per.values())
         shape = (cap.n_layers, cap.d_model)
-        # what `capture` pre-allocates for raw samples even when keep_samples=False (np.empty, untouched)
+        # size of a raw-samples buffer (what linear growth would cost; geomcheck at the time of writing
+        # np.empty-allocates it even with keep_samples=False, untouched, so tracemalloc sees it, RSS not)
         samples_buffer = sum(len(p) for p in sets.values()) * len(STREAMS) * int(np.prod(shape)) * 4
         pooled = min(pool_size or 10**9, min(len(builtin_prompts(x)) for x in sets))
         row = {
@@ -896,7 +909,7 @@ def memory_test(subject: Subject, sizes: list[int], batch_size: int, device: str
             "peak_rss_delta_mb": mem.peak_rss_delta / 2**20,
             "accumulator_bytes": acc,
             "tracemalloc_peak_mb": traced_peak / 2**20,
-            "unused_samples_buffer_mb_if_allocated": samples_buffer / 2**20,
+            "samples_buffer_mb": samples_buffer / 2**20,
         }
         if mem.peak_gpu_delta is not None:
             row["peak_gpu_delta_mb"] = mem.peak_gpu_delta / 2**20
@@ -928,13 +941,14 @@ def markdown_table(results: dict, methods: list[str], device: str, n_prompts: in
         if gpu:
             line += f" {res.get('peak_gpu_delta_mb', float('nan')):.0f} |"
         cpu_ratio = f"{res['cpu_median_s'] / naive_cpu:.2f}×" if naive_cpu else "–"
-        line += f" {res['cpu_median_s']:.3f} | {cpu_ratio} | {res['others_cpu_share_max']:.0%} |"
+        share = res["others_cpu_share_max"]
+        line += f" {res['cpu_median_s']:.3f} | {cpu_ratio} | {'–' if share is None else f'{share:.0%}'} |"
         lines.append(line)
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--prompts", type=int, default=64, help="total prompts, half harmful and half harmless")
     ap.add_argument("--batch-size", type=int, default=16)
@@ -1110,7 +1124,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"- {k}: {v['wall']:.2f}× wall, {v['cpu']:.2f}× CPU")
         print()
     if verification:
-        print("Checks (warm-up readings):")
+        print("Checks (readings of each method's first pass; geomcheck = reference):")
         for k, v in verification.items():
             print(f"- {k}: {v:.3g}" if isinstance(v, float) else f"- {k}: {v}")
         print()
@@ -1118,13 +1132,13 @@ def main(argv: list[str] | None = None) -> int:
         print("Accumulator memory, geomcheck capture keep_samples=False (one run each, under tracemalloc):")
         print()
         print("| prompts | cycled from (per set) | seconds | peak RSS Δ MB | accumulator bytes | tracemalloc peak MB | "
-              "np.empty samples buffer MB (allocated though unused) |")
+              "raw samples would take MB (n × streams × layers × d × 4 B) |")
         print("|---:|---|---:|---:|---:|---:|---:|")
         for row in memory_rows:
             pool_text = row["cycled_pool_per_set"] if isinstance(row["cycled_pool_per_set"], str) else f"first {row['cycled_pool_per_set']}"
             print(f"| {row['prompts']} | {pool_text} | {row['seconds_under_tracemalloc']:.1f} | {row['peak_rss_delta_mb']:.1f} | "
                   f"{row['accumulator_bytes']:,} | {row['tracemalloc_peak_mb']:.1f} | "
-                  f"{row['unused_samples_buffer_mb_if_allocated']:.1f} |")
+                  f"{row['samples_buffer_mb']:.1f} |")
         print()
     max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"- process max RSS over the whole run (getrusage): {max_rss:.0f} MB")

@@ -84,14 +84,25 @@ class _Recorder:
     def __init__(self, sites: dict[str, list[Site]], position: str) -> None:
         self.sites = sites
         self.position = position
-        self.mask: torch.Tensor | None = None
+        self.start(None)
         self.readings: dict[str, list[torch.Tensor | None]] = {s: [None] * len(v) for s, v in sites.items()}
 
+    def start(self, mask: torch.Tensor | None) -> None:
+        """Set the batch in flight (None: nothing to read); the gather indices are computed once here,
+        not in each of the 3 × layers hook calls."""
+        self.mask: torch.Tensor | None = mask
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _index(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._on_device:
+            assert self.mask is not None
+            mask = self.mask.to(device)
+            self._on_device[device] = (mask.sum(dim=1) - 1, mask)
+        return self._on_device[device]
+
     def reduce(self, hidden: torch.Tensor) -> torch.Tensor:
-        assert self.mask is not None
-        mask = self.mask.to(hidden.device)
+        last, mask = self._index(hidden.device)
         if self.position == "last":
-            last = mask.sum(dim=1) - 1
             picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         else:
             weights = mask.to(hidden.dtype).unsqueeze(-1)
@@ -232,9 +243,9 @@ def capture(
         for name, ids_of_set in token_ids.items():
             suffixes = [ids[prefix_length:] for ids in ids_of_set]
             for batch in batches(suffixes, batch_size, pad_id):
-                recorder.mask = batch.attention_mask
+                recorder.start(batch.attention_mask)
                 model(**(prefix.inputs(batch, device) if prefix else _full_inputs(model, batch, device)))
-                recorder.mask = None
+                recorder.start(None)
                 readings = {stream: recorder.take(stream) for stream in streams}
                 _check_finite(readings)
                 for stream, reading in readings.items():
