@@ -137,27 +137,32 @@ def geometry_from_moments(moments: Mapping[str, Mapping[str, tuple[np.ndarray, n
 
 
 def geometry_to_arrays(geometry: Geometry) -> dict[str, np.ndarray]:
-    """Flatten for the cache: ``value/<key>``, ``low/<key>``, ``high/<key>``, plus the stream order."""
-    arrays = {f"value/{k}": np.asarray(v, np.float64) for k, v in geometry.values.items()}
-    for key, interval in geometry.intervals.items():
-        arrays[f"low/{key}"] = np.asarray(interval.low, np.float64)
-        arrays[f"high/{key}"] = np.asarray(interval.high, np.float64)
+    """Flatten for the cache: ``value/<key>`` per-layer curves and ``scalar/<key>`` summary figures (stored as
+    one-element arrays: safetensors has no 0-d tensor), with ``low/…`` and ``high/…`` intervals alike."""
+    arrays: dict[str, np.ndarray] = {}
+    for key, value in geometry.values.items():
+        kind = "value" if np.ndim(value) else "scalar"
+        arrays[f"{kind}/{key}"] = np.atleast_1d(np.asarray(value, np.float64))
+        if key in geometry.intervals:
+            arrays[f"low/{key}"] = np.atleast_1d(np.asarray(geometry.intervals[key].low, np.float64))
+            arrays[f"high/{key}"] = np.atleast_1d(np.asarray(geometry.intervals[key].high, np.float64))
     arrays["streams"] = np.frombuffer(",".join(geometry.streams).encode(), dtype=np.uint8).copy()
     arrays["n_boot"] = np.array([geometry.n_boot], dtype=np.int64)
     return arrays
 
 
 def geometry_from_arrays(arrays: Mapping[str, np.ndarray]) -> Geometry:
-    """Inverse of :func:`geometry_to_arrays`; scalars come back as 0-d arrays or floats as stored."""
+    """Inverse of :func:`geometry_to_arrays`: curves stay arrays, summary figures become scalars again."""
     streams = tuple(bytes(arrays["streams"]).decode().split(","))
-    values = {k.removeprefix("value/"): v for k, v in arrays.items() if k.startswith("value/")}
-
-    def unpack(a: np.ndarray) -> np.ndarray | float:
-        return float(a) if a.ndim == 0 else a
-
-    intervals = {
-        k.removeprefix("low/"): Interval(unpack(v), unpack(arrays["high/" + k.removeprefix("low/")]))
-        for k, v in arrays.items()
-        if k.startswith("low/")
-    }
+    values: dict[str, np.ndarray] = {}
+    intervals: dict[str, Interval] = {}
+    for name, array in arrays.items():
+        kind, _, key = name.partition("/")
+        if kind not in ("value", "scalar"):
+            continue
+        scalar = kind == "scalar"
+        values[key] = np.float64(array[0]) if scalar else array
+        if f"low/{key}" in arrays:
+            low, high = arrays[f"low/{key}"], arrays[f"high/{key}"]
+            intervals[key] = Interval(float(low[0]), float(high[0])) if scalar else Interval(low, high)
     return Geometry(streams, values, intervals, int(arrays["n_boot"][0]))

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from geomcheck.models import LoadedModel
 
 MIN_PROMPTS = 2  # a variance needs two samples
+GEOMETRY_FORMAT = 2  # layout of cached geometry entries (geometry_to_arrays); bump when it changes
 
 
 class PromptSetWarning(UserWarning):
@@ -210,7 +211,8 @@ class ModelRun:
                 geometry = geometry_from_moments(moments)
             return geometry_to_arrays(geometry)
 
-        key = cache_key({"kind": "geometry", "activations": self._activations_key, "n_boot": self.options.n_boot, "seed": self.options.seed})
+        key = cache_key({"kind": "geometry", "format": GEOMETRY_FORMAT, "activations": self._activations_key,
+                         "n_boot": self.options.n_boot, "seed": self.options.seed})
         arrays, _, _ = ArrayCache(Path(self.options.cache_dir) / "geometry").get_or_compute(key, compute, self.meta)
         return geometry_from_arrays(arrays)
 

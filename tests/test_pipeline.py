@@ -94,10 +94,13 @@ def test_cached_geometry_equals_the_computed_one_and_skips_the_activations(tmp_p
     monkeypatch.setattr(ModelRun, "capture", property(lambda self: pytest.fail("activations were read")))
     second = second_run.geometry
     assert second.streams == first.streams and second.n_boot == first.n_boot
+    assert second.values.keys() == first.values.keys() and second.intervals.keys() == first.intervals.keys()
     for key, value in first.values.items():
+        assert np.shape(second.values[key]) == np.shape(value), key  # scalars come back as scalars
         np.testing.assert_array_equal(second.values[key], value)
         np.testing.assert_array_equal(second.interval(key).low, first.interval(key).low)
         np.testing.assert_array_equal(second.interval(key).high, first.interval(key).high)
+    assert second.describe("mid/growth_rate/harmful") == first.describe("mid/growth_rate/harmful")
 
 
 def test_capture_hooks_work_on_a_model_sharded_by_accelerate_with_layers_offloaded(tmp_path, tiny_llama_dir):

@@ -56,6 +56,7 @@ def test_each_model_loads_once_however_many_checks_read_it(pytester: pytest.Pyte
     assert sum(outcomes.get(k, 0) for k in ("passed", "failed", "xfailed")) == 8
     rerun = pytester.runpytest(*project)
     assert "tiny-llama: model loaded 0× (all from cache)" in rerun.stdout.str()
+    assert rerun.parseoutcomes() == outcomes  # the cached geometry gives the same verdicts
 
 
 def test_ini_settings_apply_and_the_command_line_wins(pytester: pytest.Pytester, tiny_llama_dir, tmp_path):
