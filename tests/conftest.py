@@ -1,10 +1,16 @@
-"""Shared test fixtures: tiny random-init models saved as local directories, built offline."""
+"""Shared test fixtures: tiny random-init models saved as local directories, built offline.
+
+torch and matplotlib are imported here, before any in-process pytester run: pytester restores
+``sys.modules`` after each inner run, and the plugin imports them lazily, so an inner run would otherwise
+import them afresh each time, and objects from the first import break ``isinstance`` checks in the next.
+"""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import matplotlib.figure  # noqa: F401
 import pytest
 import torch
 
