@@ -76,6 +76,26 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
         config.option.dist = "loadgroup"
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Under ``--dist loadgroup``, keep each model's checks on one worker, read from the model id in the
+    node id (``test_x[smollm2-135m-mid]``): xdist's own grouping by node-id suffix is silently lost with
+    pytest ≥ 9.2 (pytest-xdist issue 1386), and a model loaded on every worker costs minutes."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    names = sorted(config.stash[RUNS_KEY].models.values(), key=len, reverse=True)
+
+    class ByModel(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            params = nodeid.rpartition("[")[2] if nodeid.endswith("]") else ""
+            model = next((n for n in names if params == f"{n}]" or params.startswith(f"{n}-")), None)
+            return f"geomcheck-model:{model}" if model else super()._split_scope(nodeid)
+
+    return ByModel(config, log)
+
+
 def _setting(config: pytest.Config, name: str) -> Any:
     dest = "geomcheck_" + name.removeprefix("geomcheck-").replace("-", "_")
     value = config.getoption(dest)
@@ -195,7 +215,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize checks over models (``[model]``) and, if they ask for ``stream``, streams (``[model-mid]``)."""
     session = metafunc.config.stash[RUNS_KEY]
     if "model_name" in metafunc.fixturenames:
-        metafunc.parametrize("model_name", list(session.models), ids=list(session.models.values()), scope="session")
+        # xdist_group: under `-n N` (--dist loadgroup) each model's checks share one worker, which loads it once
+        params = [pytest.param(m, id=name, marks=pytest.mark.xdist_group(name)) for m, name in session.models.items()]
+        metafunc.parametrize("model_name", params, scope="session")
     if "stream" in metafunc.fixturenames:
         marker = metafunc.definition.get_closest_marker("geomcheck_streams")
         streams = [s for s in streams_setting(metafunc.config) if marker is None or s in marker.args]
@@ -203,14 +225,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark per-model findings (hypotheses that do not hold) as strict expected failures, and group each
-    model's checks for ``pytest -n N --dist loadgroup`` so one worker loads each model once."""
+    """Mark per-model findings (hypotheses that do not hold) as strict expected failures."""
     session = config.stash[RUNS_KEY]
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         if "model_name" not in params:
             continue
-        item.add_marker(pytest.mark.xdist_group(session.models[params["model_name"]]))
         reason = session.expected_failure(check_name(item), session.models[params["model_name"]], params.get("stream"))
         if reason:
             item.add_marker(pytest.mark.xfail(reason=reason, strict=True))
