@@ -78,7 +78,10 @@ def test_killing_a_writer_mid_write_leaves_every_entry_whole(tmp_path, signal_na
 
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
-    time.sleep(1.5)  # several 256 MB writes in, most likely in the middle of one
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("*.safetensors")) and time.monotonic() < deadline:
+        time.sleep(0.05)  # wait for the first whole entry, however slow the machine
+    time.sleep(0.3)  # then strike during a later write (each 256 MB write takes longer than this)
     proc.send_signal(getattr(signal, signal_name))
     proc.wait(timeout=60)
     cache = ArrayCache(tmp_path)
