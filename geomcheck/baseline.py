@@ -359,6 +359,22 @@ def baseline_payload(geometry: Geometry, meta: Mapping[str, Any]) -> dict[str, A
     return {"format": FORMAT, "meta": info, "statistics": statistics}
 
 
+def geometry_from_payload(payload: Mapping[str, Any]) -> Geometry:
+    """The per-layer curves (and intervals) a baseline holds, as a Geometry, e.g. to draw it beside a run."""
+    from geomcheck.geometry import Geometry
+    from geomcheck.stats import Interval
+
+    values: dict[str, np.ndarray] = {}
+    intervals: dict[str, Interval] = {}
+    for key, rows in payload["statistics"].items():
+        ordered = sorted(rows, key=lambda row: row["layer"])
+        values[key] = np.array([_number(row["value"]) for row in ordered])
+        if all(row.get("low") is not None for row in ordered):
+            intervals[key] = Interval(np.array([_number(r["low"]) for r in ordered]), np.array([_number(r["high"]) for r in ordered]))
+    streams = tuple(payload["meta"].get("streams") or sorted({key.split("/")[0] for key in values}))
+    return Geometry(streams, values, intervals, int(payload["meta"].get("n_boot", 0)))
+
+
 def _plain(value: Any) -> Any:
     """JSON-ready copies of metadata values (numpy scalars, tuples, paths)."""
     if isinstance(value, np.generic):
@@ -709,6 +725,7 @@ class BaselineOutcome:
     summary: str
     message: str = ""
     drifts: list[Drift] = field(default_factory=list)
+    baseline: dict[str, Any] | None = None  # the parsed baseline, when there is one to compare with
 
     def __repr__(self) -> str:  # keep assertion rewriting from printing every drift
         return f"BaselineOutcome(status={self.status!r}, ok={self.ok}, drifts={len(self.drifts)})"
@@ -786,11 +803,11 @@ def check_baseline(
             if worst is not None
             else "nothing compared"
         )
-        return BaselineOutcome(True, "matched", location, text, drifts=drifts)
+        return BaselineOutcome(True, "matched", location, text, drifts=drifts, baseline=baseline)
     lines = failure_lines(result.asserted_data, result.recalled_data, location, tolerances, command)
     worst_text = f"; worst {drifts[0].score:.3g}× at {drifts[0].key} layer {drifts[0].layer}" if drifts else ""
     summary = f"{len(drifts)} of {len(scored)} values drifted{worst_text}"
-    return BaselineOutcome(False, "drifted", location, summary, "\n".join(lines), drifts)
+    return BaselineOutcome(False, "drifted", location, summary, "\n".join(lines), drifts, baseline)
 
 
 __all__ = [
@@ -808,6 +825,7 @@ __all__ = [
     "compare_all",
     "coverage",
     "dumps",
+    "geometry_from_payload",
     "parse_baseline",
     "resolve_tolerance",
     "tolerances_from_config",

@@ -271,6 +271,10 @@ def capture_from_arrays(arrays: Arrays) -> Capture:
             )
         elif part == "samples":
             samples.setdefault(name, {})[stream] = arrays[key]
+    # the cache returns names sorted; streams go back to forward order (pre, mid, post) for figures and reports
+    rank = {stream: i for i, stream in enumerate(STREAMS)}
+    moments = {name: dict(sorted(st.items(), key=lambda kv: rank.get(kv[0], len(rank)))) for name, st in moments.items()}
+    samples = {name: dict(sorted(st.items(), key=lambda kv: rank.get(kv[0], len(rank)))) for name, st in samples.items()}
     first = next(iter(next(iter(moments.values())).values()))
     n_layers, d_model = first.shape
     return Capture(moments, samples if samples else None, n_layers, d_model)

@@ -288,6 +288,21 @@ def weights(request: pytest.FixtureRequest, model_run: ModelRun, model_name: str
 
 
 @pytest.fixture
+def geomcheck_overlay(geometry: Geometry, model_name: str, geomcheck_session: GeomcheckSession):
+    """Call with a baseline's Geometry: draws this run's curves over it (``geometry-vs-baseline.png``),
+    listed and attached like the other figures."""
+
+    def draw(baseline: Geometry) -> Path:
+        from geomcheck import figures
+
+        path = figures.write_geometry(geomcheck_session.models[model_name], geometry, geomcheck_session.artifacts_dir, baseline=baseline)
+        geomcheck_session.add_figure(model_name, "geometry-vs-baseline", path)
+        return path
+
+    return draw
+
+
+@pytest.fixture
 def thresholds(request: pytest.FixtureRequest, geomcheck_session: GeomcheckSession, model_name: str) -> dict[str, Any]:
     """This check's thresholds for this model ([<check>] merged with [models.<model>.<check>])."""
     return geomcheck_session.thresholds_for(check_name(request.node), geomcheck_session.models[model_name])

@@ -22,6 +22,7 @@ from geomcheck.baseline import (
     compare_all,
     dumps,
     failure_lines,
+    geometry_from_payload,
     parse_baseline,
     resolve_tolerance,
     tolerances_from_config,
@@ -189,6 +190,17 @@ def real_payload(n_boot: int = 10) -> dict:
     rng = np.random.default_rng(0)
     samples = {name: {s: rng.normal(size=(6, 3, 5)) * (1 + np.arange(3))[:, None] for s in ("pre", "mid")} for name in ("harmful", "harmless")}
     return baseline_payload(geometry_from_samples(samples, n_boot=n_boot), META)
+
+
+def test_a_baseline_reads_back_as_a_geometry_for_the_overlay_figure():
+    rng = np.random.default_rng(0)
+    samples = {name: {s: rng.normal(size=(6, 3, 5)) for s in ("pre", "mid")} for name in ("harmful", "harmless")}
+    original = geometry_from_samples(samples, n_boot=10)
+    restored = geometry_from_payload(parse_baseline(dumps(baseline_payload(original, META))))
+    assert restored.streams == ("pre", "mid") and restored.n_boot == 10
+    for key in ("mid/cosine", "pre/var_mean/harmful", "mid/var_max/harmless"):
+        np.testing.assert_array_equal(restored.curve(*key.split("/", 1)), original.curve(*key.split("/", 1)))
+        np.testing.assert_array_equal(restored.interval(key).low, original.interval(key).low)
 
 
 def test_serialization_round_trips_exactly_one_layer_per_line():

@@ -117,3 +117,10 @@ def test_capture_hooks_work_on_a_model_sharded_by_accelerate_with_layers_offload
     actual = capture(sharded.model, sharded.tokenizer, prompts, keep_samples=True, progress=False)
     for stream in ("pre", "mid", "post"):
         np.testing.assert_allclose(actual.samples["set"][stream], expected.samples["set"][stream], rtol=1e-6, atol=1e-7)
+
+
+def test_streams_come_back_from_the_cache_in_forward_order(tmp_path, tiny_llama_dir):
+    ModelRun(str(tiny_llama_dir), options(tmp_path)).capture
+    cached = ModelRun(str(tiny_llama_dir), options(tmp_path))
+    assert list(cached.capture.samples["harmful"]) == ["pre", "mid", "post"]
+    assert cached.geometry.streams == ("pre", "mid", "post") and cached.loads == 0
