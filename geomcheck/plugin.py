@@ -6,6 +6,7 @@ run at most once per session, however many checks read it.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import tomllib
 from dataclasses import dataclass, field
@@ -333,7 +334,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     html = item.config.pluginmanager.getplugin("html")
     if html is not None and report.when == "call":
         paths = [v for k, v in item.user_properties if k.startswith("geomcheck_figure_")]
-        report.extras = [*getattr(report, "extras", []), *(html.extras.png(Path(p).read_bytes()) for p in paths)]
+        pngs = (base64.b64encode(Path(p).read_bytes()).decode() for p in paths)
+        report.extras = [*getattr(report, "extras", []), *(html.extras.png(png) for png in pngs)]
     return report
 
 

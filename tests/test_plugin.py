@@ -145,3 +145,14 @@ def test_two_xdist_workers_share_one_cache_without_tearing_or_double_work(pytest
         entries = list((cache / kind).glob("*.safetensors"))
         assert len(entries) == 2, (kind, entries)
     assert not list(cache.rglob("*.tmp"))
+
+
+def test_pytest_html_report_embeds_the_figures(pytester: pytest.Pytester, project):
+    pytest.importorskip("pytest_html")  # installed by the test extras; skipped only in a bare environment
+    result = pytester.runpytest("--html=report.html", "--self-contained-html", "-k", "variance_grows and mid", *project)
+    result.assert_outcomes(passed=1)
+    import base64
+
+    html = (pytester.path / "report.html").read_text()
+    png = (pytester.path / "geomcheck-artifacts" / "tiny-llama" / "geometry.png").read_bytes()
+    assert base64.b64encode(png).decode()[:200] in html  # the figure itself is embedded
