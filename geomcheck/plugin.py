@@ -58,7 +58,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("geomcheck_models", "models to check when --model is not given", type="linelist", default=["smollm2-135m"])
     for name, (help_text, kind, default) in OPTIONS.items():
         dest = "geomcheck_" + name.removeprefix("geomcheck-").replace("-", "_")
-        group.addoption(f"--{name}", dest=dest, default=None, help=f"{help_text} [ini: {dest}]".replace("%", "%%"))
+        metavar = name.removeprefix("geomcheck-").replace("-", "_").upper()
+        group.addoption(f"--{name}", dest=dest, default=None, metavar=metavar, help=f"{help_text} [ini: {dest}]".replace("%", "%%"))
         parser.addini(dest, help_text, type=kind, default=default)
     group.addoption(
         "--trust-remote-code",

@@ -67,13 +67,14 @@ def test_ini_settings_apply_and_the_command_line_wins(pytester: pytest.Pytester,
         geomcheck_max_prompts = 5
         geomcheck_n_boot = 7
         geomcheck_streams = pre,mid
-        geomcheck_geomcheck_cache_dir = {tmp_path}
+        geomcheck_cache_dir = {tmp_path}
         """
     )
     pytester.makepyfile(
-        """
+        f"""
         def test_options(model_run, stream):
             assert model_run.options.max_prompts == 5
+            assert str(model_run.options.cache_dir) == {str(tmp_path)!r}
             assert model_run.options.n_boot == 3  # from the command line
             assert stream in ("pre", "mid")
         """
