@@ -11,6 +11,7 @@ import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -67,7 +68,6 @@ class ModelRun:
         self.spec = registry.resolve(name)
         self.options = options
         self.loads = 0
-        self.cache = ArrayCache(Path(options.cache_dir) / "activations")
 
     @cached_property
     def prompts(self) -> dict[str, list[str]]:
@@ -160,9 +160,16 @@ class ModelRun:
         }
 
     @property
-    def _activations_key(self) -> str:
+    def _activations_key(self) -> dict[str, Any]:
+        """What the activations depend on; the device only adds rounding noise, so it is left out."""
         fields = {k: v for k, v in self.meta.items() if k != "device"}
-        return cache_key({"kind": "activations", **fields, "streams": self.options.streams})
+        return {**fields, "streams": self.options.streams}
+
+    def _cached(self, kind: str, key: dict[str, Any], compute: Callable[[], Arrays], meta: dict[str, Any]) -> Arrays:
+        """Arrays from ``<cache_dir>/<kind>/``, computed (once, under a lock) when no entry matches ``key``."""
+        cache = ArrayCache(Path(self.options.cache_dir) / kind)
+        arrays, _, _ = cache.get_or_compute(cache_key({"kind": kind, **key}), compute, meta)
+        return arrays
 
     @cached_property
     def capture(self) -> Capture:
@@ -178,8 +185,7 @@ class ModelRun:
                 raise NonFiniteActivationError(f"{self.spec.name}: {exc}") from exc
             return capture_to_arrays(result)
 
-        arrays, _, _ = self.cache.get_or_compute(self._activations_key, compute, self.meta)
-        return capture_from_arrays(arrays)
+        return capture_from_arrays(self._cached("activations", self._activations_key, compute, self.meta))
 
     def _capture(self, loaded: LoadedModel) -> Capture:
         from geomcheck.capture import capture
@@ -211,10 +217,8 @@ class ModelRun:
                 geometry = geometry_from_moments(moments)
             return geometry_to_arrays(geometry)
 
-        key = cache_key({"kind": "geometry", "format": GEOMETRY_FORMAT, "activations": self._activations_key,
-                         "n_boot": self.options.n_boot, "seed": self.options.seed})
-        arrays, _, _ = ArrayCache(Path(self.options.cache_dir) / "geometry").get_or_compute(key, compute, self.meta)
-        return geometry_from_arrays(arrays)
+        key = {"format": GEOMETRY_FORMAT, "activations": self._activations_key, "n_boot": self.options.n_boot, "seed": self.options.seed}
+        return geometry_from_arrays(self._cached("geometry", key, compute, self.meta))
 
     @cached_property
     def weights(self) -> WeightOverlap:
@@ -231,8 +235,7 @@ class ModelRun:
             arrays["shape"] = np.array(first.shape, dtype=np.int64)
             return arrays
 
-        key = cache_key({"kind": "weights", **self.identity, "top_k": self.options.top_k})
-        arrays, _, _ = ArrayCache(Path(self.options.cache_dir) / "weights").get_or_compute(key, compute, self.identity)
+        arrays = self._cached("weights", {**self.identity, "top_k": self.options.top_k}, compute, self.identity)
         d_model, k = (int(x) for x in arrays.pop("shape"))
         return WeightOverlap(arrays, k=k, d_model=d_model)
 
@@ -271,11 +274,14 @@ def capture_from_arrays(arrays: Arrays) -> Capture:
             )
         elif part == "samples":
             samples.setdefault(name, {})[stream] = arrays[key]
-    # the cache returns names sorted; streams go back to forward order (pre, mid, post) for figures and reports
-    rank = {stream: i for i, stream in enumerate(STREAMS)}
-    moments = {name: dict(sorted(st.items(), key=lambda kv: rank.get(kv[0], len(rank)))) for name, st in moments.items()}
-    samples = {name: dict(sorted(st.items(), key=lambda kv: rank.get(kv[0], len(rank)))) for name, st in samples.items()}
+    moments = {name: _forward_order(streams) for name, streams in moments.items()}
+    samples = {name: _forward_order(streams) for name, streams in samples.items()}
     first = next(iter(next(iter(moments.values())).values()))
     n_layers, d_model = first.shape
     return Capture(moments, samples if samples else None, n_layers, d_model)
 
+
+def _forward_order(by_stream: dict[str, Any]) -> dict[str, Any]:
+    """The cache returns names sorted; streams go back to forward order (pre, mid, post) for figures and reports."""
+    rank = {stream: i for i, stream in enumerate(STREAMS)}
+    return dict(sorted(by_stream.items(), key=lambda item: rank.get(item[0], len(rank))))

@@ -57,8 +57,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini("geomcheck_models", "models to check when --model is not given", type="linelist", default=["smollm2-135m"])
     for name, (help_text, kind, default) in OPTIONS.items():
-        dest = "geomcheck_" + name.removeprefix("geomcheck-").replace("-", "_")
-        metavar = name.removeprefix("geomcheck-").replace("-", "_").upper()
+        dest = _dest(name)
+        metavar = dest.removeprefix("geomcheck_").upper()
         group.addoption(f"--{name}", dest=dest, default=None, metavar=metavar, help=f"{help_text} [ini: {dest}]".replace("%", "%%"))
         parser.addini(dest, help_text, type=kind, default=default)
     group.addoption(
@@ -98,8 +98,13 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
     return ByModel(config, log)
 
 
+def _dest(name: str) -> str:
+    """Option ``--batch-size`` (or ``--geomcheck-cache-dir``) → dest and ini key ``geomcheck_batch_size``."""
+    return "geomcheck_" + name.removeprefix("geomcheck-").replace("-", "_")
+
+
 def _setting(config: pytest.Config, name: str) -> Any:
-    dest = "geomcheck_" + name.removeprefix("geomcheck-").replace("-", "_")
+    dest = _dest(name)
     value = config.getoption(dest)
     return value if value is not None else config.getini(dest)
 
