@@ -149,21 +149,30 @@ def converted_copy(spec: ModelSpec, root: Path, cache_dir: Path) -> Path:
     with FileLock(str(target) + ".lock"):
         if (target / "config.json").is_file():
             return target
+        remove_stale_staging(target)
         assert spec.gguf_file is not None
-        tokenizer = AutoTokenizer.from_pretrained(root, gguf_file=spec.gguf_file)
-        quantised = AutoModel.from_pretrained(root, gguf_file=spec.gguf_file, dtype=torch.float32)
-        config = AutoConfig.from_pretrained(root, gguf_file=spec.gguf_file)
+        tokenizer = AutoTokenizer.from_pretrained(root, gguf_file=spec.gguf_file, trust_remote_code=False)
+        quantised = AutoModel.from_pretrained(root, gguf_file=spec.gguf_file, dtype=torch.float32, trust_remote_code=False)
+        config = AutoConfig.from_pretrained(root, gguf_file=spec.gguf_file, trust_remote_code=False)
         if hasattr(config, "quantization_config"):
             del config.quantization_config
         with torch.device("meta"):
             plain = AutoModel.from_config(config)
         plain.load_state_dict(quantised.state_dict(), assign=True)
         staging = target.with_name(target.name + f".tmp-{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
         plain.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         os.replace(staging, target)
     return target
+
+
+def remove_stale_staging(target: Path) -> list[Path]:
+    """Remove half-written copies (``<target>.tmp-<pid>``) left by a killed conversion. Called under the
+    conversion's lock, so none of them belongs to a live conversion."""
+    stale = sorted(target.parent.glob(target.name + ".tmp-*"))
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
 
 
 @dataclass(frozen=True)
@@ -186,15 +195,23 @@ class MemoryEstimate:
         )
 
 
-def estimate_memory(spec: ModelSpec, dtype: torch.dtype, batch_size: int, tokens: int) -> MemoryEstimate | None:
-    """Parameters × dtype size, plus one batch's widest activations; None when no config is at hand."""
+def estimate_memory(
+    spec: ModelSpec, dtype: torch.dtype, batch_size: int, tokens: int, trust_remote_code: bool = False
+) -> MemoryEstimate | None:
+    """Parameters × dtype size, plus one batch's widest activations; None when no config is at hand.
+    ``trust_remote_code`` is passed explicitly: left out, transformers asks on stdin for a custom config."""
     from transformers import AutoConfig, AutoModel
 
+    trusted = spec.trust_remote_code or trust_remote_code
     if spec.config:
         model = meta_model(spec)
     elif spec.local_path:
+        try:
+            config = AutoConfig.from_pretrained(spec.local_path, trust_remote_code=trusted)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelLoadError(f"could not read the config of '{spec.name}' in {spec.local_path}: {exc}") from exc
         with torch.device("meta"):
-            model = AutoModel.from_config(AutoConfig.from_pretrained(spec.local_path))
+            model = AutoModel.from_config(config, trust_remote_code=trusted)
     else:
         return None
     count = sum(p.numel() for p in model.parameters())

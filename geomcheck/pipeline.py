@@ -123,7 +123,9 @@ class ModelRun:
         from geomcheck import models
 
         longest = max(len(p) for prompts in self.prompts.values() for p in prompts) // 2 + 64  # ~tokens incl. template
-        estimate = models.estimate_memory(self.spec, models.parse_dtype(self.options.dtype, self.spec), self.options.batch_size, longest)
+        estimate = models.estimate_memory(
+            self.spec, models.parse_dtype(self.options.dtype, self.spec), self.options.batch_size, longest, self.options.trust_remote_code
+        )
         if estimate is None:
             return
         free = models.available_memory(self.options.device)
@@ -183,6 +185,7 @@ class ModelRun:
                 result = self._capture(loaded)
             except NonFiniteActivationError as exc:
                 raise NonFiniteActivationError(f"{self.spec.name}: {exc}") from exc
+            check_complete(result, {name: len(prompts) for name, prompts in self.prompts.items()})
             return capture_to_arrays(result)
 
         return capture_from_arrays(self._cached("activations", self._activations_key, compute, self.meta))
@@ -247,6 +250,20 @@ class WeightOverlap:
     matrices: dict[str, np.ndarray]
     k: int
     d_model: int
+
+
+class IncompleteCaptureError(RuntimeError):
+    """A capture did not see every prompt of every set and stream: it must not be used, nor cached."""
+
+
+def check_complete(result: Capture, sizes: dict[str, int]) -> None:
+    """Every stream of every set counted each prompt once; anything else would be cached as a truth."""
+    for name, size in sizes.items():
+        for stream, moments in result.moments.get(name, {}).items():
+            if moments.count != size:
+                raise IncompleteCaptureError(f"captured {moments.count} of {size} {name} prompts on stream {stream}; nothing was cached")
+        if not result.moments.get(name):
+            raise IncompleteCaptureError(f"captured no stream of the {name} set; nothing was cached")
 
 
 def capture_to_arrays(result: Capture) -> Arrays:

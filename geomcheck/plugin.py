@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from geomcheck import POSITIONS, STREAMS, registry
+from geomcheck import POSITIONS, STREAMS, options, registry
 
 if TYPE_CHECKING:  # the heavy modules load when a check first needs them, not at pytest start-up
     from geomcheck.geometry import Geometry
@@ -68,6 +66,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="allow models to run code from their repository (off unless the registry entry says so)",
     )
     group.addoption("--no-chat-template", action="store_true", dest="geomcheck_no_chat_template", help="feed prompts raw, without the chat template")
+    group.addoption(
+        "--geomcheck-cache-clear",
+        action="store_true",
+        dest="geomcheck_cache_clear",
+        help="empty geomcheck's activation/geometry/weights cache at the start of the run (like --cache-clear)",
+    )
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -143,12 +147,8 @@ def streams_setting(config: pytest.Config) -> tuple[str, ...]:
 
 
 def load_thresholds(path: str | None) -> dict[str, Any]:
-    """The shipped thresholds, or a user's file with the same layout."""
-    if path:
-        text = Path(path).read_text(encoding="utf-8")
-    else:
-        text = resources.files("geomcheck.data").joinpath("thresholds.toml").read_text(encoding="utf-8")
-    return tomllib.loads(text)
+    """The shipped thresholds, or a user's file with the same layout (validated: see geomcheck.options)."""
+    return options.load_thresholds(path)
 
 
 @dataclass
@@ -171,6 +171,7 @@ class GeomcheckSession:
     thresholds: dict[str, Any]
     artifacts_dir: Path
     runs: dict[str, ModelRun] = field(default_factory=dict)
+    failures: dict[str, tuple[BaseException, str]] = field(default_factory=dict)  # model -> (its error, first node id)
     figures: dict[str, dict[str, Path]] = field(default_factory=dict)  # model -> figure kind -> file
 
     def add_figure(self, model: str, kind: str, path: Path) -> None:
@@ -187,6 +188,18 @@ class GeomcheckSession:
             self.runs[model] = ModelRun(model, self.options)
         return self.runs[model]
 
+    def computed(self, model: str, what: str, nodeid: str) -> Any:
+        """``run(model).<what>``; a model whose run failed once is not retried (no second load, no second
+        traceback): later checks fail with a one-line reference to the first error."""
+        if model in self.failures:
+            exc, first = self.failures[model]
+            raise ModelRunFailed(f"{self.models[model]}: not run, its run failed in {first}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        try:
+            return getattr(self.run(model), what)
+        except Exception as exc:
+            self.failures[model] = (exc, nodeid)
+            raise
+
     def thresholds_for(self, check: str, model: str) -> dict[str, Any]:
         merged = dict(self.thresholds.get(check, {}))
         merged.update(self.thresholds.get("models", {}).get(model, {}).get(check, {}))
@@ -197,19 +210,46 @@ class GeomcheckSession:
         return table.get(f"{check}[{stream}]") or table.get(check)
 
 
+class ModelRunFailed(RuntimeError):
+    """A model's run failed in an earlier check of this session; the first failure shows the error."""
+
+
+def validate(config: pytest.Config) -> tuple[dict[str, str], dict[str, Any]]:
+    """Every option, ini value, model directory and the thresholds file, checked once before any model
+    loads; returns the models' display names and the thresholds. Problems are usage errors."""
+    names = config.getoption("geomcheck_models") or config.getini("geomcheck_models")
+    trust = bool(config.getoption("geomcheck_trust_remote_code"))
+    try:
+        options.validate_settings({name: _setting(config, name) for name in OPTIONS})
+        for name in names:
+            if name not in registry.registry() and Path(name).expanduser().is_dir() and (Path(name).expanduser() / "config.json").exists():
+                options.model_directory(Path(name).expanduser(), trust)
+        display = {name: registry.resolve(name).name for name in names}
+        thresholds = load_thresholds(_setting(config, "thresholds"))
+        streams = options.streams(_setting(config, "streams"))
+        if getattr(config.option, "update_snapshots", False) and set(streams) != set(STREAMS):
+            raise options.OptionError(
+                f"--snapshot-update with --streams {','.join(streams)} would drop the other streams from the committed "
+                f"baselines; update with every stream (--streams {','.join(STREAMS)})"
+            )
+    except (options.OptionError, registry.UnknownModelError, registry.ModelLoadError) as exc:
+        raise pytest.UsageError(str(exc)) from exc
+    return display, thresholds
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "geomcheck_streams(*streams): streams a check is parametrized over")
-    names = config.getoption("geomcheck_models") or config.getini("geomcheck_models")
-    try:
-        display = {name: registry.resolve(name).name for name in names}
-    except (registry.UnknownModelError, registry.ModelLoadError) as exc:
-        raise pytest.UsageError(str(exc)) from exc
+    display, thresholds = validate(config)
     config.stash[RUNS_KEY] = GeomcheckSession(
         config=config,
         models=display,
-        thresholds=load_thresholds(_setting(config, "thresholds")),
+        thresholds=thresholds,
         artifacts_dir=config.invocation_params.dir / _setting(config, "artifacts-dir"),
     )
+    if config.getoption("geomcheck_cache_clear") and not hasattr(config, "workerinput"):  # once, in the controller
+        from geomcheck import cache
+
+        cache.clear(run_options(config).cache_dir)
     config.pluginmanager.register(Summary(), "geomcheck-summary")
 
 
@@ -240,7 +280,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         reason = session.expected_failure(check_name(item), session.models[params["model_name"]], params.get("stream"))
         if reason:
-            item.add_marker(pytest.mark.xfail(reason=reason, strict=True))
+            # only the hypothesis' own failed assertion is the finding: an error in loading, prompts or
+            # options is no finding, and fails the run
+            item.add_marker(pytest.mark.xfail(reason=reason, strict=True, raises=AssertionError))
 
 
 def _live(config: pytest.Config):
@@ -268,16 +310,16 @@ def geometry(request: pytest.FixtureRequest, model_run: ModelRun, model_name: st
 
     name = geomcheck_session.models[model_name]
     with _live(request.config):
-        model_run.geometry
+        geomcheck_session.computed(model_name, "geometry", request.node.nodeid)
     path = figures.write_geometry(name, model_run.geometry, geomcheck_session.artifacts_dir)
     geomcheck_session.add_figure(model_name, "geometry", path)
     return model_run.geometry
 
 
 @pytest.fixture(scope="session")
-def activations(model_run: ModelRun) -> dict[str, dict[str, Any]]:
+def activations(request: pytest.FixtureRequest, geomcheck_session: GeomcheckSession, model_name: str) -> dict[str, dict[str, Any]]:
     """Raw last-token activations: {set: {stream: array (prompts, layers, features)}}."""
-    samples = model_run.capture.samples
+    samples = geomcheck_session.computed(model_name, "capture", request.node.nodeid).samples
     assert samples is not None, "activations were captured without samples"
     return samples
 
@@ -288,7 +330,7 @@ def weights(request: pytest.FixtureRequest, model_run: ModelRun, model_name: str
     from geomcheck import figures
 
     with _live(request.config):
-        model_run.weights
+        geomcheck_session.computed(model_name, "weights", request.node.nodeid)
     path = figures.write_overlap(geomcheck_session.models[model_name], model_run.weights, geomcheck_session.artifacts_dir)
     geomcheck_session.add_figure(model_name, "weight-overlap", path)
     return model_run.weights
@@ -316,11 +358,16 @@ def thresholds(request: pytest.FixtureRequest, geomcheck_session: GeomcheckSessi
 
 
 @pytest.fixture
-def geomcheck_record(request: pytest.FixtureRequest, geomcheck_session: GeomcheckSession, record_property):
+def geomcheck_record(request: pytest.FixtureRequest, geomcheck_session: GeomcheckSession):
     """Call with the check's key figure (a string); it goes to the terminal summary and the JUnit XML,
     with the paths of the model's figures."""
     params = getattr(getattr(request.node, "callspec", None), "params", {})
     model = params.get("model_name")
+
+    def record_property(name: str, value: Any) -> None:
+        # Straight onto the item, as the record_property fixture does, minus its warning under junit_family
+        # xunit2 (pytest's default): junitxml writes user_properties whatever the family.
+        request.node.user_properties.append((name, value))
 
     def record(text: str) -> None:
         # Properties travel with the report, so the summary also works under pytest-xdist.
@@ -380,3 +427,14 @@ class Summary:
                 terminalreporter.write_line(f"{model}: figure {path}")
         for model, loads in self.loads.items():
             terminalreporter.write_line(f"{model}: model loaded {loads}×" + (" (all from cache)" if loads == 0 else ""))
+        cache_line(terminalreporter)
+
+
+def cache_line(terminalreporter) -> None:
+    """The cache's place and size, once it is large, with how to empty it."""
+    from geomcheck import cache
+
+    root = run_options(terminalreporter.config).cache_dir
+    size = cache.size_bytes(root)
+    if size >= cache.LARGE_BYTES:
+        terminalreporter.write_line(f"geomcheck cache: {root} holds {size / 2**30:.1f} GiB (empty it with --geomcheck-cache-clear)")

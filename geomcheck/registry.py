@@ -80,7 +80,10 @@ def _spec_for_directory(path: Path) -> ModelSpec:
             f"'{path}' has no config.json: it is not a from_pretrained directory. "
             "Save the model there with model.save_pretrained(path) and tokenizer.save_pretrained(path)."
         )
-    model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type", "")
+    try:
+        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type", "")
+    except (ValueError, AttributeError) as exc:  # not JSON, or not an object
+        raise ModelLoadError(f"'{config_file}' is not a JSON object ({exc}); save the model with save_pretrained") from exc
     has_template = any((path / f).exists() for f in ("chat_template.jinja", "chat_template.json"))
     if not has_template and (path / "tokenizer_config.json").is_file():
         has_template = "chat_template" in json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
