@@ -172,6 +172,7 @@ class GeomcheckSession:
     artifacts_dir: Path
     runs: dict[str, ModelRun] = field(default_factory=dict)
     failures: dict[str, tuple[BaseException, str]] = field(default_factory=dict)  # model -> (its error, first node id)
+    shown: dict[int, tuple[BaseException, str]] = field(default_factory=dict)  # id(error) -> (error, first node id)
     figures: dict[str, dict[str, Path]] = field(default_factory=dict)  # model -> figure kind -> file
 
     def add_figure(self, model: str, kind: str, path: Path) -> None:
@@ -384,12 +385,29 @@ def geomcheck_record(request: pytest.FixtureRequest, geomcheck_session: Geomchec
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     """Embed the check's figures in pytest-html's report, when pytest-html is installed."""
     report = yield
+    if report.failed and call.excinfo is not None:
+        _show_once(item, call.excinfo.value, report)
     html = item.config.pluginmanager.getplugin("html")
     if html is not None and report.when == "call":
         paths = [v for k, v in item.user_properties if k.startswith("geomcheck_figure_")]
         pngs = (base64.b64encode(Path(p).read_bytes()).decode() for p in paths)
         report.extras = [*getattr(report, "extras", []), *(html.extras.png(png) for png in pngs)]
     return report
+
+
+def _show_once(item: pytest.Item, exc: BaseException, report: pytest.TestReport) -> None:
+    """A session fixture's error is re-raised, as the same object, in every check that uses it: show its
+    traceback with the first check only, and a one-line reference with the others (they still fail)."""
+    session = item.config.stash.get(RUNS_KEY, None)
+    if session is None:
+        return
+    if isinstance(exc, ModelRunFailed):
+        report.longrepr = str(exc)
+    elif id(exc) in session.shown:
+        first = session.shown[id(exc)][1]
+        report.longrepr = f"same error as {first}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+    else:
+        session.shown[id(exc)] = (exc, item.nodeid)  # the object is kept, so its id is not reused
 
 
 class Summary:
