@@ -371,6 +371,9 @@ def geomcheck_record(request: pytest.FixtureRequest, geomcheck_session: Geomchec
         request.node.user_properties.append((name, value))
 
     def record(text: str) -> None:
+        if model is None:
+            raise TypeError("geomcheck_record records a figure of a model: the check must use a model fixture "
+                            "(geometry, weights, activations or model_name)")
         # Properties travel with the report, so the summary also works under pytest-xdist.
         record_property("geomcheck", text)
         record_property("geomcheck_id", [geomcheck_session.models.get(model, "?"), check_name(request.node), params.get("stream")])

@@ -313,9 +313,17 @@ def test_a_killed_conversions_staging_folder_is_removed(tmp_path):
 def test_junit_xml_gets_the_properties_without_xunit2_warnings(pytester: pytest.Pytester, tmp_path):
     import xml.etree.ElementTree as ET
 
-    pytester.makepyfile("def test_x(geomcheck_record):\n    geomcheck_record('key figure')\n")
+    pytester.makepyfile("def test_x(geomcheck_record, model_name):\n    geomcheck_record('key figure')\n")
     result = pytester.runpytest("--junitxml=r.xml", "--geomcheck-cache-dir", str(tmp_path), "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
-    assert "xunit2" not in result.stdout.str() and "warning" not in result.stdout.str().lower()
+    assert "record_property is incompatible" not in result.stdout.str() and "warnings summary" not in result.stdout.str()
     properties = {p.get("name"): p.get("value") for p in ET.parse(pytester.path / "r.xml").iter("property")}
     assert properties["geomcheck"] == "key figure"
+
+
+def test_geomcheck_record_outside_a_model_check_is_a_clear_failure_not_an_internal_error(pytester: pytest.Pytester, tmp_path):
+    pytester.makepyfile("def test_x(geomcheck_record):\n    geomcheck_record('key figure')\n")
+    result = pytester.runpytest("--geomcheck-cache-dir", str(tmp_path), "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    assert "INTERNALERROR" not in result.stdout.str()
+    assert "the check must use a model fixture" in result.stdout.str()
