@@ -171,7 +171,7 @@ class GeomcheckSession:
     thresholds: dict[str, Any]
     artifacts_dir: Path
     runs: dict[str, ModelRun] = field(default_factory=dict)
-    failures: dict[str, tuple[BaseException, str]] = field(default_factory=dict)  # model -> (its error, first node id)
+    failures: dict[str, BaseException] = field(default_factory=dict)  # model -> the error its run raised
     shown: dict[int, tuple[BaseException, str]] = field(default_factory=dict)  # id(error) -> (error, first node id)
     figures: dict[str, dict[str, Path]] = field(default_factory=dict)  # model -> figure kind -> file
 
@@ -189,16 +189,17 @@ class GeomcheckSession:
             self.runs[model] = ModelRun(model, self.options)
         return self.runs[model]
 
-    def computed(self, model: str, what: str, nodeid: str) -> Any:
+    def computed(self, model: str, what: str) -> Any:
         """``run(model).<what>``; a model whose run failed once is not retried (no second load, no second
         traceback): later checks fail with a one-line reference to the first error."""
         if model in self.failures:
-            exc, first = self.failures[model]
-            raise ModelRunFailed(f"{self.models[model]}: not run, its run failed in {first}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            exc = self.failures[model]
+            first_line = (str(exc).splitlines() or [""])[0]
+            raise ModelRunFailed(f"{self.models[model]}: not run, its run failed in an earlier check (shown in full above): {type(exc).__name__}: {first_line}")
         try:
             return getattr(self.run(model), what)
         except Exception as exc:
-            self.failures[model] = (exc, nodeid)
+            self.failures[model] = exc
             raise
 
     def thresholds_for(self, check: str, model: str) -> dict[str, Any]:
@@ -311,16 +312,16 @@ def geometry(request: pytest.FixtureRequest, model_run: ModelRun, model_name: st
 
     name = geomcheck_session.models[model_name]
     with _live(request.config):
-        geomcheck_session.computed(model_name, "geometry", request.node.nodeid)
+        geomcheck_session.computed(model_name, "geometry")
     path = figures.write_geometry(name, model_run.geometry, geomcheck_session.artifacts_dir)
     geomcheck_session.add_figure(model_name, "geometry", path)
     return model_run.geometry
 
 
 @pytest.fixture(scope="session")
-def activations(request: pytest.FixtureRequest, geomcheck_session: GeomcheckSession, model_name: str) -> dict[str, dict[str, Any]]:
+def activations(geomcheck_session: GeomcheckSession, model_name: str) -> dict[str, dict[str, Any]]:
     """Raw last-token activations: {set: {stream: array (prompts, layers, features)}}."""
-    samples = geomcheck_session.computed(model_name, "capture", request.node.nodeid).samples
+    samples = geomcheck_session.computed(model_name, "capture").samples
     assert samples is not None, "activations were captured without samples"
     return samples
 
@@ -331,7 +332,7 @@ def weights(request: pytest.FixtureRequest, model_run: ModelRun, model_name: str
     from geomcheck import figures
 
     with _live(request.config):
-        geomcheck_session.computed(model_name, "weights", request.node.nodeid)
+        geomcheck_session.computed(model_name, "weights")
     path = figures.write_overlap(geomcheck_session.models[model_name], model_run.weights, geomcheck_session.artifacts_dir)
     geomcheck_session.add_figure(model_name, "weight-overlap", path)
     return model_run.weights

@@ -209,7 +209,7 @@ def test_an_error_under_an_expected_failure_fails_the_run_and_is_shown_once(pyte
     broken = tmp_path / "tiny-llama"
     shutil.copytree(tiny_llama_dir, broken)
     (broken / "model.safetensors").unlink()
-    for check in ("test_variance_grows.py", "test_cosine_falls.py"):
+    for check in ("test_variance_grows.py", "test_cosine_falls.py", "test_weights_share_directions.py"):
         shutil.copy(ROOT / "checks" / check, pytester.path / check)
     thresholds = tmp_path / "thresholds.toml"
     thresholds.write_text(SHIPPED + '[models.tiny-llama.expected_failures]\n"variance_grows" = "finding: no growth"\n'
@@ -218,12 +218,23 @@ def test_an_error_under_an_expected_failure_fails_the_run_and_is_shown_once(pyte
                                 "--geomcheck-cache-dir", str(tmp_path / "cache"), "-p", "no:cacheprovider")
     outcomes = result.parseoutcomes()
     assert outcomes.get("xfailed", 0) == 0 and outcomes.get("passed", 0) == 0
-    assert outcomes.get("errors", 0) + outcomes.get("failed", 0) == 6
+    assert outcomes.get("errors", 0) + outcomes.get("failed", 0) == 7
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     text = result.stdout.str()
     assert len(re.findall(r"^E\s+geomcheck.registry.ModelLoadError: ", text, re.M)) == 1  # one traceback
-    assert len(re.findall(r"^(same error as \S+|\S+: not run, its run failed in)", text, re.M)) == 5  # five one-liners
+    assert len(re.findall(r"^(same error as \S+|\S+: not run, its run failed in an earlier check)", text, re.M)) == 6  # six one-liners
+    assert "tiny-llama: not run, its run failed in an earlier check" in text  # the weights, not retried
     assert not list((tmp_path / "cache").rglob("*.safetensors"))
+
+
+def test_a_missing_prompt_file_under_an_expected_failure_fails_the_run(pytester: pytest.Pytester, tiny_llama_dir, tmp_path):
+    """The issue's probe: a finding entry used to turn this into "2 xfailed", exit 0."""
+    shutil.copy(ROOT / "checks" / "test_variance_grows.py", pytester.path)
+    thresholds = tmp_path / "thresholds.toml"
+    thresholds.write_text(SHIPPED + '[models.tiny-llama.expected_failures]\n"variance_grows[pre]" = "finding"\n"variance_grows[post]" = "finding"\n')
+    message = run_bad(pytester, tmp_path, "--thresholds", str(thresholds), "--harmful", "missing.txt", "-k", "pre or post",
+                      model=str(tiny_llama_dir))
+    assert "--harmful (ini geomcheck_harmful)" in message and "missing.txt" in message
 
 
 def test_a_capture_that_missed_prompts_is_never_cached():
