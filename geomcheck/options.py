@@ -154,6 +154,7 @@ def validate_thresholds(data: Mapping[str, Any], where: str = "thresholds") -> N
         if name == "models":
             continue
         _check_table(data.get(name), defaults, f"{where}: [{name}]", required=True)
+    _check_tolerances(data.get("matches_baseline"), f"{where}: [matches_baseline]")
     models = data.get("models", {})
     if not isinstance(models, dict):
         raise OptionError(f"{where}: 'models' must hold tables [models.<model>.<check>]; got {models!r}")
@@ -164,6 +165,8 @@ def validate_thresholds(data: Mapping[str, Any], where: str = "thresholds") -> N
             context = f"{where}: [models.{model}.{check}]"
             if check == EXPECTED_FAILURES:
                 _check_expected_failures(table, checks, context)
+            elif check == "matches_baseline":
+                _check_tolerances(table, context)
             elif check not in checks:
                 raise OptionError(f"{context}: unknown check '{check}'; known: {', '.join(sorted(checks))} (declare a check of your own with a [{check}] table)")
             else:
@@ -186,6 +189,20 @@ def _check_table(table: Any, defaults: Mapping[str, Any], context: str, *, requi
         unknown = sorted(set(table) - set(defaults) - {"tolerance"})
         if unknown:
             raise OptionError(f"{context}: unknown key(s) {', '.join(unknown)}; this check reads {', '.join(defaults)}")
+
+
+def _check_tolerances(table: Any, context: str) -> None:
+    """The baseline check's ``tolerance`` overrides parse (read by :func:`geomcheck.baseline.tolerances_from_config`)."""
+    if table is None:
+        return
+    if not isinstance(table, dict) or set(table) - {"tolerance"}:
+        raise OptionError(f"{context} holds only a [tolerance] table of per-statistic rel, abs and z; got {table!r}")
+    from geomcheck.baseline import tolerances_from_config  # numpy and syrupy, no torch
+
+    try:
+        tolerances_from_config(table)
+    except (ValueError, TypeError) as exc:
+        raise OptionError(f"{context}: {exc}") from exc
 
 
 def _check_expected_failures(table: Any, checks: set[str], context: str) -> None:

@@ -114,6 +114,8 @@ BAD_THRESHOLDS = {
     "missing key": (SHIPPED.replace("min_rate = 1.05", ""), ["[variance_grows] lacks 'min_rate'", "1.05"]),
     "string value": (SHIPPED.replace("min_rate = 1.05", 'min_rate = "1.05"'), ["min_rate = '1.05' must be a number"]),
     "boolean value": (SHIPPED.replace("min_r2 = 0.80", "min_r2 = true"), ["min_r2 = True must be a number"]),
+    "negative tolerance": (SHIPPED + "[matches_baseline.tolerance]\ncosine = { rel = -1 }\n", ["[matches_baseline]", "tolerance rel must be a finite number"]),
+    "tolerance typo": (SHIPPED + "[models.tiny-llama.matches_baseline.tolerance]\ncosine = { rell = 1 }\n", ["must be a table of rel, abs and z"]),
     "not a table": ("variance_grows = 3\n" + SHIPPED.split("[variance_grows]")[1], ["'variance_grows' must be a table"]),
 }
 
