@@ -81,6 +81,20 @@ def test_cuda_without_a_gpu_is_a_clear_usage_error(pytester: pytest.Pytester, tm
     assert "dtype" not in message  # the old message blamed --dtype
 
 
+def test_a_gpu_index_beyond_the_machines_gpus_is_refused(monkeypatch):
+    """The GPU path without a GPU: torch reports one CUDA device."""
+    import torch
+
+    from geomcheck import options
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    options.device("cuda")
+    options.device("cuda:0")
+    with pytest.raises(OptionError, match="'cuda:1' is not available: this machine has 1 cuda device"):
+        options.device("cuda:1")
+
+
 def test_a_bad_ini_value_names_the_ini_key(pytester: pytest.Pytester, tmp_path):
     pytester.makeini("[pytest]\ngeomcheck_batch_size = -1\n")
     assert "geomcheck_batch_size" in run_bad(pytester, tmp_path)
