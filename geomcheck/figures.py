@@ -11,7 +11,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +26,7 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from geomcheck.geometry import SETS, Geometry
-from geomcheck.weights import random_overlap
+from geomcheck.weights import random_overlap, summarize_overlap
 
 if TYPE_CHECKING:  # the pipeline pulls in torch, the baseline syrupy; drawing a figure needs neither
     from geomcheck.baseline import DriftMatrix
@@ -44,7 +44,7 @@ COSINE_COLOUR = "#6c3483"
 STREAM_STYLES = {"pre": "--", "mid": "-", "post": ":"}
 BASELINE_COLOUR = "0.55"
 BASELINE_PREFIX = "baseline "
-BAND_ALPHA = 0.2
+BAND_ALPHA = 0.12  # six overlapping bands must stay see-through
 PNG_METADATA = {"Software": None}  # no version stamp: the same figure is the same bytes on any matplotlib
 DRIFT_CLIP = 3.0  # the drift map's colour saturates at this many tolerances
 DRIFT_MARK = {"marker": "o", "markersize": 7, "markerfacecolor": "none", "markeredgecolor": "black", "linestyle": "none"}
@@ -113,11 +113,10 @@ def _mark_drift(ax: Axes, geometry: Geometry, statistic: str, stream: str, drift
         ax.plot(layers, _positive(y) if log else y, label=f"beyond tolerance {full}", **DRIFT_MARK)
 
 
-def _legend(fig: Figure, streams: Sequence[str], statistics: Iterable[str], extra: Sequence[Artist] = ()) -> None:
+def _legend(fig: Figure, streams: Sequence[str], extra: Sequence[Artist] = ()) -> None:
     """One legend for the figure, below the panels: colours name the sets, line styles the streams."""
     handles: list[Artist] = [Line2D([], [], color=COSINE_COLOUR, label="cosine (harmful vs harmless)")]
-    if any(statistic != "cosine" for statistic in statistics):
-        handles += [Line2D([], [], color=colour, label=which) for which, colour in SET_COLOURS.items()]
+    handles += [Line2D([], [], color=colour, label=which) for which, colour in SET_COLOURS.items()]
     handles += [Line2D([], [], color="black", linestyle=_style(stream), label=stream) for stream in streams]
     handles += list(extra)
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), fontsize="small", frameon=False)
@@ -140,15 +139,15 @@ def geometry_figure(geometry: Geometry, title: str, baseline: Geometry | None = 
     if baseline is None:
         columns: list[tuple[str, ...]] = [tuple(geometry.streams)]
     else:
-        columns = [(stream,) for stream in geometry.streams if stream in baseline.streams]
+        columns = [(stream,) for stream in geometry.streams]
     fig = _new_figure(figsize=(7.5, 10) if baseline is None else (3.6 * len(columns) + 1, 9.5))
-    axes = np.atleast_2d(fig.subplots(len(PANELS), len(columns), sharex=True, squeeze=False))
+    axes = fig.subplots(len(PANELS), len(columns), sharex=True, squeeze=False)
     for row, (statistic, panel_title, scale) in enumerate(PANELS):
         for column, streams in enumerate(columns):
             ax = axes[row, column]
             ax.set_yscale(scale)
             log = scale == "log"
-            if baseline is not None:
+            if baseline is not None and streams[0] in baseline.streams:  # a stream the baseline lacks is drawn alone
                 _draw(ax, baseline, statistic, streams, log, baseline=True)
             _draw(ax, geometry, statistic, streams, log, baseline=False, bands=baseline is None)
             if drift is not None:
@@ -162,7 +161,7 @@ def geometry_figure(geometry: Geometry, title: str, baseline: Geometry | None = 
         extra.append(Patch(facecolor=BASELINE_COLOUR, alpha=0.5, edgecolor=BASELINE_COLOUR, label="baseline (95% interval)"))
     if drift is not None and drift.exceeded.any():
         extra.append(Line2D([], [], label="beyond tolerance", **DRIFT_MARK))
-    _legend(fig, geometry.streams if baseline is None else [c[0] for c in columns], [p[0] for p in PANELS], extra)
+    _legend(fig, geometry.streams, extra)
     fig.suptitle(title)
     return fig
 
@@ -184,7 +183,7 @@ def overlap_figure(weights: WeightOverlap, title: str) -> Figure:
         raise ValueError("no overlap matrices to draw: the model has no residual-stream writers")
     chance = random_overlap(weights.k, weights.d_model)
     off = [np.asarray(m, dtype=np.float64)[~np.eye(len(m), dtype=bool)] for m in weights.matrices.values()]
-    values = np.concatenate([chance * np.ones(1), *off])
+    values = np.concatenate([[chance], *off])  # the scale always reaches the chance mark
     low, high = float(values.min()), float(values.max())
     if high <= low:
         high = low + 1e-6
@@ -195,7 +194,7 @@ def overlap_figure(weights: WeightOverlap, title: str) -> Figure:
         matrix = np.asarray(matrix, dtype=np.float64)
         masked = np.ma.masked_array(matrix, mask=np.eye(len(matrix), dtype=bool))
         image = ax.imshow(masked, vmin=low, vmax=high, cmap=cmap, interpolation="nearest")
-        adjacent = float(np.diagonal(matrix, offset=1).mean()) if len(matrix) > 1 else math.nan
+        adjacent = summarize_overlap(matrix, weights.k, weights.d_model).mean_adjacent if len(matrix) > 1 else math.nan
         ax.set_title(f"{kind}\nadjacent layers {adjacent:.3g}, far layers {_far_mean(matrix):.3g}", fontsize="medium")
         _layer_axis(ax)
         ax.set_ylabel("layer")
