@@ -233,6 +233,8 @@ def drift_figure(drift: DriftMatrix, title: str) -> Figure:
             ax.axhline(row - 0.5, color="white", linewidth=3)
     ax.set_yticks(range(n_rows), [_row_label(key) for key in drift.rows], fontsize="small")
     _layer_axis(ax)
+    if n_layers <= 48:  # every layer named, so a drifting column reads off directly
+        ax.set_xticks(range(n_layers), [str(layer) for layer in range(n_layers)], fontsize="small")
     ax.tick_params(length=0)
     beyond = int(drift.exceeded.sum())
     first = drift.first_layer
