@@ -6,13 +6,14 @@ The baseline is ``baselines/<model>/test_baseline/test_matches_baseline.json``; 
 
 import pytest
 
-from geomcheck.baseline import GeometryBaselineExtension, check_baseline, geometry_from_payload, tolerances_from_config
+from geomcheck.baseline import GeometryBaselineExtension, check_baseline, drift_matrix, geometry_from_payload, tolerances_from_config
 
 
 def test_matches_baseline(geometry, model_run, snapshot, thresholds, geomcheck_overlay, geomcheck_record):
     """Every per-layer statistic (mean cosine; mean and max variance of both sets; every stream) is within
     max(abs, rel·|baseline|, 4·SE) of its baseline, SE from the baseline's 95% bootstrap interval: prompt
-    noise and rounding pass, a changed checkpoint does not. Tolerances: [matches_baseline.tolerance]."""
+    noise and rounding pass, a changed checkpoint does not. Tolerances: [matches_baseline.tolerance].
+    With a baseline, draws geometry-vs-baseline.png and drift-map.png (where the run left its tolerance)."""
     outcome = check_baseline(
         snapshot.use_extension(GeometryBaselineExtension),
         geometry,
@@ -20,7 +21,7 @@ def test_matches_baseline(geometry, model_run, snapshot, thresholds, geomcheck_o
         tolerances=tolerances_from_config(thresholds),
     )
     if outcome.baseline is not None:
-        geomcheck_overlay(geometry_from_payload(outcome.baseline))
+        geomcheck_overlay(geometry_from_payload(outcome.baseline), drift_matrix(outcome.compared))
     geomcheck_record(outcome.summary)
     if not outcome.ok:
         pytest.fail(outcome.message, pytrace=False)

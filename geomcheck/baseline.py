@@ -279,6 +279,52 @@ def compare(
     return [d for d in compare_all(baseline, current, tolerances) if d.exceeded]
 
 
+@dataclass(frozen=True, eq=False)
+class DriftMatrix:
+    """The comparison as a statistics × layers table, for the drift map.
+
+    ``rows`` are full keys (``"mid/var_mean/harmful"``) in stream, then statistic order; ``scores`` holds
+    the signed drift in tolerances, ``(current − baseline) / tolerance`` (±inf where one side is nan or
+    missing, nan where a cell was not compared); ``exceeded`` marks exactly the values :func:`compare` reports.
+    """
+
+    rows: tuple[str, ...]
+    scores: np.ndarray  # (len(rows), n_layers) float
+    exceeded: np.ndarray  # (len(rows), n_layers) bool
+
+    @property
+    def first_layer(self) -> int | None:
+        """The first layer with a value beyond tolerance (the report's "first drifting layer"), or None."""
+        columns = np.flatnonzero(self.exceeded.any(axis=0))
+        return int(columns[0]) if columns.size else None
+
+
+def _row_order(key: str) -> tuple[int, int, str]:
+    stream, _, statistic = key.partition("/")
+    streams, names = list(geomcheck.STREAMS), list(STAT_NAMES)
+    return (
+        streams.index(stream) if stream in streams else len(streams),
+        names.index(statistic) if statistic in names else len(names),
+        key,
+    )
+
+
+def drift_matrix(scored: Iterable[Drift]) -> DriftMatrix:
+    """Lay out :func:`compare_all`'s drifts as a :class:`DriftMatrix` (a pure re-arrangement: the score
+    and the verdict of every cell are the comparison's own, only given the sign of the change)."""
+    scored = list(scored)
+    rows = tuple(sorted({d.key for d in scored}, key=_row_order))
+    index = {key: i for i, key in enumerate(rows)}
+    n_layers = max((d.layer + 1 for d in scored), default=0)
+    scores = np.full((len(rows), n_layers), np.nan)
+    exceeded = np.zeros((len(rows), n_layers), dtype=bool)
+    for d in scored:
+        negative = math.isfinite(d.difference) and d.difference < 0
+        scores[index[d.key], d.layer] = -d.score if negative else d.score
+        exceeded[index[d.key], d.layer] = d.exceeded
+    return DriftMatrix(rows, scores, exceeded)
+
+
 @dataclass(frozen=True)
 class Coverage:
     """Statistics and metadata that differ between a baseline and the current run."""
@@ -726,6 +772,7 @@ class BaselineOutcome:
     message: str = ""
     drifts: list[Drift] = field(default_factory=list)
     baseline: dict[str, Any] | None = None  # the parsed baseline, when there is one to compare with
+    compared: list[Drift] = field(default_factory=list)  # every value compared (compare_all), for the drift map
 
     def __repr__(self) -> str:  # keep assertion rewriting from printing every drift
         return f"BaselineOutcome(status={self.status!r}, ok={self.ok}, drifts={len(self.drifts)})"
@@ -803,11 +850,11 @@ def check_baseline(
             if worst is not None
             else "nothing compared"
         )
-        return BaselineOutcome(True, "matched", location, text, drifts=drifts, baseline=baseline)
+        return BaselineOutcome(True, "matched", location, text, drifts=drifts, baseline=baseline, compared=scored)
     lines = failure_lines(result.asserted_data, result.recalled_data, location, tolerances, command)
     worst_text = f"; worst {drifts[0].score:.3g}× at {drifts[0].key} layer {drifts[0].layer}" if drifts else ""
     summary = f"{len(drifts)} of {len(scored)} values drifted{worst_text}"
-    return BaselineOutcome(False, "drifted", location, summary, "\n".join(lines), drifts, baseline)
+    return BaselineOutcome(False, "drifted", location, summary, "\n".join(lines), drifts, baseline, scored)
 
 
 __all__ = [
@@ -817,6 +864,7 @@ __all__ = [
     "Coverage",
     "DEFAULT_TOLERANCES",
     "Drift",
+    "DriftMatrix",
     "GeometryBaselineExtension",
     "Tolerance",
     "baseline_payload",
@@ -824,6 +872,7 @@ __all__ = [
     "compare",
     "compare_all",
     "coverage",
+    "drift_matrix",
     "dumps",
     "geometry_from_payload",
     "parse_baseline",

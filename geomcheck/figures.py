@@ -7,22 +7,29 @@ no display, touches no global figure registry, and is safe inside a pytest run.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from matplotlib import colormaps
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from geomcheck.geometry import SETS, Geometry
-from geomcheck.weights import random_overlap
+from geomcheck.weights import random_overlap, summarize_overlap
 
-if TYPE_CHECKING:  # the pipeline pulls in torch; drawing a figure must not
+if TYPE_CHECKING:  # the pipeline pulls in torch, the baseline syrupy; drawing a figure needs neither
+    from geomcheck.baseline import DriftMatrix
     from geomcheck.pipeline import WeightOverlap
 
 PANELS = (
@@ -30,9 +37,17 @@ PANELS = (
     ("var_mean", "mean of per-feature variance", "log"),
     ("var_max", "max of per-feature variance", "log"),
 )
-LINESTYLES = {"harmful": "-", "harmless": "--"}
+# The research note's convention: colour is the prompt set, line style the stream ("two curves of the same
+# colour are the two residual streams"). Cosine compares the two sets, so it has a colour of its own.
+SET_COLOURS = {"harmful": "#c0392b", "harmless": "#2471a3"}
+COSINE_COLOUR = "#6c3483"
+STREAM_STYLES = {"pre": "--", "mid": "-", "post": ":"}
+BASELINE_COLOUR = "0.55"
 BASELINE_PREFIX = "baseline "
-BAND_ALPHA = 0.2
+BAND_ALPHA = 0.12  # six overlapping bands must stay see-through
+PNG_METADATA = {"Software": None}  # no version stamp: the same figure is the same bytes on any matplotlib
+DRIFT_CLIP = 3.0  # the drift map's colour saturates at this many tolerances
+DRIFT_MARK = {"marker": "o", "markersize": 7, "markerfacecolor": "none", "markeredgecolor": "black", "linestyle": "none"}
 
 
 def _new_figure(**kwargs: object) -> Figure:
@@ -48,74 +63,195 @@ def _positive(values: np.ndarray | float) -> np.ndarray:
     return np.where(array > 0, array, np.nan)
 
 
-def _series(geometry: Geometry, statistic: str) -> list[tuple[str, str, str]]:
-    """(stream, key statistic, label suffix) for every line a panel draws: one per stream, or stream × set."""
+def _series(statistic: str) -> list[tuple[str, str, str]]:
+    """(key statistic, set label, colour) of every curve a panel draws per stream: one for the cosine, one per set."""
     if statistic == "cosine":
-        return [(stream, "cosine", stream) for stream in geometry.streams]
-    return [(stream, f"{statistic}/{which}", f"{stream} {which}") for stream in geometry.streams for which in SETS]
+        return [("cosine", "", COSINE_COLOUR)]
+    return [(f"{statistic}/{which}", which, SET_COLOURS[which]) for which in SETS]
 
 
-def _draw(ax: Axes, geometry: Geometry, statistic: str, log: bool, baseline: bool) -> None:
-    """One panel's lines for one geometry: coloured with bands for the current run, grey for a baseline."""
+def _style(stream: str) -> str:
+    return STREAM_STYLES.get(stream, "-.")
+
+
+def _label(stream: str, which: str) -> str:
+    return f"{stream} {which}".strip()
+
+
+def _band(ax: Axes, layers: np.ndarray, geometry: Geometry, key: str, log: bool, colour: str, alpha: float) -> None:
+    if key in geometry.intervals:
+        interval = geometry.intervals[key]
+        low, high = (_positive(v) if log else np.asarray(v, dtype=np.float64) for v in (interval.low, interval.high))
+        ax.fill_between(layers, low, high, color=colour, alpha=alpha, linewidth=0)
+
+
+def _draw(ax: Axes, geometry: Geometry, statistic: str, streams: Sequence[str], log: bool, baseline: bool, bands: bool = True) -> None:
+    """One panel's curves of ``streams``: coloured (with their bands) for a run, thin grey with grey bands for a baseline."""
     layers = np.arange(geometry.n_layers)
-    for stream, key, label in _series(geometry, statistic):
-        stream_index = geometry.streams.index(stream)
-        curve = geometry.curve(stream, key)
-        y = _positive(curve) if log else np.asarray(curve, dtype=np.float64)
-        style = LINESTYLES[key.rsplit("/", 1)[-1]] if "/" in key else "-"
-        if baseline:
-            # Shades of grey still tell the baseline's streams apart without competing with the colours.
-            shade = str(0.3 + 0.4 * stream_index / max(len(geometry.streams) - 1, 1))
-            ax.plot(layers, y, color=shade, linestyle=style, linewidth=1.2, label=BASELINE_PREFIX + label)
+    for stream in streams:
+        for key, which, colour in _series(statistic):
+            y = _positive(geometry.curve(stream, key)) if log else np.asarray(geometry.curve(stream, key), dtype=np.float64)
+            label = _label(stream, which)
+            if baseline:
+                ax.plot(layers, y, color=BASELINE_COLOUR, linewidth=0.9, label=BASELINE_PREFIX + label)
+                _band(ax, layers, geometry, f"{stream}/{key}", log, BASELINE_COLOUR, 0.3)
+            else:
+                ax.plot(layers, y, color=colour, linestyle=_style(stream), linewidth=1.6, label=label)
+                if bands:
+                    _band(ax, layers, geometry, f"{stream}/{key}", log, colour, BAND_ALPHA)
+
+
+def _mark_drift(ax: Axes, geometry: Geometry, statistic: str, stream: str, drift: DriftMatrix, log: bool) -> None:
+    """Circle the layers where a curve of this panel left its tolerance."""
+    for key, _, _ in _series(statistic):
+        full = f"{stream}/{key}"
+        if full not in drift.rows:
             continue
-        colour = f"C{stream_index}"
-        ax.plot(layers, y, color=colour, linestyle=style, linewidth=1.6, label=label)
-        full_key = f"{stream}/{key}"
-        if full_key in geometry.intervals:
-            interval = geometry.intervals[full_key]
-            low, high = (_positive(v) if log else np.asarray(v, dtype=np.float64) for v in (interval.low, interval.high))
-            ax.fill_between(layers, low, high, color=colour, alpha=BAND_ALPHA, linewidth=0)
+        layers = np.flatnonzero(drift.exceeded[drift.rows.index(full)])
+        layers = layers[layers < geometry.n_layers]
+        y = np.asarray(geometry.curve(stream, key), dtype=np.float64)[layers]
+        ax.plot(layers, _positive(y) if log else y, label=f"beyond tolerance {full}", **DRIFT_MARK)
 
 
-def geometry_figure(geometry: Geometry, title: str, baseline: Geometry | None = None) -> Figure:
-    """The note's three stacked panels (cosine, mean variance, max variance) over layers, 95% bands shaded.
+def _legend(fig: Figure, streams: Sequence[str], extra: Sequence[Artist] = ()) -> None:
+    """One legend for the figure, below the panels: colours name the sets, line styles the streams."""
+    handles: list[Artist] = [Line2D([], [], color=COSINE_COLOUR, label="cosine (harmful vs harmless)")]
+    handles += [Line2D([], [], color=colour, label=which) for which, colour in SET_COLOURS.items()]
+    handles += [Line2D([], [], color="black", linestyle=_style(stream), label=stream) for stream in streams]
+    handles += list(extra)
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), fontsize="small", frameon=False)
 
-    With ``baseline``, its curves are overlaid in grey and labelled ``"baseline <stream> <set>"`` so a
-    regression shows as a coloured line leaving its grey twin.
+
+def _layer_axis(ax: Axes) -> None:
+    ax.set_xlabel("layer")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole numbers
+
+
+def geometry_figure(geometry: Geometry, title: str, baseline: Geometry | None = None, drift: DriftMatrix | None = None) -> Figure:
+    """The note's three stacked panels (cosine, mean variance, max variance) over layers, 95% bands shaded:
+    colour is the prompt set, line style the stream (solid ``mid``, dashed ``pre``, dotted ``post``).
+
+    With ``baseline``, one column per stream, so each panel holds only one stream's curves (labelled
+    ``"<stream> <set>"``) over its baseline's in thin grey with the baseline's band (``"baseline <stream>
+    <set>"``): a regression is a coloured line leaving the grey band. ``drift`` circles the values beyond
+    tolerance.
     """
-    fig = _new_figure(figsize=(7.5, 10))
-    axes = fig.subplots(len(PANELS), 1, sharex=True)
-    for ax, (statistic, panel_title, scale) in zip(axes, PANELS):
-        ax.set_yscale(scale)
-        if baseline is not None:
-            _draw(ax, baseline, statistic, log=scale == "log", baseline=True)
-        _draw(ax, geometry, statistic, log=scale == "log", baseline=False)
-        ax.set_title(panel_title)
-        ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize="small", ncols=2 if baseline is not None else 1)
-    axes[-1].set_xlabel("layer")
-    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole numbers
+    if baseline is None:
+        columns: list[tuple[str, ...]] = [tuple(geometry.streams)]
+    else:
+        columns = [(stream,) for stream in geometry.streams]
+    fig = _new_figure(figsize=(7.5, 10) if baseline is None else (3.6 * len(columns) + 1, 9.5))
+    axes = fig.subplots(len(PANELS), len(columns), sharex=True, squeeze=False)
+    for row, (statistic, panel_title, scale) in enumerate(PANELS):
+        for column, streams in enumerate(columns):
+            ax = axes[row, column]
+            ax.set_yscale(scale)
+            log = scale == "log"
+            if baseline is not None and streams[0] in baseline.streams:  # a stream the baseline lacks is drawn alone
+                _draw(ax, baseline, statistic, streams, log, baseline=True)
+            _draw(ax, geometry, statistic, streams, log, baseline=False, bands=baseline is None)
+            if drift is not None:
+                _mark_drift(ax, geometry, statistic, streams[0], drift, log)
+            ax.set_title(panel_title if baseline is None else f"{streams[0]}: {panel_title}", fontsize="medium")
+            ax.grid(True, which="major", alpha=0.3)
+    for ax in axes[-1]:
+        _layer_axis(ax)
+    extra: list[Artist] = []
+    if baseline is not None:
+        extra.append(Patch(facecolor=BASELINE_COLOUR, alpha=0.5, edgecolor=BASELINE_COLOUR, label="baseline (95% interval)"))
+    if drift is not None and drift.exceeded.any():
+        extra.append(Line2D([], [], label="beyond tolerance", **DRIFT_MARK))
+    _legend(fig, geometry.streams, extra)
     fig.suptitle(title)
     return fig
 
 
-def overlap_figure(weights: WeightOverlap, title: str) -> Figure:
-    """One layers × layers heatmap per writer kind on a shared 0–1 scale, titled with the chance level k/d.
+def _far_mean(matrix: np.ndarray) -> float:
+    """Mean overlap of layers at least two apart: shared directions beyond neighbours (nan under 3 layers)."""
+    distance = np.abs(np.subtract.outer(np.arange(len(matrix)), np.arange(len(matrix))))
+    far = matrix[distance >= 2]
+    return float(far.mean()) if far.size else math.nan
 
-    Off-diagonal colour well above chance is hypothesis 4's shared directions.
+
+def overlap_figure(weights: WeightOverlap, title: str) -> Figure:
+    """One layers × layers heatmap per writer kind, diagonal masked (a layer with itself is 1 by definition),
+    on a shared scale set by the off-diagonal values, with chance k/d marked on the colour bar and the
+    adjacent- and far-layer means in each panel's title. Colour well above the chance mark is hypothesis 4's
+    shared directions.
     """
     if not weights.matrices:
         raise ValueError("no overlap matrices to draw: the model has no residual-stream writers")
     chance = random_overlap(weights.k, weights.d_model)
-    fig = _new_figure(figsize=(4.5 * len(weights.matrices) + 1, 4.5))
+    off = [np.asarray(m, dtype=np.float64)[~np.eye(len(m), dtype=bool)] for m in weights.matrices.values()]
+    values = np.concatenate([[chance], *off])  # the scale always reaches the chance mark
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        high = low + 1e-6
+    cmap = colormaps["viridis"].with_extremes(bad="0.85")
+    fig = _new_figure(figsize=(4.5 * len(weights.matrices) + 1.2, 4.8))
     axes = np.atleast_1d(fig.subplots(1, len(weights.matrices)))
     for ax, (kind, matrix) in zip(axes, weights.matrices.items()):
-        image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis", interpolation="nearest")
-        ax.set_title(f"{kind} (chance k/d = {chance:.2g})")
-        ax.set_xlabel("layer")
+        matrix = np.asarray(matrix, dtype=np.float64)
+        masked = np.ma.masked_array(matrix, mask=np.eye(len(matrix), dtype=bool))
+        image = ax.imshow(masked, vmin=low, vmax=high, cmap=cmap, interpolation="nearest")
+        adjacent = summarize_overlap(matrix, weights.k, weights.d_model).mean_adjacent if len(matrix) > 1 else math.nan
+        ax.set_title(f"{kind}\nadjacent layers {adjacent:.3g}, far layers {_far_mean(matrix):.3g}", fontsize="medium")
+        _layer_axis(ax)
         ax.set_ylabel("layer")
-    fig.colorbar(image, ax=list(axes), label="subspace overlap")
-    fig.suptitle(title)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    bar = fig.colorbar(image, ax=list(axes), label="subspace overlap (diagonal masked)")
+    bar.ax.axhline(chance, color="red", linewidth=2)
+    chance_axis = bar.ax.secondary_yaxis("left")
+    chance_axis.set_yticks([chance], labels=["chance"], color="red", fontsize="small")
+    fig.suptitle(f"{title} (chance k/d = {chance:.2g})")
+    return fig
+
+
+def _row_label(key: str) -> str:
+    return " · ".join(key.split("/"))
+
+
+def drift_figure(drift: DriftMatrix, title: str) -> Figure:
+    """The drift map: one row per compared statistic (stream × statistic × set), one column per layer,
+    coloured by the signed drift in tolerances (red up, blue down, white none; clipped at ±DRIFT_CLIP),
+    values beyond tolerance outlined, the first drifting layer marked above the map."""
+    if not drift.rows:
+        raise ValueError("no compared values to draw: the run and its baseline share no statistic")
+    n_rows, n_layers = drift.scores.shape
+    fig = _new_figure(figsize=(max(6.0, 0.28 * n_layers + 3.5), max(3.5, 0.32 * n_rows + 2.2)))
+    ax = fig.subplots()
+    cmap = colormaps["RdBu_r"].with_extremes(bad="0.8")
+    image = ax.imshow(
+        np.clip(drift.scores, -DRIFT_CLIP, DRIFT_CLIP), vmin=-DRIFT_CLIP, vmax=DRIFT_CLIP, cmap=cmap,
+        aspect="auto", interpolation="nearest",
+    )
+    for row, layer in zip(*np.nonzero(drift.exceeded)):
+        ax.add_patch(Rectangle((layer - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.6))
+    streams = [key.split("/", 1)[0] for key in drift.rows]
+    for row in range(1, n_rows):
+        if streams[row] != streams[row - 1]:
+            ax.axhline(row - 0.5, color="white", linewidth=3)
+    ax.set_yticks(range(n_rows), [_row_label(key) for key in drift.rows], fontsize="small")
+    _layer_axis(ax)
+    if n_layers <= 48:  # every layer named, so a drifting column reads off directly
+        ax.set_xticks(range(n_layers), [str(layer) for layer in range(n_layers)], fontsize="small")
+    ax.tick_params(length=0)
+    beyond = int(drift.exceeded.sum())
+    first = drift.first_layer
+    if first is not None:
+        ax.annotate(
+            f"first drifting layer: {first}", xy=(first, -0.5), xytext=(0, 14), textcoords="offset points",
+            ha="center", va="bottom", fontweight="bold", annotation_clip=False,
+            arrowprops={"arrowstyle": "-|>", "color": "black"},
+        )
+        verdict = f"{beyond} of {np.count_nonzero(~np.isnan(drift.scores))} values beyond tolerance (outlined)"
+    else:
+        worst = np.nanmax(np.abs(drift.scores)) if np.isfinite(drift.scores).any() else 0.0
+        verdict = f"every value within tolerance; largest drift {worst:.2g}× tolerance"
+    bar = fig.colorbar(image, ax=ax, label=f"(now − baseline) / tolerance, clipped at ±{DRIFT_CLIP:g}", extend="both")
+    for edge in (-1.0, 1.0):
+        bar.ax.axhline(edge, color="black", linewidth=1)
+    fig.suptitle(f"{title}\n{verdict}", fontsize="medium")
     return fig
 
 
@@ -126,7 +262,7 @@ def save_figure(fig: Figure, path: Path) -> Path:
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as stream:
-            fig.savefig(stream, format="png")
+            fig.savefig(stream, format="png", metadata=PNG_METADATA)
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
@@ -139,13 +275,21 @@ def _folder_name(model: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("._") or "model"
 
 
-def write_geometry(model: str, geometry: Geometry, out_dir: Path, baseline: Geometry | None = None) -> Path:
-    """``<out_dir>/<model>/geometry.png``, or ``geometry-vs-baseline.png`` with the baseline overlaid."""
+def write_geometry(
+    model: str, geometry: Geometry, out_dir: Path, baseline: Geometry | None = None, drift: DriftMatrix | None = None
+) -> Path:
+    """``<out_dir>/<model>/geometry.png``, or ``geometry-vs-baseline.png`` with the baseline overlaid
+    (and, with ``drift``, the values beyond tolerance circled)."""
     folder = Path(out_dir) / _folder_name(model)
     if baseline is None:
         return save_figure(geometry_figure(geometry, f"{model}: residual-stream geometry"), folder / "geometry.png")
-    fig = geometry_figure(geometry, f"{model}: geometry vs baseline (grey)", baseline=baseline)
+    fig = geometry_figure(geometry, f"{model}: geometry (colour) vs baseline (grey)", baseline=baseline, drift=drift)
     return save_figure(fig, folder / "geometry-vs-baseline.png")
+
+
+def write_drift_map(model: str, drift: DriftMatrix, out_dir: Path) -> Path:
+    """``<out_dir>/<model>/drift-map.png``: where the run left its baseline, statistic by layer."""
+    return save_figure(drift_figure(drift, f"{model}: drift from baseline"), Path(out_dir) / _folder_name(model) / "drift-map.png")
 
 
 def write_overlap(model: str, weights: WeightOverlap, out_dir: Path) -> Path:

@@ -18,6 +18,7 @@ import pytest
 from geomcheck import POSITIONS, STREAMS, options, registry
 
 if TYPE_CHECKING:  # the heavy modules load when a check first needs them, not at pytest start-up
+    from geomcheck.baseline import DriftMatrix
     from geomcheck.geometry import Geometry
     from geomcheck.pipeline import ModelRun, RunOptions, WeightOverlap
 
@@ -340,14 +341,18 @@ def weights(request: pytest.FixtureRequest, model_run: ModelRun, model_name: str
 
 @pytest.fixture
 def geomcheck_overlay(geometry: Geometry, model_name: str, geomcheck_session: GeomcheckSession):
-    """Call with a baseline's Geometry: draws this run's curves over it (``geometry-vs-baseline.png``),
-    listed and attached like the other figures."""
+    """Call with a baseline's Geometry: draws this run's curves over it (``geometry-vs-baseline.png``);
+    with the comparison's DriftMatrix also the drift map (``drift-map.png``); listed and attached like the
+    other figures."""
 
-    def draw(baseline: Geometry) -> Path:
+    def draw(baseline: Geometry, drift: DriftMatrix | None = None) -> Path:
         from geomcheck import figures
 
-        path = figures.write_geometry(geomcheck_session.models[model_name], geometry, geomcheck_session.artifacts_dir, baseline=baseline)
+        name, out_dir = geomcheck_session.models[model_name], geomcheck_session.artifacts_dir
+        path = figures.write_geometry(name, geometry, out_dir, baseline=baseline, drift=drift)
         geomcheck_session.add_figure(model_name, "geometry-vs-baseline", path)
+        if drift is not None:
+            geomcheck_session.add_figure(model_name, "drift-map", figures.write_drift_map(name, drift, out_dir))
         return path
 
     return draw

@@ -20,6 +20,7 @@ from geomcheck.baseline import (
     baseline_payload,
     compare,
     compare_all,
+    drift_matrix,
     dumps,
     failure_lines,
     geometry_from_payload,
@@ -102,6 +103,40 @@ def test_drifts_are_sorted_worst_first():
         ("mid/cosine", 0),
     ]
     assert drifts[0].score > drifts[1].score > drifts[2].score > 1
+
+
+def test_the_drift_matrix_marks_exactly_the_drifting_cells_with_their_sign():
+    current = perturbed(CURVES, "mid/var_mean/harmful", 1, 2.1)  # up 0.1 = +50 tolerances
+    current = perturbed(current, "post/var_mean/harmful", 3, 11.0)  # down 1 ≈ −83 tolerances
+    current = perturbed(current, "mid/cosine", 2, 0.9004)  # up 4e-4, within its 9e-4 tolerance
+    scored = compare_all(payload(CURVES), payload(current))
+    matrix = drift_matrix(scored)
+    assert matrix.rows == ("mid/cosine", "mid/var_mean/harmful", "post/var_mean/harmful")  # stream, then statistic
+    assert matrix.scores.shape == matrix.exceeded.shape == (3, 4)
+    assert {(matrix.rows[r], int(c)) for r, c in zip(*np.nonzero(matrix.exceeded))} == {
+        ("mid/var_mean/harmful", 1),
+        ("post/var_mean/harmful", 3),
+    }
+    assert {(d.key, d.layer) for d in compare(payload(CURVES), payload(current))} == {
+        (matrix.rows[r], int(c)) for r, c in zip(*np.nonzero(matrix.exceeded))
+    }
+    assert matrix.scores[1, 1] == pytest.approx(50.0)
+    assert matrix.scores[2, 3] == pytest.approx(-1.0 / 12e-3)
+    assert 0 < matrix.scores[0, 2] < 1  # moved, but within tolerance: coloured, not outlined
+    untouched = np.ones((3, 4), dtype=bool)
+    untouched[[1, 2, 0], [1, 3, 2]] = False
+    assert np.all(matrix.scores[untouched] == 0)
+    assert matrix.first_layer == 1
+
+
+def test_the_drift_matrix_of_a_missing_layer_and_of_no_drift():
+    short = {key: values[:3] for key, values in CURVES.items()}
+    matrix = drift_matrix(compare_all(payload(CURVES), payload(short)))
+    assert matrix.exceeded[:, 3].all() and not matrix.exceeded[:, :3].any()
+    assert np.isinf(matrix.scores[:, 3]).all()
+    assert matrix.first_layer == 3
+    same = drift_matrix(compare_all(payload(CURVES), payload(CURVES)))
+    assert same.first_layer is None and not same.exceeded.any()
 
 
 EDGE_CASES = {
@@ -394,6 +429,8 @@ def test_round_trip_create_pass_then_a_changed_checkpoint_fails(pytester, checks
     assert "post/var_" in first and "layer 1:" in first  # the scaled layer's output is the worst drift
     assert "first drifting layer: 1." in out
     assert "--snapshot-update" in out
+    drift_map = pytester.path / "geomcheck-artifacts" / "tiny-llama" / "drift-map.png"
+    assert f"tiny-llama: figure {drift_map}" in out and drift_map.read_bytes()[:4] == b"\x89PNG"
     assert (pytester.path / BASELINE).read_text() == text  # a failed run never rewrites the baseline
 
 
@@ -418,3 +455,21 @@ def test_a_broken_baseline_fails_untouched_until_updated_and_stale_ones_are_clea
     assert parse_baseline(path.read_text())["meta"]["name"] == "tiny-llama"
     assert not stale.exists()
     assert other_model.exists()  # baselines of models not in the session are never touched
+
+
+def test_the_drift_map_of_the_changed_checkpoint_marks_the_changed_layer(tiny_llama_dir, tmp_path):
+    """The round trip's changed checkpoint (layer 1's MLP output ×100): its ``post`` stream and every stream
+    after it leave tolerance; nothing before it moves at all, so the drift map's first drifting layer is 1.
+    (×3 is not enough on this random-init model: it stays within 0.25 tolerances, and the gate passes.)"""
+    from geomcheck.pipeline import ModelRun, RunOptions
+
+    def drift_payload(model: Path, cache: str) -> dict:
+        run = ModelRun(str(model), RunOptions(cache_dir=tmp_path / cache, max_prompts=8, n_boot=20, progress=False))
+        return baseline_payload(run.geometry, run.meta)
+
+    scaled = scaled_copy(tiny_llama_dir, tmp_path / "scaled" / "tiny-llama", 100.0)
+    matrix = drift_matrix(compare_all(drift_payload(tiny_llama_dir, "a"), drift_payload(scaled, "b")))
+    assert matrix.first_layer == 1
+    before = [i for i, key in enumerate(matrix.rows) if not key.startswith("post/")]
+    assert np.all(matrix.scores[:, 0] == 0) and np.all(matrix.scores[before, 1] == 0)  # computed before the MLP
+    assert {matrix.rows[i].split("/", 1)[0] for i in np.flatnonzero(matrix.exceeded[:, 1])} == {"post"}

@@ -1,6 +1,7 @@
 """Tests of geomcheck.figures: the Figure objects are inspected before saving (titles, scales, line
 labels and data), and the written files are checked to be complete PNGs with no temp files left."""
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,19 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 from matplotlib.image import imread
 
-from geomcheck.figures import geometry_figure, overlap_figure, save_figure, write_geometry, write_overlap
+from geomcheck.baseline import DriftMatrix, baseline_payload, compare_all, drift_matrix
+from geomcheck.figures import (
+    DRIFT_CLIP,
+    PNG_METADATA,
+    SET_COLOURS,
+    drift_figure,
+    geometry_figure,
+    overlap_figure,
+    save_figure,
+    write_drift_map,
+    write_geometry,
+    write_overlap,
+)
 from geomcheck.geometry import Geometry, geometry_from_samples
 from geomcheck.pipeline import WeightOverlap
 from geomcheck.weights import overlap_matrix
@@ -17,6 +30,7 @@ from geomcheck.weights import overlap_matrix
 PROMPTS, LAYERS, FEATURES = 8, 5, 6
 STREAMS = ("pre", "mid")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+META = {"model": "synthetic", "dtype": "float32"}
 PANEL_TITLES = ["cosine of harmful/harmless means", "mean of per-feature variance", "max of per-feature variance"]
 
 
@@ -74,19 +88,24 @@ def test_geometry_figure_has_three_stacked_panels_sharing_the_layer_axis(geometr
     assert axes[-1].get_xlabel() == "layer"
     assert all(axes[0].get_shared_x_axes().joined(axes[0], ax) for ax in axes[1:])
     assert fig.get_suptitle() == "synthetic"
-    assert all(ax.get_legend() is not None for ax in axes)
+    assert all(ax.get_legend() is None for ax in axes)  # one legend for the figure, outside the panels
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["cosine (harmful vs harmless)", "harmful", "harmless", "pre", "mid"]
 
 
-def test_geometry_figure_draws_one_line_per_stream_and_set(geometry):
+def test_colour_is_the_prompt_set_and_line_style_the_stream_as_in_the_note(geometry):
     cosine, var_mean, var_max = geometry_figure(geometry, "synthetic").axes
     assert labels(cosine) == {"pre", "mid"}
     expected = {"pre harmful", "pre harmless", "mid harmful", "mid harmless"}
     assert labels(var_mean) == expected
     assert labels(var_max) == expected
-    assert line(var_mean, "mid harmful").get_linestyle() == "-"
-    assert line(var_mean, "mid harmless").get_linestyle() == "--"
-    assert line(var_mean, "mid harmful").get_color() == line(var_mean, "mid harmless").get_color()
-    assert line(var_mean, "pre harmful").get_color() != line(var_mean, "mid harmful").get_color()
+    for ax in (var_mean, var_max):
+        for which in ("harmful", "harmless"):
+            assert line(ax, f"pre {which}").get_color() == line(ax, f"mid {which}").get_color() == SET_COLOURS[which]
+            assert line(ax, f"mid {which}").get_linestyle() == "-"
+            assert line(ax, f"pre {which}").get_linestyle() == "--"
+    assert line(cosine, "mid").get_linestyle() == "-" and line(cosine, "pre").get_linestyle() == "--"
+    assert SET_COLOURS["harmful"] != SET_COLOURS["harmless"]
 
 
 def test_line_data_are_the_geometry_curves(geometry):
@@ -104,15 +123,38 @@ def test_bands_are_shaded_only_where_there_are_intervals(geometry):
     assert [len(ax.collections) for ax in without] == [0, 0, 0]
 
 
-def test_baseline_is_overlaid_in_grey_with_prefixed_labels(geometry, baseline):
-    cosine, var_mean, _ = geometry_figure(geometry, "vs baseline", baseline=baseline).axes
-    assert labels(cosine) == {"pre", "mid", "baseline pre", "baseline mid"}
-    assert {f"baseline {s} {w}" for s in STREAMS for w in ("harmful", "harmless")} <= labels(var_mean)
+def test_the_overlay_has_one_column_per_stream_with_the_baseline_in_thin_grey_and_its_band(geometry, baseline):
+    fig = geometry_figure(geometry, "vs baseline", baseline=baseline)
+    grid = np.array(fig.axes).reshape(len(PANEL_TITLES), len(STREAMS))
+    assert [ax.get_title() for ax in grid[:, 1]] == [f"mid: {title}" for title in PANEL_TITLES]
+    assert labels(grid[0, 0]) == {"pre", "baseline pre"}
+    for column, stream in enumerate(STREAMS):  # each panel holds one stream's curves and its baseline's
+        assert labels(grid[1, column]) == {f"{prefix}{stream} {w}" for prefix in ("", "baseline ") for w in ("harmful", "harmless")}
+    var_mean = grid[1, 1]
     overlay = line(var_mean, "baseline mid harmful")
     np.testing.assert_array_equal(overlay.get_ydata(), baseline.curve("mid", "var_mean/harmful"))
     red, green, blue = to_rgb(overlay.get_color())
     assert red == green == blue  # grey
+    assert overlay.get_linewidth() < line(var_mean, "mid harmful").get_linewidth()
     np.testing.assert_array_equal(line(var_mean, "mid harmful").get_ydata(), geometry.curve("mid", "var_mean/harmful"))
+    # the bands are the baseline's (grey), one per baseline curve; the run's curves are drawn bare
+    assert [len(ax.collections) for ax in grid[:, 1]] == [1, 2, 2]
+    (band, _) = var_mean.collections
+    assert to_rgb(band.get_facecolor()[0]) == to_rgb(overlay.get_color())
+    assert all(ax.get_legend() is None for ax in fig.axes) and len(fig.legends) == 1
+
+
+def test_the_overlay_circles_exactly_the_values_beyond_tolerance(geometry, baseline):
+    drift = drift_matrix(compare_all(baseline_payload(baseline, META), baseline_payload(geometry, META)))
+    grid = np.array(geometry_figure(geometry, "vs", baseline=baseline, drift=drift).axes).reshape(len(PANEL_TITLES), len(STREAMS))
+    circled = {}
+    for ax in grid.flat:
+        for mark in ax.get_lines():
+            if mark.get_label().startswith("beyond tolerance "):
+                circled[mark.get_label().removeprefix("beyond tolerance ")] = list(mark.get_xdata())
+    expected = {key: list(np.flatnonzero(row)) for key, row in zip(drift.rows, drift.exceeded)}
+    assert circled == expected
+    assert any(expected.values())  # two different seeds: some values drift
 
 
 def test_zero_variance_is_masked_on_log_panels_not_plotted():
@@ -127,20 +169,83 @@ def test_zero_variance_is_masked_on_log_panels_not_plotted():
     assert 0 < low < high and np.isfinite(high)
 
 
-def test_overlap_figure_has_one_heatmap_per_kind(weights):
+def test_overlap_heatmap_masks_the_diagonal_and_scales_to_the_off_diagonal_values(weights):
     fig = overlap_figure(weights, "overlap")
     heatmaps = [ax for ax in fig.axes if ax.images]
-    assert [ax.get_title() for ax in heatmaps] == ["attn_out (chance k/d = 0.25)", "mlp_out (chance k/d = 0.25)"]
-    for ax, matrix in zip(heatmaps, weights.matrices.values()):
+    assert fig.get_suptitle() == "overlap (chance k/d = 0.25)"
+    off = np.concatenate([m[~np.eye(LAYERS, dtype=bool)] for m in weights.matrices.values()])
+    low, high = min(off.min(), 0.25), max(off.max(), 0.25)
+    for ax, (kind, matrix) in zip(heatmaps, weights.matrices.items()):
         (image,) = ax.images
-        np.testing.assert_array_equal(image.get_array(), matrix)
-        assert image.get_clim() == (0.0, 1.0)
-    assert len(fig.axes) == len(heatmaps) + 1  # and one colourbar
+        shown = image.get_array()
+        np.testing.assert_array_equal(np.ma.getmaskarray(shown), np.eye(LAYERS, dtype=bool))
+        np.testing.assert_array_equal(shown.compressed(), matrix[~np.eye(LAYERS, dtype=bool)])
+        assert image.get_clim() == (low, high) and high < 1.0  # the diagonal's 1 does not set the scale
+        distance = np.abs(np.subtract.outer(np.arange(LAYERS), np.arange(LAYERS)))
+        adjacent, far = matrix[distance == 1].mean(), matrix[distance >= 2].mean()
+        assert ax.get_title() == f"{kind}\nadjacent layers {adjacent:.3g}, far layers {far:.3g}"
 
 
-def test_chance_title_uses_two_significant_figures():
+def test_chance_is_marked_on_the_colour_bar():
     fig = overlap_figure(WeightOverlap({"mlp_out": np.eye(3)}, k=16, d_model=576), "smollm2")
-    assert fig.axes[0].get_title() == "mlp_out (chance k/d = 0.028)"
+    assert fig.get_suptitle() == "smollm2 (chance k/d = 0.028)"
+    colour_bar = next(ax for ax in fig.axes if not ax.images)
+    (chance_line,) = colour_bar.get_lines()
+    assert chance_line.get_ydata()[0] == 16 / 576
+    (secondary,) = colour_bar.child_axes
+    assert list(secondary.get_yticks()) == [16 / 576]
+    assert [t.get_text() for t in secondary.get_yticklabels()] == ["chance"]
+
+
+def crafted_drift() -> DriftMatrix:
+    """Two rows over four layers: one rise beyond tolerance, one fall beyond it, one within, one missing."""
+    scores = np.array([[0.0, 0.5, 2.0, np.inf], [0.0, -7.0, np.nan, -0.9]])
+    exceeded = np.array([[False, False, True, True], [False, True, False, False]])
+    return DriftMatrix(("mid/cosine", "post/var_mean/harmful"), scores, exceeded)
+
+
+def test_drift_map_draws_the_clipped_signed_scores_outlines_the_exceeded_and_marks_the_first_layer():
+    drift = crafted_drift()
+    fig = drift_figure(drift, "drift")
+    ax = fig.axes[0]
+    (image,) = ax.images
+    np.testing.assert_array_equal(image.get_array(), np.clip(drift.scores, -DRIFT_CLIP, DRIFT_CLIP))
+    assert image.get_clim() == (-DRIFT_CLIP, DRIFT_CLIP)
+    assert image.get_cmap()(0.5)[:3] == pytest.approx((0.97, 0.97, 0.97), abs=0.03)  # zero drift is near white
+    outlined = {(int(p.get_x() + 0.5), int(p.get_y() + 0.5)) for p in ax.patches}
+    assert outlined == {(2, 0), (3, 0), (1, 1)}  # (layer, row) of exactly the values beyond tolerance
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["mid · cosine", "post · var_mean · harmful"]
+    (arrow,) = [t for t in ax.texts if t.get_text().startswith("first drifting layer")]
+    assert arrow.get_text() == "first drifting layer: 1" and arrow.xy[0] == 1
+    assert "3 of 7 values beyond tolerance" in fig.get_suptitle()
+
+
+def test_a_drift_map_without_drift_says_so_and_marks_no_layer():
+    drift = DriftMatrix(("mid/cosine",), np.array([[0.0, -0.25, 0.5]]), np.zeros((1, 3), dtype=bool))
+    fig = drift_figure(drift, "pale")
+    assert not fig.axes[0].patches and not fig.axes[0].texts
+    assert "every value within tolerance; largest drift 0.5× tolerance" in fig.get_suptitle()
+
+
+def figure_bytes(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata=PNG_METADATA)
+    return buffer.getvalue()
+
+
+def test_figures_are_deterministic_same_input_same_bytes(tmp_path, geometry, baseline, weights):
+    drift = drift_matrix(compare_all(baseline_payload(baseline, META), baseline_payload(geometry, META)))
+    builders = [
+        lambda: geometry_figure(geometry, "g"),
+        lambda: geometry_figure(geometry, "g", baseline=baseline, drift=drift),
+        lambda: overlap_figure(weights, "w"),
+        lambda: drift_figure(drift, "d"),
+    ]
+    for build in builders:
+        assert figure_bytes(build()) == figure_bytes(build())
+    first = write_drift_map("m", drift, tmp_path / "a").read_bytes()
+    assert write_drift_map("m", drift, tmp_path / "b").read_bytes() == first
+    assert b"matplotlib" not in first  # no version stamp in the PNG's text chunks
 
 
 def assert_png(path: Path) -> None:
@@ -152,9 +257,10 @@ def assert_png(path: Path) -> None:
 def test_written_figures_are_valid_pngs_and_no_temp_files(tmp_path, geometry, baseline, weights):
     model = "HuggingFaceTB/SmolLM2-135M"
     paths = [write_geometry(model, geometry, tmp_path), write_geometry(model, geometry, tmp_path, baseline=baseline),
-             write_overlap(model, weights, tmp_path)]
+             write_overlap(model, weights, tmp_path), write_drift_map(model, crafted_drift(), tmp_path)]
     folder = tmp_path / "HuggingFaceTB_SmolLM2-135M"
-    assert paths == [folder / "geometry.png", folder / "geometry-vs-baseline.png", folder / "weight-overlap.png"]
+    names = ["geometry.png", "geometry-vs-baseline.png", "weight-overlap.png", "drift-map.png"]
+    assert paths == [folder / name for name in names]
     for path in paths:
         assert_png(path)
     assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(["HuggingFaceTB_SmolLM2-135M", *(p.name for p in paths)])
