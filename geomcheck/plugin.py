@@ -425,6 +425,13 @@ class Summary:
             text = ci.markdown_summary(list(self.findings.values()), digests, self.figures, self.models_figure, self.failures)
             ci.append_step_summary(path, text)
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_results_summary(self, prefix: list[str], summary: list[str], postfix: list[str], session: pytest.Session) -> None:
+        """pytest-html: models.png embedded above the results, as each check's figures are in its row."""
+        if self.models_figure is not None:
+            png = base64.b64encode(self.models_figure.read_bytes()).decode()
+            prefix.append(f'<p>geomcheck: all models</p><img src="data:image/png;base64,{png}" alt="models.png" style="max-width:100%">')
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.failed:
             self.failures.append(_failure(report))

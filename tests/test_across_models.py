@@ -3,6 +3,8 @@ xdist, where the curves live in the workers), the GitHub job summary, and a hub 
 
 from __future__ import annotations
 
+import base64
+import importlib.util
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -36,7 +38,8 @@ def _table_rows(lines: list[str]) -> dict[str, list[str]]:
 def test_two_models_give_models_png_a_table_and_a_github_summary(pytester: pytest.Pytester, two_models, monkeypatch):
     summary = pytester.path / "step-summary.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
-    result = pytester.runpytest("--junitxml=r.xml", *two_models)
+    html = ["--html=report.html", "--self-contained-html"] if importlib.util.find_spec("pytest_html") else []
+    result = pytester.runpytest("--junitxml=r.xml", *html, *two_models)
     result.assert_outcomes(passed=6, failed=2)  # random-init weights share no directions: H4 fails for both
     figure = pytester.path / "geomcheck-artifacts" / "models.png"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -54,6 +57,8 @@ def test_two_models_give_models_png_a_table_and_a_github_summary(pytester: pytes
     assert text.startswith("## geomcheck: 2 failed, 6 passed")
     assert "### tiny-a" in text and "### tiny-b" in text and "| weights_share_directions | – | ❌ failed |" in text
     assert "Figure: `geomcheck-artifacts/models.png`" in text  # relative to the checkout
+    if html:
+        assert base64.b64encode(figure.read_bytes()).decode()[:200] in (pytester.path / "report.html").read_text()
 
 
 def test_under_xdist_the_controller_draws_models_png_from_what_the_workers_measured(pytester: pytest.Pytester, two_models):
