@@ -143,7 +143,7 @@ class ModelRun:
             "source": self.spec.source,
             "package": self.spec.pip,
             "revision": self.spec.revision,
-            **({"commit": self.spec.commit} if self.spec.commit else {}),  # what a hub revision resolved to
+            **self.spec.pin,  # a hub revision's commit, a GGUF file's stamp
             "dtype": self.dtype,
             "geomcheck": geomcheck.__version__,
         }

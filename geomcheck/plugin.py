@@ -172,7 +172,7 @@ def _failure(report: pytest.TestReport) -> Failure:
 
     path, line, _ = report.location
     message = report.longreprtext.strip().splitlines()
-    shown = [m for m in message if m.startswith("E ")] or message[-3:]
+    shown = [m for m in message if m.startswith("E ")] or message  # pytest.fail(pytrace=False): the message itself
     text = "\n".join(m.removeprefix("E ").strip() for m in shown[:6])
     return Failure(path, (line or 0) + 1, report.nodeid.rpartition("::")[2], f"{report.when}: {text}" if report.when != "call" else text)
 

@@ -98,3 +98,15 @@ def test_a_gguf_file_gives_the_statistics_of_the_registry_entry_it_ships_in(tmp_
     for key, value in by_name.geometry.values.items():
         np.testing.assert_allclose(by_path.geometry.values[key], value, rtol=1e-5, atol=1e-7, err_msg=key)
     assert [p.name for p in (tmp_path / "converted").iterdir() if p.is_dir()].count("smollm2-135m-0.1.2") == 1
+
+
+def test_a_gguf_file_replaced_at_the_same_path_is_another_identity(tmp_path: Path):
+    import os
+
+    shipped = registry.resolve("smollm2-135m")
+    path = tmp_path / "model.gguf"
+    path.write_bytes((models.package_dir(shipped) / shipped.gguf_file).read_bytes())
+    before = ModelRun(str(path), RunOptions()).identity
+    os.utime(path, ns=(1, 1))  # a copy of another file lands here: other mtime, same name
+    after = ModelRun(str(path), RunOptions()).identity
+    assert before["source"] == after["source"] and before["file_stamp"] != after["file_stamp"]
