@@ -296,3 +296,50 @@ def write_overlap(model: str, weights: WeightOverlap, out_dir: Path) -> Path:
     """``<out_dir>/<model>/weight-overlap.png``: the layers × layers heatmaps."""
     fig = overlap_figure(weights, f"{model}: overlap of top-{weights.k} written directions across layers")
     return save_figure(fig, Path(out_dir) / _folder_name(model) / "weight-overlap.png")
+
+
+MODEL_STREAMS = {"mid": "-", "pre": "--"}  # models.png: the note's two streams, told apart by line style
+MODELS_SET = "harmful"  # models.png draws one prompt set, so that colour alone names the model
+
+
+def _relative_depth(n_layers: int) -> np.ndarray:
+    """layer / (layers − 1): models of 6 and 64 layers share one 0–1 axis."""
+    return np.arange(n_layers) / max(n_layers - 1, 1)
+
+
+def models_figure(geometries: dict[str, Geometry], title: str = "models compared") -> Figure:
+    """The note's three panels for several models on a relative-depth axis: one colour per model, ``mid``
+    solid and ``pre`` dashed (the harmful set's variances), 95% bands shaded."""
+    if not geometries:
+        raise ValueError("no geometries to compare")
+    fig = _new_figure(figsize=(8, 10.5))
+    axes = fig.subplots(len(PANELS), 1, sharex=True)
+    for ax, (statistic, panel_title, scale) in zip(axes, PANELS):
+        log = scale == "log"
+        key = statistic if statistic == "cosine" else f"{statistic}/{MODELS_SET}"
+        for index, (model, geometry) in enumerate(geometries.items()):
+            x = _relative_depth(geometry.n_layers)
+            for stream, style in MODEL_STREAMS.items():
+                if stream not in geometry.streams:
+                    continue
+                y = geometry.curve(stream, key)
+                ax.plot(x, _positive(y) if log else y, color=f"C{index}", linestyle=style, linewidth=1.6, label=f"{model} {stream}")
+                full_key = f"{stream}/{key}"
+                if full_key in geometry.intervals:
+                    low, high = geometry.intervals[full_key].low, geometry.intervals[full_key].high
+                    if log:
+                        low, high = _positive(low), _positive(high)
+                    ax.fill_between(x, low, high, color=f"C{index}", alpha=BAND_ALPHA, linewidth=0)
+        ax.set_yscale(scale)
+        ax.set_title(panel_title if statistic == "cosine" else f"{panel_title} ({MODELS_SET} prompts)")
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize="small", ncols=2)
+    axes[-1].set_xlabel("relative depth: layer / (layers − 1)")
+    axes[-1].set_xlim(0, 1)
+    fig.suptitle(f"{title}: {', '.join(f'{m} ({g.n_layers} layers)' for m, g in geometries.items())}", fontsize="medium")
+    return fig
+
+
+def write_models(geometries: dict[str, Geometry], out_dir: Path) -> Path:
+    """``<out_dir>/models.png``: every model's curves on one relative-depth axis."""
+    return save_figure(models_figure(geometries), Path(out_dir) / "models.png")

@@ -6,6 +6,7 @@ would compute vocab-sized logits for every token for nothing.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import importlib.util
 import os
@@ -18,6 +19,7 @@ import torch
 from filelock import FileLock
 
 from geomcheck.registry import (  # noqa: F401  (re-exported: the registry is part of this module's interface)
+    WEIGHT_FILES,
     ModelLoadError,
     ModelSpec,
     UnknownModelError,
@@ -25,8 +27,6 @@ from geomcheck.registry import (  # noqa: F401  (re-exported: the registry is pa
     registry,
     resolve,
 )
-
-WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -124,8 +124,12 @@ def _weights_location(spec: ModelSpec, cache_dir: Path) -> tuple[str, dict[str, 
     """The directory (or hub id) to hand to from_pretrained, with its extra arguments."""
     if spec.local_path:
         return spec.local_path, {}
+    if spec.snapshot:  # a hub id whose revision the local Hugging Face cache holds: no network needed
+        return spec.snapshot, {}
+    if spec.package is None and spec.gguf_file:  # a user's GGUF file; hub_id is its absolute path
+        return str(converted_copy(spec, Path(spec.hub_id).parent, cache_dir)), {}
     if spec.package is None:
-        return spec.hub_id, {"revision": spec.revision}
+        return spec.hub_id, {"revision": spec.commit or spec.revision}
     root = package_dir(spec)
     if spec.gguf_file:
         return str(converted_copy(spec, root, cache_dir)), {}
@@ -141,8 +145,7 @@ def converted_copy(spec: ModelSpec, root: Path, cache_dir: Path) -> Path:
     """
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    version = importlib.metadata.version(spec.pip.split("==")[0]) if spec.pip else "unknown"
-    target = cache_dir / "converted" / f"{spec.name}-{version}"
+    target = cache_dir / "converted" / _converted_name(spec, root)
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -175,6 +178,19 @@ def remove_stale_staging(target: Path) -> list[Path]:
     return stale
 
 
+def _converted_name(spec: ModelSpec, root: Path) -> str:
+    """A shipped GGUF is named by its package version; a user's file by its content, so that a file
+    replaced at the same path is never answered with the old file's copy."""
+    if spec.pip:
+        return f"{spec.name}-{importlib.metadata.version(spec.pip.split('==')[0])}"
+    assert spec.gguf_file is not None
+    digest = hashlib.sha256()
+    with open(root / spec.gguf_file, "rb") as stream:
+        while chunk := stream.read(1 << 24):
+            digest.update(chunk)
+    return f"gguf-{digest.hexdigest()[:20]}"
+
+
 @dataclass(frozen=True)
 class MemoryEstimate:
     """What loading and running a model will take, before any weight is read."""
@@ -205,11 +221,11 @@ def estimate_memory(
     trusted = spec.trust_remote_code or trust_remote_code
     if spec.config:
         model = meta_model(spec)
-    elif spec.local_path:
+    elif spec.local_path or spec.snapshot:
         try:
-            config = AutoConfig.from_pretrained(spec.local_path, trust_remote_code=trusted)
+            config = AutoConfig.from_pretrained(spec.local_path or spec.snapshot, trust_remote_code=trusted)
         except (OSError, ValueError, KeyError) as exc:
-            raise ModelLoadError(f"could not read the config of '{spec.name}' in {spec.local_path}: {exc}") from exc
+            raise ModelLoadError(f"could not read the config of '{spec.name}' in {spec.local_path or spec.snapshot}: {exc}") from exc
         with torch.device("meta"):
             model = AutoModel.from_config(config, trust_remote_code=trusted)
     else:

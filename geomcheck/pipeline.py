@@ -145,6 +145,7 @@ class ModelRun:
             "source": self.spec.source,
             "package": self.spec.pip,
             "revision": self.spec.revision,
+            **self.spec.pin,  # a hub revision's commit, a GGUF file's stamp
             "dtype": self.dtype,
             "geomcheck": geomcheck.__version__,
         }

@@ -14,11 +14,14 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from _pytest import junitxml
 
 from geomcheck import POSITIONS, STREAMS, options, registry
 
 if TYPE_CHECKING:  # the heavy modules load when a check first needs them, not at pytest start-up
     from geomcheck.baseline import DriftMatrix
+    from geomcheck.ci import Failure
+    from geomcheck.comparison import ModelDigest
     from geomcheck.geometry import Geometry
     from geomcheck.pipeline import ModelRun, RunOptions, WeightOverlap
 
@@ -42,6 +45,7 @@ OPTIONS: dict[str, tuple[str, str, Any]] = {
     "thresholds": ("TOML file of check thresholds and per-model expected failures (default: shipped)", "string", None),
 }
 RUNS_KEY = pytest.StashKey["GeomcheckSession"]()
+DIGESTS = "geomcheck_digests"  # xdist workeroutput key: what each worker measured, for the controller
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -163,6 +167,17 @@ class Finding:
     outcome: str = "?"
 
 
+def _failure(report: pytest.TestReport) -> Failure:
+    """A failing report as a workflow annotation: the check's file and line, the message's first lines."""
+    from geomcheck.ci import Failure
+
+    path, line, _ = report.location
+    message = report.longreprtext.strip().splitlines()
+    shown = [m for m in message if m.startswith("E ")] or message  # pytest.fail(pytrace=False): the message itself
+    text = "\n".join(m.removeprefix("E ").strip() for m in shown[:6])
+    return Failure(path, (line or 0) + 1, report.nodeid.rpartition("::")[2], f"{report.when}: {text}" if report.when != "call" else text)
+
+
 @dataclass
 class GeomcheckSession:
     """Per pytest session (per worker under xdist): the model runs, one per model, and their figures."""
@@ -202,6 +217,19 @@ class GeomcheckSession:
         except Exception as exc:
             self.failures[model] = exc
             raise
+
+    def digests(self) -> list[ModelDigest]:
+        """What this process measured, per model: only what the checks computed; nothing runs for it."""
+        from geomcheck.comparison import ModelDigest, overlap_ratios
+
+        digests = []
+        for model, run in self.runs.items():
+            geometry, weights = run.__dict__.get("geometry"), run.__dict__.get("weights")  # computed ones only
+            if geometry is None and weights is None:
+                continue
+            ratios = overlap_ratios(weights.matrices, weights.k, weights.d_model) if weights is not None else {}
+            digests.append(ModelDigest(self.models[model], geometry, ratios, run.identity))
+        return digests
 
     def thresholds_for(self, check: str, model: str) -> dict[str, Any]:
         merged = dict(self.thresholds.get(check, {}))
@@ -254,6 +282,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
         cache.clear(run_options(config).cache_dir)
     config.pluginmanager.register(Summary(), "geomcheck-summary")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """An xdist worker hands what it measured to the controller, which draws models.png once."""
+    if hasattr(session.config, "workeroutput"):
+        from geomcheck.comparison import to_wire
+
+        session.config.workeroutput[DIGESTS] = [to_wire(d) for d in session.config.stash[RUNS_KEY].digests()]
 
 
 def check_name(item: pytest.Item | pytest.Function) -> str:
@@ -426,8 +462,53 @@ class Summary:
         self.findings: dict[str, Finding] = {}
         self.figures: dict[str, dict[str, Path]] = {}
         self.loads: dict[str, int] = {}
+        self.digests: dict[str, ModelDigest] = {}  # model -> what was measured (from every worker)
+        self.failures: list[Failure] = []
+        self.models_figure: Path | None = None
+        self.comparison: list[str] = []
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node, error) -> None:
+        from geomcheck.comparison import from_wire
+
+        for wire in getattr(node, "workeroutput", {}).get(DIGESTS, []):
+            self.digests.setdefault(wire["model"], from_wire(wire))
+
+    @pytest.hookimpl(tryfirst=True)  # before the JUnit XML is written, so models.png is listed in it
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """In the controller: models.png across models, the per-model table, and the CI job summary."""
+        from geomcheck import ci, comparison, figures
+
+        if hasattr(session.config, "workeroutput"):
+            return
+        geomcheck_session = session.config.stash[RUNS_KEY]
+        for digest in geomcheck_session.digests():
+            self.digests.setdefault(digest.model, digest)
+        order = list(geomcheck_session.models.values())
+        digests = sorted(self.digests.values(), key=lambda d: order.index(d.model) if d.model in order else len(order))
+        if not digests:
+            return
+        self.comparison = comparison.table_lines(digests)
+        geometries = {d.model: d.geometry for d in digests if d.geometry is not None}
+        if len(geometries) > 1:
+            self.models_figure = figures.write_models(geometries, geomcheck_session.artifacts_dir)
+            xml = session.config.stash.get(junitxml.xml_key, None)
+            if xml is not None:
+                xml.add_global_property("geomcheck_figure_models", str(self.models_figure))
+        if (path := ci.step_summary_path()) is not None:
+            text = ci.markdown_summary(list(self.findings.values()), digests, self.figures, self.models_figure, self.failures)
+            ci.append_step_summary(path, text)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_results_summary(self, prefix: list[str], summary: list[str], postfix: list[str], session: pytest.Session) -> None:
+        """pytest-html: models.png embedded above the results, as each check's figures are in its row."""
+        if self.models_figure is not None:
+            png = base64.b64encode(self.models_figure.read_bytes()).decode()
+            prefix.append(f'<p>geomcheck: all models</p><img src="data:image/png;base64,{png}" alt="models.png" style="max-width:100%">')
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.failed:
+            self.failures.append(_failure(report))
         properties = dict(report.user_properties)
         if report.when != "call" or "geomcheck" not in properties:
             return
@@ -440,6 +521,11 @@ class Summary:
         self.loads[model] = properties["geomcheck_loads"]
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
+        from geomcheck import ci
+
+        if ci.step_summary_path() is not None:  # GitHub Actions reads these lines from the log
+            for line in ci.annotations(self.failures):
+                terminalreporter.write_line(line)
         if not self.findings:
             return
         terminalreporter.section("geomcheck")
@@ -454,6 +540,10 @@ class Summary:
                 terminalreporter.write_line(f"{model}: figure {path}")
         for model, loads in self.loads.items():
             terminalreporter.write_line(f"{model}: model loaded {loads}×" + (" (all from cache)" if loads == 0 else ""))
+        for line in self.comparison:
+            terminalreporter.write_line(line)
+        if self.models_figure is not None:
+            terminalreporter.write_line(f"all models: figure {self.models_figure}")
         cache_line(terminalreporter)
 
 

@@ -1,4 +1,5 @@
-"""The model registry: short names, hub ids and local directories resolved to a :class:`ModelSpec`.
+"""The model registry: short names, hub ids (``ORG/NAME[@REVISION]``), GGUF files and local directories
+resolved to a :class:`ModelSpec`.
 
 Kept free of torch so that the pytest plugin can validate ``--model`` at start-up in milliseconds.
 """
@@ -8,14 +9,18 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 # model_type (config.json) -> family (capture sites)
 FAMILIES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "mistral": "mistral", "gpt2": "gpt2", "bert": "bert"}
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+# A hub id as transformers users write it, optionally pinned: Qwen/Qwen2.5-7B-Instruct@<branch, tag or commit>
+HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[\w./-]+))?$")
 
 
 class UnknownModelError(LookupError):
@@ -44,11 +49,19 @@ class ModelSpec:
     license: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
     local_path: str | None = None
+    snapshot: str | None = None  # hub ids: the cached snapshot folder that holds this revision's weights
+    commit: str | None = None  # hub ids: the commit sha the revision resolved to
+    file_stamp: str | None = None  # GGUF files: size and mtime, so a file replaced at the same path is not the same run
 
     @property
     def source(self) -> str:
         """Where the weights come from, for error messages and cache keys."""
         return self.local_path or self.hub_id
+
+    @property
+    def pin(self) -> dict[str, str]:
+        """What fixes the weights beyond the name: a hub revision's commit, or a GGUF file's stamp."""
+        return {k: v for k, v in (("commit", self.commit), ("file_stamp", self.file_stamp)) if v}
 
 
 def registry() -> dict[str, ModelSpec]:
@@ -65,11 +78,16 @@ def resolve(name_or_path: str) -> ModelSpec:
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return _spec_for_directory(path)
+    if path.suffix.lower() == ".gguf":
+        return _spec_for_gguf(name_or_path, path)
+    if match := HUB_ID.match(name_or_path):
+        return _spec_for_hub_id(name_or_path, match["repo"], match["revision"] or "main")
     nearest = difflib.get_close_matches(name_or_path, list(known), n=1, cutoff=0.4)
     hint = f" Did you mean '{nearest[0]}'?" if nearest else ""
     raise UnknownModelError(
         f"unknown model '{name_or_path}'.{hint} Known models: {', '.join(sorted(known))}; "
-        "or pass the path of a local directory saved with save_pretrained."
+        "a hub id ORG/NAME or ORG/NAME@REVISION; a .gguf file; or the path of a local directory saved with "
+        "save_pretrained."
     )
 
 
@@ -94,6 +112,89 @@ def _spec_for_directory(path: Path) -> ModelSpec:
         chat_template=has_template,
         local_path=str(path.resolve()),
     )
+
+
+def _spec_for_gguf(name: str, path: Path) -> ModelSpec:
+    """A GGUF checkpoint: family and chat template from its metadata; de-quantised once when loaded."""
+    from gguf import GGUFReader
+
+    if not path.is_file():
+        raise UnknownModelError(f"GGUF file '{path}' does not exist; pass the path of a .gguf checkpoint.")
+    try:
+        fields = GGUFReader(path).fields
+    except (ValueError, OSError) as exc:
+        raise ModelLoadError(f"'{path}' is not a readable GGUF file ({exc}).") from exc
+    if "general.architecture" not in fields:
+        raise ModelLoadError(f"'{path}' has no general.architecture in its GGUF metadata: cannot tell its family.")
+    architecture = str(fields["general.architecture"].contents())
+    stat = path.stat()
+    return ModelSpec(
+        name=name,
+        hub_id=str(path.resolve()),
+        family=FAMILIES.get(architecture, architecture),
+        chat_template="tokenizer.chat_template" in fields,
+        gguf_file=path.name,
+        file_stamp=f"{stat.st_size}-{stat.st_mtime_ns}",
+    )
+
+
+def _spec_for_hub_id(name: str, repo: str, revision: str) -> ModelSpec:
+    """A hub id: from the local Hugging Face cache, offline, when it holds this revision with weights;
+    else from the hub, pinned to the commit the revision resolves to now."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.constants import is_offline_mode
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+    cache_dir = os.environ.get("HF_HUB_CACHE") or None  # read now, not at import, so a test can point it elsewhere
+    try:
+        snapshot = Path(snapshot_download(repo, revision=revision, cache_dir=cache_dir, local_files_only=True))
+    except (LocalEntryNotFoundError, EntryNotFoundError, OSError):
+        snapshot = None
+    if snapshot is not None and (snapshot / "config.json").is_file() and _has_weights(snapshot):
+        spec = _spec_for_directory(snapshot)
+        return replace(spec, name=name, hub_id=repo, revision=revision, local_path=None, snapshot=str(snapshot), commit=snapshot.name)
+    if snapshot is not None and is_offline_mode():
+        raise _offline_error(repo, revision, cache_dir, "has this revision but without weights")
+    try:
+        config_file = Path(hf_hub_download(repo, "config.json", revision=revision, cache_dir=cache_dir))
+    except LocalEntryNotFoundError as exc:
+        raise _offline_error(repo, revision, cache_dir, "does not hold it") from exc
+    except HfHubHTTPError as exc:
+        raise ModelLoadError(f"the hub has no model '{repo}' at revision '{revision}' (or it is gated): {exc}") from exc
+    model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type", "")
+
+    def fetched(filename: str) -> Path | None:
+        try:
+            return Path(hf_hub_download(repo, filename, revision=config_file.parent.name, cache_dir=cache_dir))
+        except (EntryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError):
+            return None
+
+    tokenizer_config = fetched("tokenizer_config.json")
+    has_template = fetched("chat_template.jinja") is not None or (
+        tokenizer_config is not None and "chat_template" in json.loads(tokenizer_config.read_text(encoding="utf-8"))
+    )
+    return ModelSpec(
+        name=name,
+        hub_id=repo,
+        revision=revision,
+        family=FAMILIES.get(model_type, model_type),
+        chat_template=has_template,
+        commit=config_file.parent.name,
+    )
+
+
+def _offline_error(repo: str, revision: str, cache_dir: str | None, found: str) -> ModelLoadError:
+    where = cache_dir or "the default Hugging Face cache (HF_HUB_CACHE / HF_HOME)"
+    return ModelLoadError(
+        f"cannot load '{repo}' at revision '{revision}' offline: the local Hugging Face cache ({where}) {found}, "
+        f"and the hub cannot be reached (no network, or HF_HUB_OFFLINE is set). On a machine with access run "
+        f"`hf download {repo} --revision {revision}` and copy its cache here (or point HF_HUB_CACHE at it), "
+        "or pass a local directory saved with save_pretrained."
+    )
+
+
+def _has_weights(folder: Path) -> bool:
+    return any(any(folder.glob(pattern)) for pattern in WEIGHT_FILES)
 
 
 def default_cache_dir() -> Path:
