@@ -45,37 +45,40 @@ OPTIONS: dict[str, tuple[str, str, Any]] = {
 RUNS_KEY = pytest.StashKey["GeomcheckSession"]()
 
 
+FLAGS: dict[str, str] = {
+    "trust-remote-code": "allow models to run code from their repository (off unless the registry entry says so)",
+    "no-chat-template": "feed prompts raw, without the chat template",
+}
+MODEL_HELP = "model to check: registry name or local directory; repeat for several (default: smollm2-135m)"
+CHECK_FIXTURES = ("model_run", "thresholds")  # every model-parametrized fixture of the plugin reads one of these
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("geomcheck", "geomcheck: activation-geometry checks")
-    group.addoption(
-        "--model",
-        action="append",
-        dest="geomcheck_models",
-        default=None,
-        metavar="NAME",
-        help="model to check: registry name or local directory; repeat for several (default: smollm2-135m)",
-    )
+    """Always ``--geomcheck-<name>`` (no clash with another project's options); the short ``--<name>``
+    spellings only where a project opts in (:mod:`geomcheck.activate`)."""
+    add_options(parser, short=False)
     parser.addini("geomcheck_models", "models to check when --model is not given", type="linelist", default=["smollm2-135m"])
     for name, (help_text, kind, default) in OPTIONS.items():
+        parser.addini(_dest(name), help_text, type=kind, default=default)
+
+
+def add_options(parser: pytest.Parser, short: bool) -> None:
+    """Register every option once, as ``--geomcheck-<name>`` or (``short``) as ``--<name>``; both spellings
+    share the dest ``geomcheck_<name>``, so code reading an option does not depend on its spelling."""
+    group = parser.getgroup("geomcheck", "geomcheck: activation-geometry checks")
+
+    def flag(name: str) -> str:
+        return "--" + name.removeprefix("geomcheck-") if short else "--geomcheck-" + name.removeprefix("geomcheck-")
+
+    group.addoption(flag("model"), action="append", dest="geomcheck_models", default=None, metavar="NAME", help=MODEL_HELP)
+    for name, (help_text, _, _) in OPTIONS.items():
+        if short and name.startswith("geomcheck-"):
+            continue  # already namespaced: one spelling only
         dest = _dest(name)
         metavar = dest.removeprefix("geomcheck_").upper()
-        group.addoption(f"--{name}", dest=dest, default=None, metavar=metavar, help=f"{help_text} [ini: {dest}]".replace("%", "%%"))
-        parser.addini(dest, help_text, type=kind, default=default)
-    group.addoption(
-        "--trust-remote-code",
-        action="store_true",
-        dest="geomcheck_trust_remote_code",
-        help="allow models to run code from their repository (off unless the registry entry says so)",
-    )
-    group.addoption("--no-chat-template", action="store_true", dest="geomcheck_no_chat_template", help="feed prompts raw, without the chat template")
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_cmdline_main(config: pytest.Config) -> None:
-    """``-n N`` alone means ``--dist loadgroup`` here: each model's checks stay on one worker, which loads
-    the model once (xdist would otherwise pick ``load`` and spread them). An explicit ``--dist`` wins."""
-    if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", None) == "no":
-        config.option.dist = "loadgroup"
+        group.addoption(flag(name), dest=dest, default=None, metavar=metavar, help=f"{help_text} [ini: {dest}]".replace("%", "%%"))
+    for name, help_text in FLAGS.items():
+        group.addoption(flag(name), action="store_true", dest=_dest(name), help=help_text)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -199,6 +202,7 @@ class GeomcheckSession:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "geomcheck_streams(*streams): streams a check is parametrized over")
+    config.addinivalue_line("markers", "geomcheck_check: set by geomcheck on the tests it parametrizes over models")
     names = config.getoption("geomcheck_models") or config.getini("geomcheck_models")
     try:
         display = {name: registry.resolve(name).name for name in names}
@@ -218,27 +222,48 @@ def check_name(item: pytest.Item | pytest.Function) -> str:
     return getattr(item, "originalname", item.name).removeprefix("test_")
 
 
+def is_check(metafunc: pytest.Metafunc) -> bool:
+    """A geomcheck check asks, directly or through a fixture, for one of the plugin's model fixtures; a
+    foreign test with its own ``stream`` or ``model_name`` is none of geomcheck's business."""
+    for name in CHECK_FIXTURES:
+        defs = metafunc._arg2fixturedefs.get(name)
+        if defs and defs[-1].func.__module__ == __name__:
+            return True
+    return False
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrize checks over models (``[model]``) and, if they ask for ``stream``, streams (``[model-mid]``)."""
+    """Parametrize checks over models (``[model]``) and, if they ask for ``stream``, streams (``[model-mid]``).
+
+    As ``parametrize`` marks, added before pytest reads them: a mark takes precedence over a project's own
+    (even parametrized) ``stream`` or ``model_name`` fixture, which a check must not silently receive."""
+    if not is_check(metafunc):
+        return
     session = metafunc.config.stash[RUNS_KEY]
-    if "model_name" in metafunc.fixturenames:
-        # xdist_group: under `-n N` (--dist loadgroup) each model's checks share one worker, which loads it once
-        params = [pytest.param(m, id=name, marks=pytest.mark.xdist_group(name)) for m, name in session.models.items()]
-        metafunc.parametrize("model_name", params, scope="session")
+    # xdist_group: under `-n N` (--dist loadgroup) each model's checks share one worker, which loads it once
+    params = [
+        pytest.param(m, id=name, marks=[pytest.mark.xdist_group(name), pytest.mark.geomcheck_check])
+        for m, name in session.models.items()
+    ]
+    metafunc.definition.add_marker(pytest.mark.parametrize("model_name", params, scope="session"))
     if "stream" in metafunc.fixturenames:
         marker = metafunc.definition.get_closest_marker("geomcheck_streams")
         streams = [s for s in streams_setting(metafunc.config) if marker is None or s in marker.args]
-        metafunc.parametrize("stream", streams, ids=streams)
+        metafunc.definition.add_marker(pytest.mark.parametrize("stream", streams, ids=streams))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark per-model findings (hypotheses that do not hold) as strict expected failures."""
+    """Name each check for the summary (model, check, stream travel with its reports, also under xdist), and
+    mark per-model findings (hypotheses that do not hold) as strict expected failures."""
     session = config.stash[RUNS_KEY]
     for item in items:
-        params = getattr(getattr(item, "callspec", None), "params", {})
-        if "model_name" not in params:
+        if item.get_closest_marker("geomcheck_check") is None:
             continue
-        reason = session.expected_failure(check_name(item), session.models[params["model_name"]], params.get("stream"))
+        params = item.callspec.params  # type: ignore[attr-defined]
+        model = session.models[params["model_name"]]
+        item.user_properties.append(("geomcheck_id", [model, check_name(item), params.get("stream")]))
+        reason = session.expected_failure(check_name(item), model, params.get("stream"))
         if reason:
             item.add_marker(pytest.mark.xfail(reason=reason, strict=True))
 
@@ -316,26 +341,28 @@ def thresholds(request: pytest.FixtureRequest, geomcheck_session: GeomcheckSessi
 
 
 @pytest.fixture
-def geomcheck_record(request: pytest.FixtureRequest, geomcheck_session: GeomcheckSession, record_property):
-    """Call with the check's key figure (a string); it goes to the terminal summary and the JUnit XML,
-    with the paths of the model's figures."""
-    params = getattr(getattr(request.node, "callspec", None), "params", {})
-    model = params.get("model_name")
+def geomcheck_record(record_property):
+    """Call with the check's key figure (a string); it goes to the terminal summary and the JUnit XML.
+    A check that records nothing is still listed in the summary with its outcome."""
 
     def record(text: str) -> None:
         # Properties travel with the report, so the summary also works under pytest-xdist.
         record_property("geomcheck", text)
-        record_property("geomcheck_id", [geomcheck_session.models.get(model, "?"), check_name(request.node), params.get("stream")])
-        for kind, path in geomcheck_session.figures.get(model, {}).items():
-            record_property(f"geomcheck_figure_{kind}", str(path))
-        record_property("geomcheck_loads", geomcheck_session.run(model).loads)
 
     return record
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    """Embed the check's figures in pytest-html's report, when pytest-html is installed."""
+    """Attach the model's figures and load count to each check's call report (JUnit properties, summary);
+    embed the figures in pytest-html's report, when pytest-html is installed."""
+    model = getattr(getattr(item, "callspec", None), "params", {}).get("model_name")
+    if call.when == "call" and item.get_closest_marker("geomcheck_check") is not None:
+        session = item.config.stash[RUNS_KEY]
+        for kind, path in session.figures.get(model, {}).items():
+            item.user_properties.append((f"geomcheck_figure_{kind}", str(path)))
+        if model in session.runs:
+            item.user_properties.append(("geomcheck_loads", session.runs[model].loads))
     report = yield
     html = item.config.pluginmanager.getplugin("html")
     if html is not None and report.when == "call":
@@ -354,16 +381,18 @@ class Summary:
         self.loads: dict[str, int] = {}
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Every check once: its call, or the setup that failed or skipped before it could run."""
         properties = dict(report.user_properties)
-        if report.when != "call" or "geomcheck" not in properties:
+        if "geomcheck_id" not in properties or not (report.when == "call" or (report.when == "setup" and not report.passed)):
             return
         model, check, stream = properties["geomcheck_id"]
-        outcome = "xfail" if hasattr(report, "wasxfail") else report.outcome
-        self.findings[report.nodeid] = Finding(model, check, stream, properties["geomcheck"], outcome)
+        outcome = "xfail" if hasattr(report, "wasxfail") else "error" if report.failed and report.when == "setup" else report.outcome
+        self.findings[report.nodeid] = Finding(model, check, stream, properties.get("geomcheck", "no figure recorded"), outcome)
         for key, value in properties.items():
             if key.startswith("geomcheck_figure_"):
                 self.figures.setdefault(model, {})[key.removeprefix("geomcheck_figure_")] = Path(value)
-        self.loads[model] = properties["geomcheck_loads"]
+        if "geomcheck_loads" in properties:
+            self.loads[model] = properties["geomcheck_loads"]
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         if not self.findings:

@@ -9,12 +9,20 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+CHECKS = ROOT / "geomcheck" / "checks"
+
+
+@pytest.fixture(autouse=True)
+def opted_in(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each project here opts in as this repository does, with the README's ``addopts = "-p geomcheck.activate"``
+    (tests/test_plugin_inert.py covers a project that does not)."""
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p geomcheck.activate")  # after pytester, which clears it
 
 
 @pytest.fixture
 def project(pytester: pytest.Pytester, tiny_llama_dir: Path, tmp_path_factory):
     """A pytester folder with the shipped checks and a cache dir; returns the common arguments."""
-    for check in (ROOT / "checks").glob("test_*.py"):
+    for check in CHECKS.glob("test_*.py"):
         if check.name != "test_baseline.py":
             shutil.copy(check, pytester.path / check.name)
     cache = tmp_path_factory.mktemp("cache")
@@ -131,7 +139,7 @@ def test_two_xdist_workers_share_one_cache_without_tearing_or_double_work(pytest
     root = tmp_path_factory.mktemp("two-models")
     first, second = save_tiny_llama(root / "tiny-a", seed=1), save_tiny_llama(root / "tiny-b", seed=2)
     for check in ("test_variance_grows.py", "test_cosine_falls.py", "test_weights_share_directions.py"):
-        shutil.copy(ROOT / "checks" / check, pytester.path / check)
+        shutil.copy(CHECKS / check, pytester.path / check)
     cache = tmp_path_factory.mktemp("shared-cache")
     args = ["-n", "2", "--model", str(first), "--model", str(second), "--max-prompts", "6", "--n-boot", "10",
             "--geomcheck-cache-dir", str(cache), "-p", "no:cacheprovider", "-p", "no:randomly"]
@@ -157,3 +165,32 @@ def test_pytest_html_report_embeds_the_figures(pytester: pytest.Pytester, projec
     html = (pytester.path / "report.html").read_text()
     png = (pytester.path / "geomcheck-artifacts" / "tiny-llama" / "geometry.png").read_bytes()
     assert base64.b64encode(png).decode()[:200] in html  # the figure itself is embedded
+
+
+def test_every_check_is_in_the_summary_with_its_outcome(pytester: pytest.Pytester, tiny_llama_dir, tmp_path):
+    """A check that records no figure, or fails before it could, is still listed, with its outcome."""
+    pytester.makepyfile(
+        """
+        import pytest
+
+        def test_quiet(geometry, stream):
+            assert geometry.n_layers == 4
+
+        def test_quiet_failure(thresholds):
+            assert thresholds == {"x": 1}, "no thresholds for this check"
+
+        @pytest.fixture
+        def broken(model_run):
+            raise RuntimeError("setup broke")
+
+        def test_broken_setup(broken):
+            pass
+        """
+    )
+    result = pytester.runpytest("--model", str(tiny_llama_dir), "--max-prompts", "6", "--n-boot", "0",
+                                "--geomcheck-cache-dir", str(tmp_path), "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3, failed=1, errors=1)
+    text = result.stdout.str()
+    assert re.search(r"tiny-llama\s+quiet\s+pre: no figure recorded \[passed\] \| mid: .* \| post: no figure recorded \[passed\]", text), text
+    assert re.search(r"tiny-llama\s+quiet_failure\s+no figure recorded \[failed\]", text)
+    assert re.search(r"tiny-llama\s+broken_setup\s+no figure recorded \[error\]", text)
