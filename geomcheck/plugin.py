@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -18,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from geomcheck import POSITIONS, STREAMS, registry
+from geomcheck.thresholds import load as load_thresholds
 
 if TYPE_CHECKING:  # the heavy modules load when a check first needs them, not at pytest start-up
     from geomcheck.geometry import Geometry
@@ -40,7 +39,7 @@ OPTIONS: dict[str, tuple[str, str, Any]] = {
     "device-map": ("accelerate device map for models larger than one device, e.g. auto", "string", None),
     "geomcheck-cache-dir": ("activation cache directory (default: $GEOMCHECK_CACHE or ~/.cache/geomcheck)", "string", None),
     "artifacts-dir": ("where figures are written", "string", "geomcheck-artifacts"),
-    "thresholds": ("TOML file of check thresholds and per-model expected failures (default: shipped)", "string", None),
+    "thresholds": ("TOML file of check thresholds and per-model expected failures, merged over the shipped ones and [tool.geomcheck.thresholds]", "string", None),
 }
 RUNS_KEY = pytest.StashKey["GeomcheckSession"]()
 
@@ -145,15 +144,6 @@ def streams_setting(config: pytest.Config) -> tuple[str, ...]:
     return tuple(s.strip() for s in _setting(config, "streams").split(",") if s.strip())
 
 
-def load_thresholds(path: str | None) -> dict[str, Any]:
-    """The shipped thresholds, or a user's file with the same layout."""
-    if path:
-        text = Path(path).read_text(encoding="utf-8")
-    else:
-        text = resources.files("geomcheck.data").joinpath("thresholds.toml").read_text(encoding="utf-8")
-    return tomllib.loads(text)
-
-
 @dataclass
 class Finding:
     """One check's key figure, for the terminal summary."""
@@ -211,7 +201,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[RUNS_KEY] = GeomcheckSession(
         config=config,
         models=display,
-        thresholds=load_thresholds(_setting(config, "thresholds")),
+        thresholds=load_thresholds(config.rootpath, _setting(config, "thresholds")),
         artifacts_dir=config.invocation_params.dir / _setting(config, "artifacts-dir"),
     )
     config.pluginmanager.register(Summary(), "geomcheck-summary")
