@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from geomcheck import POSITIONS, STREAMS, registry
-from geomcheck.thresholds import load as load_thresholds
+from geomcheck.thresholds import load as load_thresholds, project_file
 
 if TYPE_CHECKING:  # the heavy modules load when a check first needs them, not at pytest start-up
     from geomcheck.geometry import Geometry
@@ -201,10 +201,17 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[RUNS_KEY] = GeomcheckSession(
         config=config,
         models=display,
-        thresholds=load_thresholds(config.rootpath, _setting(config, "thresholds")),
+        thresholds=load_thresholds(_project_pyproject(config), _setting(config, "thresholds")),
         artifacts_dir=config.invocation_params.dir / _setting(config, "artifacts-dir"),
     )
     config.pluginmanager.register(Summary(), "geomcheck-summary")
+
+
+def _project_pyproject(config: pytest.Config) -> Path | None:
+    """The project's ``pyproject.toml``: beside pytest's ini file, else in the rootdir, else where pytest
+    started (a path-valued option such as ``--model ./dir`` can move the rootdir above the project)."""
+    folders = [config.inipath.parent] if config.inipath else []
+    return project_file(*folders, config.rootpath, config.invocation_params.dir)
 
 
 def check_name(item: pytest.Item | pytest.Function) -> str:

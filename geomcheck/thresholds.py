@@ -1,7 +1,7 @@
 """Check thresholds: the shipped defaults, then the project's own, each layer merged table by table.
 
 Order: ``geomcheck/data/thresholds.toml``, then ``[tool.geomcheck.thresholds]`` in the project's
-``pyproject.toml`` (the rootdir's), then ``--thresholds FILE``. A later layer adds checks and models and
+``pyproject.toml`` (see :func:`project_file`), then ``--thresholds FILE``. A later layer adds checks and models and
 overrides single values; it never drops what an earlier one defined, so a new check's thresholds live in the
 user's project and the shipped checks keep theirs.
 """
@@ -30,17 +30,22 @@ def shipped() -> dict[str, Any]:
     return tomllib.loads(resources.files("geomcheck.data").joinpath("thresholds.toml").read_text(encoding="utf-8"))
 
 
-def from_pyproject(root: Path) -> dict[str, Any]:
-    """``[tool.geomcheck.thresholds]`` of ``root/pyproject.toml``; empty when there is none."""
-    path = root / "pyproject.toml"
-    if not path.is_file():
+def project_file(*folders: Path) -> Path | None:
+    """The first ``pyproject.toml`` among ``folders`` (the plugin passes pytest's ini file's folder, the
+    rootdir and the invocation folder, in that order)."""
+    return next((folder / "pyproject.toml" for folder in folders if (folder / "pyproject.toml").is_file()), None)
+
+
+def from_pyproject(path: Path | None) -> dict[str, Any]:
+    """``[tool.geomcheck.thresholds]`` of a ``pyproject.toml``; empty when there is none."""
+    if path is None:
         return {}
     return tomllib.loads(path.read_text(encoding="utf-8")).get("tool", {}).get("geomcheck", {}).get("thresholds", {})
 
 
-def load(root: Path, path: str | None = None) -> dict[str, Any]:
-    """The session's thresholds: shipped, then the project's pyproject, then ``path`` (``--thresholds``)."""
-    thresholds = merge(shipped(), from_pyproject(root))
+def load(pyproject: Path | None, path: str | None = None) -> dict[str, Any]:
+    """The session's thresholds: shipped, then the project's ``pyproject``, then ``path`` (``--thresholds``)."""
+    thresholds = merge(shipped(), from_pyproject(pyproject))
     if path:
         thresholds = merge(thresholds, tomllib.loads(Path(path).read_text(encoding="utf-8")))
     return thresholds

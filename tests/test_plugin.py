@@ -194,3 +194,21 @@ def test_every_check_is_in_the_summary_with_its_outcome(pytester: pytest.Pyteste
     assert re.search(r"tiny-llama\s+quiet\s+pre: no figure recorded \[passed\] \| mid: .* \| post: no figure recorded \[passed\]", text), text
     assert re.search(r"tiny-llama\s+quiet_failure\s+no figure recorded \[failed\]", text)
     assert re.search(r"tiny-llama\s+broken_setup\s+no figure recorded \[error\]", text)
+
+
+def test_readme_own_threshold_example_reads_the_projects_pyproject(pytester: pytest.Pytester, tiny_llama_dir, tmp_path):
+    """The README's example check and its pyproject table, as written; a tighter project threshold fails it."""
+    readme = (ROOT / "README.md").read_text()
+    section = re.search(r"<!-- example: own-threshold -->\n(.*?)<!-- /example -->", readme, re.S).group(1)
+    toml, code = re.findall(r"```(?:toml|python)\n(.*?)```", section, re.S)
+    filename = re.match(r"# checks/(\S+\.py)", code).group(1)
+    pytester.path.joinpath(filename).write_text(code)
+    pytester.path.joinpath("pyproject.toml").write_text(toml)
+    args = ["--model", str(tiny_llama_dir), "--max-prompts", "6", "--n-boot", "0", "--geomcheck-cache-dir", str(tmp_path), "-p", "no:cacheprovider"]
+    result = pytester.runpytest(*args)
+    result.assert_outcomes(passed=1)
+    assert re.search(r"tiny-llama\s+steps_similar\s+relative step \d\.\d\d to \d\.\d\d, median \d\.\d\d \[passed\]", result.stdout.str())
+    pytester.path.joinpath("pyproject.toml").write_text(toml.replace("max_ratio = 4.0", "max_ratio = 1.01"))
+    result = pytester.runpytest(*args)
+    result.assert_outcomes(failed=1)
+    assert "move the state more than 1.01× away from the median relative step" in result.stdout.str()

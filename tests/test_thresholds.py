@@ -22,7 +22,7 @@ def test_project_and_file_extend_the_shipped_thresholds(tmp_path: Path):
     extra = tmp_path / "more.toml"
     extra.write_text("[step_size_steady]\nmax_ratio = 2.5\n[models.tiny.expected_failures]\ncosine_falls = 'finding'\n")
     shipped = thresholds.shipped()
-    loaded = thresholds.load(tmp_path, str(extra))
+    loaded = thresholds.load(thresholds.project_file(tmp_path / "elsewhere", tmp_path), str(extra))
     assert loaded["step_size_steady"] == {"max_ratio": 2.5}  # the file wins over the project
     assert loaded["cosine_falls"] == {**shipped["cosine_falls"], "max_spearman": -0.9}  # one value overridden
     assert loaded["variance_grows"] == shipped["variance_grows"]  # shipped checks keep theirs
@@ -32,4 +32,5 @@ def test_project_and_file_extend_the_shipped_thresholds(tmp_path: Path):
 
 def test_a_project_without_settings_gets_the_shipped_thresholds(tmp_path: Path):
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
-    assert thresholds.load(tmp_path) == thresholds.shipped()
+    assert thresholds.load(thresholds.project_file(tmp_path)) == thresholds.shipped()
+    assert thresholds.project_file(tmp_path / "none") is None
