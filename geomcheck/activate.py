@@ -29,3 +29,9 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     model once (xdist would otherwise pick ``load`` and spread them). An explicit ``--dist`` wins."""
     if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", None) == "no":
         config.option.dist = "loadgroup"
+
+
+def model_flag(config: pytest.Config | None) -> str:
+    """How to spell the model option in a command we suggest to the user of this run."""
+    active = config is not None and config.pluginmanager.has_plugin(__name__)
+    return "--model" if active else "--geomcheck-model"

@@ -212,3 +212,19 @@ def test_readme_own_threshold_example_reads_the_projects_pyproject(pytester: pyt
     result = pytester.runpytest(*args)
     result.assert_outcomes(failed=1)
     assert "move the state more than 1.01× away from the median relative step" in result.stdout.str()
+
+
+def test_this_repository_opts_in_so_the_short_options_work_on_checks():
+    """``pytest checks/ --model llama-3.2-3b`` as the README shows it, from the repository root (collection
+    only: the registry knows the model's shapes, nothing is downloaded)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS" and not k.startswith("PYTEST_XDIST")}
+    env["PYTHONPATH"] = str(ROOT)  # this checkout's geomcheck, as the tests themselves use
+    run = subprocess.run([sys.executable, "-m", "pytest", "checks/", "--model", "llama-3.2-3b", "--collect-only", "-q",
+                          "-p", "no:cacheprovider"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "checks/test_variance_grows.py::test_variance_grows[llama-3.2-3b-mid]" in run.stdout
+    assert "checks/test_baseline.py::test_matches_baseline[llama-3.2-3b]" in run.stdout
