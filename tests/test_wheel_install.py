@@ -54,8 +54,10 @@ def test_the_wheel_installed_outside_the_checkout_runs_the_shipped_checks(tmp_pa
 
     project = tmp_path / "project"  # a user's project: no conftest, no checks of its own
     project.mkdir()
+    # `--opt=PATH`: pytest picks its rootdir before it knows plugin options, so a separate existing PATH
+    # would count as a test path and move the rootdir (and the baselines) above the project
     checks = ["--pyargs", "geomcheck.checks", "--geomcheck-max-prompts", "16", "--geomcheck-n-boot", "20",
-              "--geomcheck-cache-dir", tmp_path / "cache", "-p", "no:cacheprovider", "-p", "no:randomly"]
+              f"--geomcheck-cache-dir={tmp_path / 'cache'}", "-p", "no:cacheprovider", "-p", "no:randomly"]
     first = run(python, "-m", "pytest", *checks, "--snapshot-update", cwd=project, env=env)
     assert re.search(r"\b9 passed\b", first), first  # 4 hypotheses (two of them over 3 streams) and the baseline
     baseline = project / "baselines" / "smollm2-135m" / "test_baseline" / "test_matches_baseline.json"
