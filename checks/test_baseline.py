@@ -1,27 +1,3 @@
-"""Regression: the geometry has not drifted from the committed baseline beyond tolerance.
+"""This repository's reference run of the shipped check `geomcheck.checks.test_baseline` (the package holds the code)."""
 
-The baseline is ``baselines/<model>/test_baseline/test_matches_baseline.json``; create or refresh it with
-``pytest checks/ --model NAME --snapshot-update`` and commit it.
-"""
-
-import pytest
-
-from geomcheck.baseline import GeometryBaselineExtension, check_baseline, drift_matrix, geometry_from_payload, tolerances_from_config
-
-
-def test_matches_baseline(geometry, model_run, snapshot, thresholds, geomcheck_overlay, geomcheck_record):
-    """Every per-layer statistic (mean cosine; mean and max variance of both sets; every stream) is within
-    max(abs, rel·|baseline|, 4·SE) of its baseline, SE from the baseline's 95% bootstrap interval: prompt
-    noise and rounding pass, a changed checkpoint does not. Tolerances: [matches_baseline.tolerance].
-    With a baseline, draws geometry-vs-baseline.png and drift-map.png (where the run left its tolerance)."""
-    outcome = check_baseline(
-        snapshot.use_extension(GeometryBaselineExtension),
-        geometry,
-        model_run.meta,
-        tolerances=tolerances_from_config(thresholds),
-    )
-    if outcome.baseline is not None:
-        geomcheck_overlay(geometry_from_payload(outcome.baseline), drift_matrix(outcome.compared))
-    geomcheck_record(outcome.summary)
-    if not outcome.ok:
-        pytest.fail(outcome.message, pytrace=False)
+from geomcheck.checks.test_baseline import test_matches_baseline  # noqa: F401

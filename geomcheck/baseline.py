@@ -50,6 +50,7 @@ import numpy as np
 from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 
 import geomcheck
+from geomcheck.activate import model_flag  # the update command says --model only where the project opted in
 from geomcheck.stats import STAT_NAMES
 
 if TYPE_CHECKING:
@@ -797,7 +798,7 @@ def _update_command(test_location: PyTestLocation, model: str) -> str:
         where = f"{rel}/" if str(rel) != "." else Path(test_location.filepath).name
     except ValueError:
         where = f"{target}/"
-    return f"pytest {where} --model {shlex.quote(model)} --snapshot-update"
+    return f"pytest {where} {model_flag(getattr(test_location.item, 'config', None))} {shlex.quote(model)} --snapshot-update"
 
 
 def check_baseline(

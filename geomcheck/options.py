@@ -12,11 +12,10 @@ import json
 import re
 import tomllib
 from collections.abc import Mapping
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from geomcheck import POSITIONS, STREAMS
+from geomcheck import POSITIONS, STREAMS, thresholds
 from geomcheck.prompts import PromptFileError, resolve_prompts
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
@@ -114,26 +113,17 @@ def validate_settings(settings: Mapping[str, Any]) -> None:
 # Thresholds
 
 
-def shipped_thresholds() -> dict[str, Any]:
-    text = resources.files("geomcheck.data").joinpath("thresholds.toml").read_text(encoding="utf-8")
-    return tomllib.loads(text)
-
-
-def load_thresholds(path: str | None) -> dict[str, Any]:
-    """The shipped thresholds, or a user's file with the same layout, validated (see :func:`validate_thresholds`)."""
-    if not path:
-        return shipped_thresholds()
+def read_thresholds_file(path: str) -> dict[str, Any]:
+    """A user's thresholds file (``--thresholds``), parsed; validated once merged (:func:`validate_thresholds`)."""
     where = f"thresholds file {path} ({_flag('thresholds')})"
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise OptionError(f"{where} does not exist; give the path of a TOML file laid out like the shipped thresholds.toml") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise OptionError(f"{where} cannot be read: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise OptionError(f"{where} is not valid TOML: {exc}") from exc
-    validate_thresholds(data, where)
-    return data
 
 
 def _is_number(value: Any) -> bool:
@@ -144,7 +134,7 @@ def validate_thresholds(data: Mapping[str, Any], where: str = "thresholds") -> N
     """Every shipped check keeps each of its keys as a number; model overrides name known checks and keys;
     expected failures name a known check (and stream) with a non-empty reason. A check of the user's own is
     known once the file declares its table (``[my_check]``, possibly empty)."""
-    shipped = shipped_thresholds()
+    shipped = thresholds.shipped()
     checks = {name for name, table in shipped.items() if name != "models"} | {name for name, table in data.items() if name != "models"}
     checks.add("matches_baseline")
     for name, table in data.items():

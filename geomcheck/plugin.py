@@ -17,6 +17,7 @@ import pytest
 from _pytest import junitxml
 
 from geomcheck import POSITIONS, STREAMS, options, registry
+from geomcheck.thresholds import load as load_thresholds, project_file
 
 if TYPE_CHECKING:  # the heavy modules load when a check first needs them, not at pytest start-up
     from geomcheck.baseline import DriftMatrix
@@ -42,49 +43,49 @@ OPTIONS: dict[str, tuple[str, str, Any]] = {
     "device-map": ("accelerate device map for models larger than one device, e.g. auto", "string", None),
     "geomcheck-cache-dir": ("activation cache directory (default: $GEOMCHECK_CACHE or ~/.cache/geomcheck)", "string", None),
     "artifacts-dir": ("where figures are written", "string", "geomcheck-artifacts"),
-    "thresholds": ("TOML file of check thresholds and per-model expected failures (default: shipped)", "string", None),
+    "thresholds": ("TOML file of check thresholds and per-model expected failures, merged over the shipped ones and [tool.geomcheck.thresholds]", "string", None),
 }
 RUNS_KEY = pytest.StashKey["GeomcheckSession"]()
 DIGESTS = "geomcheck_digests"  # xdist workeroutput key: what each worker measured, for the controller
 
 
+FLAGS: dict[str, str] = {
+    "trust-remote-code": "allow models to run code from their repository (off unless the registry entry says so)",
+    "no-chat-template": "feed prompts raw, without the chat template",
+    "geomcheck-cache-clear": "empty geomcheck's activation/geometry/weights cache at the start of the run (like --cache-clear)",
+}
+MODEL_HELP = "model to check: registry name or local directory; repeat for several (default: smollm2-135m)"
+CHECK_FIXTURES = ("model_run", "thresholds")  # every model-parametrized fixture of the plugin reads one of these
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("geomcheck", "geomcheck: activation-geometry checks")
-    group.addoption(
-        "--model",
-        action="append",
-        dest="geomcheck_models",
-        default=None,
-        metavar="NAME",
-        help="model to check: registry name or local directory; repeat for several (default: smollm2-135m)",
-    )
+    """Always ``--geomcheck-<name>`` (no clash with another project's options); the short ``--<name>``
+    spellings only where a project opts in (:mod:`geomcheck.activate`)."""
+    add_options(parser, short=False)
     parser.addini("geomcheck_models", "models to check when --model is not given", type="linelist", default=["smollm2-135m"])
     for name, (help_text, kind, default) in OPTIONS.items():
+        parser.addini(_dest(name), help_text, type=kind, default=default)
+
+
+def add_options(parser: pytest.Parser, short: bool) -> None:
+    """Register every option once, as ``--geomcheck-<name>`` or (``short``) as ``--<name>``; both spellings
+    share the dest ``geomcheck_<name>``, so code reading an option does not depend on its spelling."""
+    group = parser.getgroup("geomcheck", "geomcheck: activation-geometry checks")
+
+    def flag(name: str) -> str:
+        return "--" + name.removeprefix("geomcheck-") if short else "--geomcheck-" + name.removeprefix("geomcheck-")
+
+    group.addoption(flag("model"), action="append", dest="geomcheck_models", default=None, metavar="NAME", help=MODEL_HELP)
+    for name, (help_text, _, _) in OPTIONS.items():
+        if short and name.startswith("geomcheck-"):
+            continue  # already namespaced: one spelling only
         dest = _dest(name)
         metavar = dest.removeprefix("geomcheck_").upper()
-        group.addoption(f"--{name}", dest=dest, default=None, metavar=metavar, help=f"{help_text} [ini: {dest}]".replace("%", "%%"))
-        parser.addini(dest, help_text, type=kind, default=default)
-    group.addoption(
-        "--trust-remote-code",
-        action="store_true",
-        dest="geomcheck_trust_remote_code",
-        help="allow models to run code from their repository (off unless the registry entry says so)",
-    )
-    group.addoption("--no-chat-template", action="store_true", dest="geomcheck_no_chat_template", help="feed prompts raw, without the chat template")
-    group.addoption(
-        "--geomcheck-cache-clear",
-        action="store_true",
-        dest="geomcheck_cache_clear",
-        help="empty geomcheck's activation/geometry/weights cache at the start of the run (like --cache-clear)",
-    )
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_cmdline_main(config: pytest.Config) -> None:
-    """``-n N`` alone means ``--dist loadgroup`` here: each model's checks stay on one worker, which loads
-    the model once (xdist would otherwise pick ``load`` and spread them). An explicit ``--dist`` wins."""
-    if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", None) == "no":
-        config.option.dist = "loadgroup"
+        group.addoption(flag(name), dest=dest, default=None, metavar=metavar, help=f"{help_text} [ini: {dest}]".replace("%", "%%"))
+    for name, help_text in FLAGS.items():
+        if short and name.startswith("geomcheck-"):
+            continue
+        group.addoption(flag(name), action="store_true", dest=_dest(name), help=help_text)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -149,11 +150,6 @@ def run_options(config: pytest.Config) -> RunOptions:
 
 def streams_setting(config: pytest.Config) -> tuple[str, ...]:
     return tuple(s.strip() for s in _setting(config, "streams").split(",") if s.strip())
-
-
-def load_thresholds(path: str | None) -> dict[str, Any]:
-    """The shipped thresholds, or a user's file with the same layout (validated: see geomcheck.options)."""
-    return options.load_thresholds(path)
 
 
 @dataclass
@@ -256,7 +252,7 @@ def validate(config: pytest.Config) -> tuple[dict[str, str], dict[str, Any]]:
             if name not in registry.registry() and Path(name).expanduser().is_dir() and (Path(name).expanduser() / "config.json").exists():
                 options.model_directory(Path(name).expanduser(), trust)
         display = {name: registry.resolve(name).name for name in names}
-        thresholds = load_thresholds(_setting(config, "thresholds"))
+        thresholds = load_thresholds(_project_pyproject(config), _setting(config, "thresholds"))
         streams = options.streams(_setting(config, "streams"))
         if getattr(config.option, "update_snapshots", False) and set(streams) != set(STREAMS):
             raise options.OptionError(
@@ -270,6 +266,7 @@ def validate(config: pytest.Config) -> tuple[dict[str, str], dict[str, Any]]:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "geomcheck_streams(*streams): streams a check is parametrized over")
+    config.addinivalue_line("markers", "geomcheck_check: set by geomcheck on the tests it parametrizes over models")
     display, thresholds = validate(config)
     config.stash[RUNS_KEY] = GeomcheckSession(
         config=config,
@@ -292,32 +289,60 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         session.config.workeroutput[DIGESTS] = [to_wire(d) for d in session.config.stash[RUNS_KEY].digests()]
 
 
+def _project_pyproject(config: pytest.Config) -> Path | None:
+    """The project's ``pyproject.toml``: beside pytest's ini file, else in the rootdir, else where pytest
+    started (a path-valued option such as ``--model ./dir`` can move the rootdir above the project)."""
+    folders = [config.inipath.parent] if config.inipath else []
+    return project_file(*folders, config.rootpath, config.invocation_params.dir)
+
+
 def check_name(item: pytest.Item | pytest.Function) -> str:
     """A check's name in thresholds and summaries: its function name without ``test_``."""
     return getattr(item, "originalname", item.name).removeprefix("test_")
 
 
+def is_check(metafunc: pytest.Metafunc) -> bool:
+    """A geomcheck check asks, directly or through a fixture, for one of the plugin's model fixtures; a
+    foreign test with its own ``stream`` or ``model_name`` is none of geomcheck's business."""
+    for name in CHECK_FIXTURES:
+        defs = metafunc._arg2fixturedefs.get(name)
+        if defs and defs[-1].func.__module__ == __name__:
+            return True
+    return False
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrize checks over models (``[model]``) and, if they ask for ``stream``, streams (``[model-mid]``)."""
+    """Parametrize checks over models (``[model]``) and, if they ask for ``stream``, streams (``[model-mid]``).
+
+    As ``parametrize`` marks, added before pytest reads them: a mark takes precedence over a project's own
+    (even parametrized) ``stream`` or ``model_name`` fixture, which a check must not silently receive."""
+    if not is_check(metafunc):
+        return
     session = metafunc.config.stash[RUNS_KEY]
-    if "model_name" in metafunc.fixturenames:
-        # xdist_group: under `-n N` (--dist loadgroup) each model's checks share one worker, which loads it once
-        params = [pytest.param(m, id=name, marks=pytest.mark.xdist_group(name)) for m, name in session.models.items()]
-        metafunc.parametrize("model_name", params, scope="session")
+    # xdist_group: under `-n N` (--dist loadgroup) each model's checks share one worker, which loads it once
+    params = [
+        pytest.param(m, id=name, marks=[pytest.mark.xdist_group(name), pytest.mark.geomcheck_check])
+        for m, name in session.models.items()
+    ]
+    metafunc.definition.add_marker(pytest.mark.parametrize("model_name", params, scope="session"))
     if "stream" in metafunc.fixturenames:
         marker = metafunc.definition.get_closest_marker("geomcheck_streams")
         streams = [s for s in streams_setting(metafunc.config) if marker is None or s in marker.args]
-        metafunc.parametrize("stream", streams, ids=streams)
+        metafunc.definition.add_marker(pytest.mark.parametrize("stream", streams, ids=streams))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark per-model findings (hypotheses that do not hold) as strict expected failures."""
+    """Name each check for the summary (model, check, stream travel with its reports, also under xdist), and
+    mark per-model findings (hypotheses that do not hold) as strict expected failures."""
     session = config.stash[RUNS_KEY]
     for item in items:
-        params = getattr(getattr(item, "callspec", None), "params", {})
-        if "model_name" not in params:
+        if item.get_closest_marker("geomcheck_check") is None:
             continue
-        reason = session.expected_failure(check_name(item), session.models[params["model_name"]], params.get("stream"))
+        params = item.callspec.params  # type: ignore[attr-defined]
+        model = session.models[params["model_name"]]
+        item.user_properties.append(("geomcheck_id", [model, check_name(item), params.get("stream")]))
+        reason = session.expected_failure(check_name(item), model, params.get("stream"))
         if reason:
             # only the hypothesis' own failed assertion is the finding: an error in loading, prompts or
             # options is no finding, and fails the run
@@ -401,34 +426,33 @@ def thresholds(request: pytest.FixtureRequest, geomcheck_session: GeomcheckSessi
 
 
 @pytest.fixture
-def geomcheck_record(request: pytest.FixtureRequest, geomcheck_session: GeomcheckSession):
-    """Call with the check's key figure (a string); it goes to the terminal summary and the JUnit XML,
-    with the paths of the model's figures."""
-    params = getattr(getattr(request.node, "callspec", None), "params", {})
-    model = params.get("model_name")
-
-    def record_property(name: str, value: Any) -> None:
-        # Straight onto the item, as the record_property fixture does, minus its warning under junit_family
-        # xunit2 (pytest's default): junitxml writes user_properties whatever the family.
-        request.node.user_properties.append((name, value))
+def geomcheck_record(request: pytest.FixtureRequest):
+    """Call with the check's key figure (a string); it goes to the terminal summary and the JUnit XML.
+    A check that records nothing is still listed in the summary with its outcome."""
+    model = getattr(getattr(request.node, "callspec", None), "params", {}).get("model_name")
 
     def record(text: str) -> None:
         if model is None:
             raise TypeError("geomcheck_record records a figure of a model: the check must use a model fixture "
                             "(geometry, weights, activations or model_name)")
-        # Properties travel with the report, so the summary also works under pytest-xdist.
-        record_property("geomcheck", text)
-        record_property("geomcheck_id", [geomcheck_session.models.get(model, "?"), check_name(request.node), params.get("stream")])
-        for kind, path in geomcheck_session.figures.get(model, {}).items():
-            record_property(f"geomcheck_figure_{kind}", str(path))
-        record_property("geomcheck_loads", geomcheck_session.run(model).loads)
+        # Straight onto the item, as record_property does, minus its warning under junit_family xunit2
+        # (pytest's default); properties travel with the report, so the summary also works under xdist.
+        request.node.user_properties.append(("geomcheck", text))
 
     return record
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    """Embed the check's figures in pytest-html's report, when pytest-html is installed."""
+    """Attach the model's figures and load count to each check's call report (JUnit properties, summary);
+    embed the figures in pytest-html's report, when pytest-html is installed."""
+    model = getattr(getattr(item, "callspec", None), "params", {}).get("model_name")
+    if call.when == "call" and item.get_closest_marker("geomcheck_check") is not None:
+        session = item.config.stash[RUNS_KEY]
+        for kind, path in session.figures.get(model, {}).items():
+            item.user_properties.append((f"geomcheck_figure_{kind}", str(path)))
+        if model in session.runs:
+            item.user_properties.append(("geomcheck_loads", session.runs[model].loads))
     report = yield
     if report.failed and call.excinfo is not None:
         _show_once(item, call.excinfo.value, report)
@@ -507,18 +531,20 @@ class Summary:
             prefix.append(f'<p>geomcheck: all models</p><img src="data:image/png;base64,{png}" alt="models.png" style="max-width:100%">')
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Every check once: its call, or the setup that failed or skipped before it could run."""
         if report.failed:
             self.failures.append(_failure(report))
         properties = dict(report.user_properties)
-        if report.when != "call" or "geomcheck" not in properties:
+        if "geomcheck_id" not in properties or not (report.when == "call" or (report.when == "setup" and not report.passed)):
             return
         model, check, stream = properties["geomcheck_id"]
-        outcome = "xfail" if hasattr(report, "wasxfail") else report.outcome
-        self.findings[report.nodeid] = Finding(model, check, stream, properties["geomcheck"], outcome)
+        outcome = "xfail" if hasattr(report, "wasxfail") else "error" if report.failed and report.when == "setup" else report.outcome
+        self.findings[report.nodeid] = Finding(model, check, stream, properties.get("geomcheck", "no figure recorded"), outcome)
         for key, value in properties.items():
             if key.startswith("geomcheck_figure_"):
                 self.figures.setdefault(model, {})[key.removeprefix("geomcheck_figure_")] = Path(value)
-        self.loads[model] = properties["geomcheck_loads"]
+        if "geomcheck_loads" in properties:
+            self.loads[model] = properties["geomcheck_loads"]
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         from geomcheck import ci

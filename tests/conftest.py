@@ -62,3 +62,10 @@ def save_tiny_llama(path: Path, seed: int = 0, num_layers: int = 4) -> Path:
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny Llama directory for the session (read-only by convention)."""
     return save_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture
+def opted_in(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pytester project opts in as this repository does, with the README's ``addopts = "-p geomcheck.activate"``
+    (tests/test_plugin_inert.py covers a project that does not)."""
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p geomcheck.activate")  # after pytester, which clears it

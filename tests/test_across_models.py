@@ -19,6 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECKS = ("test_variance_grows.py", "test_weights_share_directions.py")
 
 
+pytestmark = pytest.mark.usefixtures("opted_in")
+
+
 @pytest.fixture
 def two_models(pytester: pytest.Pytester, tmp_path_factory) -> list[str]:
     root = tmp_path_factory.mktemp("two")

@@ -367,12 +367,12 @@ def checks(pytester: pytest.Pytester, tiny_llama_dir: Path, activation_cache: Pa
     # an xdist worker: no snapshot report and no unused-snapshot cleanup.
     for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
         monkeypatch.delenv(name, raising=False)
-    shutil.copy(ROOT / "checks" / "test_baseline.py", pytester.path / "test_baseline.py")
+    shutil.copy(ROOT / "geomcheck" / "checks" / "test_baseline.py", pytester.path / "test_baseline.py")
     pytester.makeini("[pytest]\n")
 
     def run(*extra: str, model: Path = tiny_llama_dir, cache: Path = activation_cache):
         return pytester.runpytest_subprocess(
-            "test_baseline.py", "--model", str(model), "--max-prompts", "8", "--n-boot", "20",
+            "test_baseline.py", "-p", "geomcheck.activate", "--model", str(model), "--max-prompts", "8", "--n-boot", "20",
             "--geomcheck-cache-dir", str(cache), "-p", "no:cacheprovider", *extra, timeout=120,
         )
 

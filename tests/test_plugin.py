@@ -9,12 +9,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+CHECKS = ROOT / "geomcheck" / "checks"
+
+
+pytestmark = pytest.mark.usefixtures("opted_in")
 
 
 @pytest.fixture
 def project(pytester: pytest.Pytester, tiny_llama_dir: Path, tmp_path_factory):
     """A pytester folder with the shipped checks and a cache dir; returns the common arguments."""
-    for check in (ROOT / "checks").glob("test_*.py"):
+    for check in CHECKS.glob("test_*.py"):
         if check.name != "test_baseline.py":
             shutil.copy(check, pytester.path / check.name)
     cache = tmp_path_factory.mktemp("cache")
@@ -131,7 +135,7 @@ def test_two_xdist_workers_share_one_cache_without_tearing_or_double_work(pytest
     root = tmp_path_factory.mktemp("two-models")
     first, second = save_tiny_llama(root / "tiny-a", seed=1), save_tiny_llama(root / "tiny-b", seed=2)
     for check in ("test_variance_grows.py", "test_cosine_falls.py", "test_weights_share_directions.py"):
-        shutil.copy(ROOT / "checks" / check, pytester.path / check)
+        shutil.copy(CHECKS / check, pytester.path / check)
     cache = tmp_path_factory.mktemp("shared-cache")
     args = ["-n", "2", "--model", str(first), "--model", str(second), "--max-prompts", "6", "--n-boot", "10",
             "--geomcheck-cache-dir", str(cache), "-p", "no:cacheprovider", "-p", "no:randomly"]
@@ -157,3 +161,66 @@ def test_pytest_html_report_embeds_the_figures(pytester: pytest.Pytester, projec
     html = (pytester.path / "report.html").read_text()
     png = (pytester.path / "geomcheck-artifacts" / "tiny-llama" / "geometry.png").read_bytes()
     assert base64.b64encode(png).decode()[:200] in html  # the figure itself is embedded
+
+
+def test_every_check_is_in_the_summary_with_its_outcome(pytester: pytest.Pytester, tiny_llama_dir, tmp_path):
+    """A check that records no figure, or fails before it could, is still listed, with its outcome."""
+    pytester.makepyfile(
+        """
+        import pytest
+
+        def test_quiet(geometry, stream):
+            assert geometry.n_layers == 4
+
+        def test_quiet_failure(thresholds):
+            assert thresholds == {"x": 1}, "no thresholds for this check"
+
+        @pytest.fixture
+        def broken(model_run):
+            raise RuntimeError("setup broke")
+
+        def test_broken_setup(broken):
+            pass
+        """
+    )
+    result = pytester.runpytest("--model", str(tiny_llama_dir), "--max-prompts", "6", "--n-boot", "0",
+                                "--geomcheck-cache-dir", str(tmp_path), "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3, failed=1, errors=1)
+    text = result.stdout.str()
+    assert re.search(r"tiny-llama\s+quiet\s+pre: no figure recorded \[passed\] \| mid: .* \| post: no figure recorded \[passed\]", text), text
+    assert re.search(r"tiny-llama\s+quiet_failure\s+no figure recorded \[failed\]", text)
+    assert re.search(r"tiny-llama\s+broken_setup\s+no figure recorded \[error\]", text)
+
+
+def test_readme_own_threshold_example_reads_the_projects_pyproject(pytester: pytest.Pytester, tiny_llama_dir, tmp_path):
+    """The README's example check and its pyproject table, as written; a tighter project threshold fails it."""
+    readme = (ROOT / "README.md").read_text()
+    section = re.search(r"<!-- example: own-threshold -->\n(.*?)<!-- /example -->", readme, re.S).group(1)
+    toml, code = re.findall(r"```(?:toml|python)\n(.*?)```", section, re.S)
+    filename = re.match(r"# checks/(\S+\.py)", code).group(1)
+    pytester.path.joinpath(filename).write_text(code)
+    pytester.path.joinpath("pyproject.toml").write_text(toml)
+    args = ["--model", str(tiny_llama_dir), "--max-prompts", "6", "--n-boot", "0", "--geomcheck-cache-dir", str(tmp_path), "-p", "no:cacheprovider"]
+    result = pytester.runpytest(*args)
+    result.assert_outcomes(passed=1)
+    assert re.search(r"tiny-llama\s+steps_similar\s+relative step \d\.\d\d to \d\.\d\d, median \d\.\d\d \[passed\]", result.stdout.str())
+    pytester.path.joinpath("pyproject.toml").write_text(toml.replace("max_ratio = 4.0", "max_ratio = 1.01"))
+    result = pytester.runpytest(*args)
+    result.assert_outcomes(failed=1)
+    assert "move the state more than 1.01× away from the median relative step" in result.stdout.str()
+
+
+def test_this_repository_opts_in_so_the_short_options_work_on_checks():
+    """``pytest checks/ --model llama-3.2-3b`` as the README shows it, from the repository root (collection
+    only: the registry knows the model's shapes, nothing is downloaded)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS" and not k.startswith("PYTEST_XDIST")}
+    env["PYTHONPATH"] = str(ROOT)  # this checkout's geomcheck, as the tests themselves use
+    run = subprocess.run([sys.executable, "-m", "pytest", "checks/", "--model", "llama-3.2-3b", "--collect-only", "-q",
+                          "-p", "no:cacheprovider"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "checks/test_variance_grows.py::test_variance_grows[llama-3.2-3b-mid]" in run.stdout
+    assert "checks/test_baseline.py::test_matches_baseline[llama-3.2-3b]" in run.stdout
