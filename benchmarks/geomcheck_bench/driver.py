@@ -92,7 +92,7 @@ def bench_model(name: str, args: argparse.Namespace) -> report.ModelResult:
         sizes = [int(x) for x in args.memory_prompts.split(",")]
         memory = measure.samples_memory(subject, sizes, args.batch_size, pool=max(1, args.prompts // 2))
     return report.ModelResult(
-        name=subject.name if not Path(name).is_dir() else Path(name).name,
+        name=Path(name).name,  # a local directory by its folder name, not the machine's path
         model={"class": type(model).__name__, "layers": ctx.n_layers, "d_model": int(model.config.hidden_size),
                "dtype": str(dtype).removeprefix("torch."), "attention": model.config._attn_implementation,
                "notes": subject.notes},

@@ -18,6 +18,7 @@ import statistics
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,7 +123,9 @@ def timed(method: Method, ctx: Context, collect: bool) -> tuple[float, float, fl
     return wall, own, others, mem.peak_delta, got
 
 
-def run_methods(ctx: Context, methods: list[Method], warmup: int, repeats: int, log) -> tuple[dict[str, Timing | str], dict[str, Readings]]:
+def run_methods(
+    ctx: Context, methods: list[Method], warmup: int, repeats: int, log: Callable[[str], None]
+) -> tuple[dict[str, Timing | str], dict[str, Readings]]:
     """Warm-up passes, then `repeats` rounds, each running every method once in table order (interleaved,
     so a slow drift of the machine hits all methods alike). Readings come from each method's first pass.
     A method that raises gets the error text instead of a Timing."""
