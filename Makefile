@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.geomcheck-installed
 
-.PHONY: check test bench clean
+.PHONY: check test bench bench-readme clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,14 @@ check: $(STAMP)
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/pytest tests/ -n 2
 
+# the README's Speed numbers: one torch thread, so other processes on a shared machine stall it least
+BENCH_ARGS ?= --model smollm2-135m --model minilm-l6 --threads 1
+
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_capture.py
+	PYTHONPATH=benchmarks $(BIN)/python -m geomcheck_bench $(BENCH_ARGS)
+
+bench-readme: $(STAMP)
+	PYTHONPATH=benchmarks $(BIN)/python -m geomcheck_bench $(BENCH_ARGS) --write-readme README.md
 
 clean:
 	rm -rf $(VENV) geomcheck-artifacts
