@@ -41,6 +41,7 @@ OPTIONS: dict[str, tuple[str, str, Any]] = {
     "geomcheck-cache-dir": ("activation cache directory (default: $GEOMCHECK_CACHE or ~/.cache/geomcheck)", "string", None),
     "artifacts-dir": ("where figures are written", "string", "geomcheck-artifacts"),
     "thresholds": ("TOML file of check thresholds and per-model expected failures (default: shipped)", "string", None),
+    "baseline": ("compare every model against this model's committed baseline (registry name, hub id or baselines/ folder), e.g. a fine-tune against its base", "string", None),
 }
 RUNS_KEY = pytest.StashKey["GeomcheckSession"]()
 
@@ -204,6 +205,7 @@ def pytest_configure(config: pytest.Config) -> None:
         display = {name: registry.resolve(name).name for name in names}
     except (registry.UnknownModelError, registry.ModelLoadError) as exc:
         raise pytest.UsageError(str(exc)) from exc
+    check_baseline_folders(config, names)
     config.stash[RUNS_KEY] = GeomcheckSession(
         config=config,
         models=display,
@@ -211,6 +213,34 @@ def pytest_configure(config: pytest.Config) -> None:
         artifacts_dir=config.invocation_params.dir / _setting(config, "artifacts-dir"),
     )
     config.pluginmanager.register(Summary(), "geomcheck-summary")
+
+
+def check_baseline_folders(config: pytest.Config, names: list[str]) -> None:
+    """Refuse, before any model loads, two models that would share one baseline folder, and a
+    ``--baseline`` that does not exist or that ``--snapshot-update`` would overwrite."""
+    from geomcheck.baseline import baseline_name, baseline_override, baselines_root
+
+    folders: dict[str, str] = {}
+    for name in names:
+        folder, source = baseline_name(name), registry.resolve(name).source
+        if folders.setdefault(folder, source) != source:
+            raise pytest.UsageError(
+                f"two models would share the baselines of '{folder}': {folders[folder]} and {source}. "
+                "Give the checkpoint folders distinct names, or check them in separate sessions with --baseline."
+            )
+    override = baseline_override(config)
+    if override is None:
+        return
+    if config.getoption("update_snapshots", default=False):
+        raise pytest.UsageError(
+            f"--baseline {override} with --snapshot-update would overwrite {override}'s baseline with another model's "
+            f"numbers. Update it from its own model: pytest checks/ --model {override} --snapshot-update"
+        )
+    folder = baselines_root(config) / baseline_name(override)
+    if not folder.is_dir():
+        raise pytest.UsageError(
+            f"--baseline {override}: no baselines in {folder}. Create them with: pytest checks/ --model {override} --snapshot-update"
+        )
 
 
 def check_name(item: pytest.Item | pytest.Function) -> str:
