@@ -316,7 +316,7 @@ def identity_summary(baseline: Mapping[str, Any], current: Mapping[str, Any]) ->
     old, new = dict(baseline.get("meta", {})), dict(current.get("meta", {}))
     if "weights" not in old:
         return "the baseline records no fingerprint (made before geomcheck fingerprinted checkpoints)"
-    against = f"vs {old.get('name')}'s baseline: " if old.get("model") != new.get("model") else ""
+    against = f"vs {old.get('name')}'s baseline: " if old.get("name") != new.get("name") else ""  # --baseline
     changes = [f"{name} {short(old.get(name))} → {short(new.get(name))}" for name in ("weights", "tokenizer") if old.get(name) != new.get(name)]
     files_old, files_new = dict(old.get("files") or {}), dict(new.get("files") or {})
     changed_files = sorted(f for f in set(files_old) | set(files_new) if files_old.get(f) != files_new.get(f))
