@@ -339,7 +339,10 @@ def mismatch_warning(cov: Coverage, model: str, location: str) -> str | None:
     """The text of the :class:`BaselineMismatchWarning` for a coverage, or None when nothing is amiss."""
     parts = [f"{name}: baseline {a!r}, now {b!r}" for name, a, b in cov.meta]
     if cov.unfingerprinted:
-        parts.append("it records no fingerprint of the checkpoint, inputs and environment it measured (made by an older geomcheck)")
+        parts.append(
+            "it records no fingerprint of the checkpoint, inputs and environment it measured (made by an older "
+            f"geomcheck); regenerate it: pytest checks/ --model {model} --snapshot-update"
+        )
     if cov.only_in_baseline:
         parts.append(f"not computed in this run (e.g. --streams): {', '.join(cov.only_in_baseline)}")
     if not parts:

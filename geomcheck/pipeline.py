@@ -310,7 +310,8 @@ class ModelRun:
             arrays["shape"] = np.array(first.shape, dtype=np.int64)
             return arrays
 
-        arrays = self._cached("weights", {**self.identity, "top_k": self.options.top_k}, compute, self.identity)
+        key = {k: v for k, v in self.identity.items() if k != "tokenizer"}  # a new chat template changes no weight
+        arrays = self._cached("weights", {**key, "top_k": self.options.top_k}, compute, self.identity)
         d_model, k = (int(x) for x in arrays.pop("shape"))
         return WeightOverlap(arrays, k=k, d_model=d_model)
 
