@@ -38,7 +38,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
+import re
 import shlex
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
@@ -51,6 +51,8 @@ from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 
 import geomcheck
 from geomcheck.activate import model_flag  # the update command says --model only where the project opted in
+from geomcheck import registry
+from geomcheck.fingerprint import short
 from geomcheck.stats import STAT_NAMES
 
 if TYPE_CHECKING:
@@ -66,7 +68,10 @@ SE_PER_95 = 3.92  # a normal 95% interval is 2 x 1.96 standard errors wide
 MAX_REPORTED = 10
 # Metadata that changes what the numbers mean: a difference is warned about, since drift may then reflect
 # the setup rather than the model. Device is left out on purpose: another device only adds rounding noise.
-WARNED_META = ("dtype", "prompts_hash", "geomcheck", "position", "chat_template", "revision", "source")
+# What the checkpoint is (weights, tokenizer, revision, source) is not a setup: identity_summary reports it.
+WARNED_META = ("dtype", "prompts_hash", "geomcheck", "position", "chat_template", "template_date")
+ENVIRONMENT = ("torch", "transformers", "attn_implementation", "device", "dtype")  # meta["environment"]
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 ROW_FIELDS = ("layer", "value", "low", "high")
 # Machine epsilon of each dtype the plugin runs in: rounding noise scales with it (see Tolerance).
 DTYPE_EPS = {"float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
@@ -334,33 +339,57 @@ class Coverage:
     only_in_current: tuple[str, ...] = ()
     meta: tuple[tuple[str, Any, Any], ...] = ()  # (field, baseline, current), warned fields only
     meta_changed: bool = False  # any metadata field differs (device and n_boot included)
+    unfingerprinted: bool = False  # the baseline predates fingerprints: it cannot say what it measured
 
 
 def coverage(baseline: Mapping[str, Any], current: Mapping[str, Any]) -> Coverage:
     """What the two payloads do not share: statistics on one side only, and differing metadata."""
     old, new = dict(baseline.get("meta", {})), dict(current.get("meta", {}))
-    differing = []
-    for name in WARNED_META:
-        a, b = old.get(name), new.get(name)
-        if name == "source" and (_is_local(a) or _is_local(b)):
-            continue  # local paths differ from machine to machine; the model name is the folder
-        if a != b:
-            differing.append((name, a, b))
+    unfingerprinted = "weights" not in old
+    # a baseline from before fingerprints lacks fields it could not record: one warning says so instead
+    differing = [(n, old.get(n), new.get(n)) for n in WARNED_META if old.get(n) != new.get(n) and not (unfingerprinted and n not in old)]
     return Coverage(
         only_in_baseline=tuple(sorted(set(_rows(baseline)) - set(_rows(current)))),
         only_in_current=tuple(sorted(set(_rows(current)) - set(_rows(baseline)))),
         meta=tuple(differing),
         meta_changed=old != new,
+        unfingerprinted=unfingerprinted,
     )
 
 
-def _is_local(source: Any) -> bool:
-    return isinstance(source, str) and (os.path.isabs(source) or source.startswith((".", "~")))
+def identity_summary(baseline: Mapping[str, Any], current: Mapping[str, Any]) -> str:
+    """Whether the checkpoint changed since the baseline (``weights a1b2c3d → 9f8e7d6 (model.safetensors)``),
+    or only the rendered inputs or the environment did, from the two payloads' metadata."""
+    old, new = dict(baseline.get("meta", {})), dict(current.get("meta", {}))
+    if "weights" not in old:
+        return "the baseline records no fingerprint (made before geomcheck fingerprinted checkpoints)"
+    against = f"vs {old.get('name')}'s baseline: " if old.get("name") != new.get("name") else ""  # --baseline
+    changes = [f"{name} {short(old.get(name))} → {short(new.get(name))}" for name in ("weights", "tokenizer") if old.get(name) != new.get(name)]
+    files_old, files_new = dict(old.get("files") or {}), dict(new.get("files") or {})
+    changed_files = sorted(f for f in set(files_old) | set(files_new) if files_old.get(f) != files_new.get(f))
+    if changes and changed_files:
+        changes[-1] += f" ({', '.join(changed_files[:5])}{', …' if len(changed_files) > 5 else ''})"
+    if against == "" and old.get("source") != new.get("source"):
+        changes.append(f"source {old.get('source')} → {new.get('source')}")
+    tokens_old, tokens_new = (dict(m.get("inputs") or {}).get("token_ids") for m in (old, new))
+    if tokens_old != tokens_new:
+        changes.append(f"rendered inputs {short(tokens_old)} → {short(tokens_new)}")
+    env_old, env_new = dict(old.get("environment") or {}), dict(new.get("environment") or {})
+    environment = [f"{k} {env_old.get(k)} → {env_new.get(k)}" for k in ENVIRONMENT if env_old.get(k) != env_new.get(k)]
+    if changes:
+        return against + "; ".join(changes) + (f"; environment: {', '.join(environment)}" if environment else "; environment unchanged")
+    same = f"checkpoint unchanged (weights {short(new.get('weights'))})"
+    return against + (f"{same}; only the environment changed: {', '.join(environment)}" if environment else f"{same}, environment unchanged")
 
 
 def mismatch_warning(cov: Coverage, model: str, location: str) -> str | None:
     """The text of the :class:`BaselineMismatchWarning` for a coverage, or None when nothing is amiss."""
     parts = [f"{name}: baseline {a!r}, now {b!r}" for name, a, b in cov.meta]
+    if cov.unfingerprinted:
+        parts.append(
+            "it records no fingerprint of the checkpoint, inputs and environment it measured (made by an older "
+            f"geomcheck); regenerate it: pytest checks/ --model {model} --snapshot-update"
+        )
     if cov.only_in_baseline:
         parts.append(f"not computed in this run (e.g. --streams): {', '.join(cov.only_in_baseline)}")
     if not parts:
@@ -557,14 +586,26 @@ def validate(data: Any, what: str) -> None:
 
 @functools.lru_cache(maxsize=256)
 def baseline_name(model: str) -> str:
-    """The folder of a model's baselines: the registry name, or a local directory's name."""
-    from geomcheck import models
+    """The folder of a model's baselines, ``baselines/<this>/``; the one place that names it.
 
-    try:
-        name = models.resolve(model).name
-    except Exception:  # a path that no longer exists, or a bare name: keep what identifies it
-        name = Path(model).name or model
-    return SingleFileSnapshotExtension._sanitize_filename(name) or "_unnamed"
+    A registry name is itself; a hub id ``ORG/NAME`` is ``ORG--NAME``; a local directory is its folder
+    name (so a committed baseline serves the same checkpoint folder on every machine), as one safe path
+    component: never empty, ``.`` or ``..``, never a separator. Two directories with the same folder name
+    in one session are refused by the plugin; across sessions the baseline's fingerprint and source
+    tell them apart in the report (:func:`identity_summary`). Anything else (a folder name given to
+    ``--baseline``) is sanitized the same way.
+    """
+    path = Path(model).expanduser()
+    if model in registry.registry():
+        name = model
+    elif path.is_dir():
+        name = path.resolve().name
+    elif HUB_ID.fullmatch(model):
+        name = model.replace("/", "--")
+    else:
+        name = path.name or model
+    safe = re.sub(r"[^\w.+-]+", "_", name).strip(".")[:100]
+    return safe or "_unnamed"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -580,14 +621,24 @@ def baselines_root(config: Any, default: str = BASELINES_DIRNAME) -> Path:
     defines one (relative to rootdir). Without a config (a pytest-xdist controller's stand-in item): cwd."""
     if config is None:
         return Path.cwd() / default
-    value = config.getoption("geomcheck_baselines_dir", default=None)
-    if not value:
-        try:
-            value = config.getini("geomcheck_baselines_dir")
-        except ValueError:  # the plugin has no such setting
-            value = None
-    path = Path(value or default).expanduser()
+    path = Path(_config_value(config, "geomcheck_baselines_dir") or default).expanduser()
     return path if path.is_absolute() else Path(config.rootpath) / path
+
+
+def baseline_override(config: Any) -> str | None:
+    """``--baseline NAME``: the model whose baseline every model of the session is compared against."""
+    return None if config is None else _config_value(config, "geomcheck_baseline")
+
+
+def _config_value(config: Any, dest: str) -> Any:
+    """A plugin setting from the command line, else the ini file; None where the plugin has no such setting."""
+    value = config.getoption(dest, default=None)
+    if value:
+        return value
+    try:
+        return config.getini(dest) or None
+    except ValueError:
+        return None
 
 
 class GeometryBaselineExtension(SingleFileSnapshotExtension):
@@ -618,9 +669,10 @@ class GeometryBaselineExtension(SingleFileSnapshotExtension):
 
     @classmethod
     def dirname(cls, *, test_location: PyTestLocation) -> str:
-        model = _params(test_location).get(MODEL_PARAM)
+        config = getattr(test_location.item, "config", None)
+        model = baseline_override(config) or _params(test_location).get(MODEL_PARAM)
         folder = baseline_name(str(model)) if model is not None else "_no_model"
-        root = baselines_root(getattr(test_location.item, "config", None), cls.baselines_dirname)
+        root = baselines_root(config, cls.baselines_dirname)
         return str(root / folder / test_location.basename)
 
     @classmethod
@@ -828,11 +880,13 @@ def check_baseline(
     if extension.mismatch:
         warnings.warn(extension.mismatch.replace(result.snapshot_location, location), BaselineMismatchWarning, stacklevel=2)
     model = str(payload["meta"].get("name") or baseline_name(str(payload["meta"].get("model", "?"))))
-    command = _update_command(result.test_location, str(payload["meta"].get("model", model)))
+    owner = baseline_override(config) or str(payload["meta"].get("model", model))
+    command = _update_command(result.test_location, owner)
+    written = f"{location} (weights {short(payload['meta'].get('weights'))})"
     if result.created:
-        return BaselineOutcome(True, "created", location, f"baseline written: {location}")
+        return BaselineOutcome(True, "created", location, f"baseline written: {written}")
     if result.updated:
-        return BaselineOutcome(True, "updated", location, f"baseline updated: {location}")
+        return BaselineOutcome(True, "updated", location, f"baseline updated: {written}")
     if result.recalled_data is None:
         lines = missing_lines(model, location, command)
         return BaselineOutcome(False, "missing", location, "no baseline", "\n".join(lines))
@@ -844,6 +898,7 @@ def check_baseline(
     baseline = parse_baseline(result.recalled_data, location)
     scored = compare_all(baseline, payload, tolerances)
     drifts = [d for d in scored if d.exceeded]
+    identity = identity_summary(baseline, payload)
     if matched:
         worst = scored[0] if scored else None
         text = (
@@ -851,10 +906,11 @@ def check_baseline(
             if worst is not None
             else "nothing compared"
         )
-        return BaselineOutcome(True, "matched", location, text, drifts=drifts, baseline=baseline, compared=scored)
+        return BaselineOutcome(True, "matched", location, f"{text}; {identity}", drifts=drifts, baseline=baseline, compared=scored)
     lines = failure_lines(result.asserted_data, result.recalled_data, location, tolerances, command)
+    lines.append(f"identity: {identity}")
     worst_text = f"; worst {drifts[0].score:.3g}× at {drifts[0].key} layer {drifts[0].layer}" if drifts else ""
-    summary = f"{len(drifts)} of {len(scored)} values drifted{worst_text}"
+    summary = f"{len(drifts)} of {len(scored)} values drifted{worst_text}; {identity}"
     return BaselineOutcome(False, "drifted", location, summary, "\n".join(lines), drifts, baseline, scored)
 
 
@@ -876,6 +932,7 @@ __all__ = [
     "drift_matrix",
     "dumps",
     "geometry_from_payload",
+    "identity_summary",
     "parse_baseline",
     "resolve_tolerance",
     "tolerances_from_config",

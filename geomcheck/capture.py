@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from geomcheck import POSITIONS, STREAMS
 from geomcheck.accumulators import Capture, Moments
+from geomcheck.rendering import fixed_clock
 from geomcheck.sites import Site, find_sites
 
 ENCODERS = {"bert"}
@@ -40,12 +41,14 @@ class Batch:
 
 
 def tokenize(tokenizer, prompts: Sequence[str], chat_template: bool, max_length: int | None = None) -> list[list[int]]:
-    """Token ids per prompt; instruct models see their chat template, as in real use."""
+    """Token ids per prompt; instruct models see their chat template, as in real use, rendered on a fixed
+    date (:func:`geomcheck.rendering.fixed_clock`) so the ids do not depend on the day."""
     if chat_template:
-        ids = [
-            _as_ids(tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True))
-            for p in prompts
-        ]
+        with fixed_clock():
+            ids = [
+                _as_ids(tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True))
+                for p in prompts
+            ]
     else:
         ids = [tokenizer(p)["input_ids"] for p in prompts]
     if max_length is not None and (too_long := sum(len(seq) > max_length for seq in ids)):
@@ -218,8 +221,11 @@ def capture(
     max_length: int | None = None,
     prefix_reuse: bool = True,
     progress: bool = True,
+    token_ids: Mapping[str, Sequence[Sequence[int]]] | None = None,
 ) -> Capture:
-    """Run every prompt set through the model once, folding each batch into per-layer moments."""
+    """Run every prompt set through the model once, folding each batch into per-layer moments.
+
+    ``token_ids`` (from :func:`tokenize`) are fed as given, so a caller can fingerprint the exact inputs."""
     if position not in POSITIONS:
         raise ValueError(f"unknown position '{position}'; choose from {', '.join(POSITIONS)}")
     sites = find_sites(model, streams)
@@ -227,7 +233,8 @@ def capture(
     d_model = int(model.config.hidden_size)
     device = input_device(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    token_ids = {name: tokenize(tokenizer, prompts, chat_template, max_length) for name, prompts in prompt_sets.items()}
+    if token_ids is None:
+        token_ids = {name: tokenize(tokenizer, prompts, chat_template, max_length) for name, prompts in prompt_sets.items()}
     everything = [ids for ids_of_set in token_ids.values() for ids in ids_of_set]
     reuse = prefix_reuse and position == "last" and getattr(model.config, "model_type", "") in PREFIX_FAMILIES
     prefix_length = shared_prefix_length(everything) if reuse and everything else 0

@@ -1,14 +1,17 @@
 """One model's run, start to end: prompts → model → per-layer accumulators → geometry.
 
 The model is loaded lazily and at most once; activations and weight overlaps go through the on-disk
-cache, so a re-run with identical inputs loads no model at all.
+cache, so a re-run with identical inputs loads no model at all. "Identical" is decided by content: the
+cache keys hold the checkpoint's fingerprint (:mod:`geomcheck.fingerprint`), not its name or path.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import sys
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from collections.abc import Callable
@@ -20,8 +23,10 @@ import geomcheck
 from geomcheck import STREAMS, registry
 from geomcheck.accumulators import Capture, Moments
 from geomcheck.cache import Arrays, ArrayCache, cache_key
+from geomcheck.fingerprint import Fingerprint, FingerprintError, of_model
 from geomcheck.geometry import Geometry, geometry_from_arrays, geometry_from_moments, geometry_from_samples, geometry_to_arrays
 from geomcheck.prompts import prompts_hash, resolve_prompts
+from geomcheck.rendering import TEMPLATE_DATE, text_digest, token_ids_digest
 from geomcheck.weights import overlap_matrix, top_left_singular_vectors
 
 if TYPE_CHECKING:
@@ -29,6 +34,11 @@ if TYPE_CHECKING:
 
 MIN_PROMPTS = 2  # a variance needs two samples
 GEOMETRY_FORMAT = 2  # layout of cached geometry entries (geometry_to_arrays); bump when it changes
+MEASURED = "measured"  # entry array holding, as JSON bytes, what the run that computed it measured
+# Code that computes the activations (modeling, tokenization): part of the activations key. torch, the
+# attention implementation and the device are not: they change rounding only, which the baseline
+# tolerance absorbs, and keying by them would recompute for nothing. They are recorded (ModelRun.measured).
+KEYED_SOFTWARE = ("transformers", "tokenizers")
 
 
 class PromptSetWarning(UserWarning):
@@ -68,6 +78,7 @@ class ModelRun:
         self.spec = registry.resolve(name)
         self.options = options
         self.loads = 0
+        self._measured: dict[str, Any] | None = None
 
     @cached_property
     def prompts(self) -> dict[str, list[str]]:
@@ -103,20 +114,36 @@ class ModelRun:
         return self.options.dtype or self.spec.dtype
 
     @cached_property
+    def fingerprint(self) -> Fingerprint:
+        """What the checkpoint is, by content; computed before any model loads, without torch."""
+        return of_model(self.spec, Path(self.options.cache_dir))
+
+    @cached_property
     def loaded(self) -> LoadedModel:
-        """The model itself: loaded on first use only, counted so tests can assert it happens once."""
+        """The model itself: loaded on first use only, counted so tests can assert it happens once.
+
+        A hub model is loaded at the fingerprinted commit, not at its branch; a checkpoint that changed
+        while it was loading is refused, since its activations would be stored under the old fingerprint."""
         from geomcheck import models
 
+        expected = self.fingerprint
         self.check_memory()
         self.loads += 1
-        return models.load(
-            self.spec,
+        loaded = models.load(
+            replace(self.spec, revision=expected.revision) if expected.revision else self.spec,
             device=self.options.device,
             dtype=self.options.dtype,
             device_map=self.options.device_map,
             trust_remote_code=self.options.trust_remote_code,
             cache_dir=Path(self.options.cache_dir),
         )
+        commit = getattr(loaded.model.config, "_commit_hash", None) if expected.revision else None
+        if (commit and commit != expected.revision) or of_model(self.spec, Path(self.options.cache_dir)) != expected:
+            raise FingerprintError(
+                f"{self.name} changed while it was loading (fingerprinted {expected.revision or expected.weights}, "
+                f"loaded {commit or 'other files'}); re-run once the checkpoint is no longer being written."
+            )
+        return loaded
 
     def check_memory(self) -> None:
         """Print the memory estimate, and refuse a model that cannot fit on its device."""
@@ -139,34 +166,55 @@ class ModelRun:
 
     @property
     def identity(self) -> dict[str, Any]:
-        """What determines the weights: the model, its revision and dtype, and our version."""
+        """What determines the weights: the checkpoint's content digests (weights, tokenizer), the hub
+        commit or package version it came from, the dtype, and our version."""
+        fingerprint = self.fingerprint
         return {
             "model": self.name,
             "source": self.spec.source,
-            "package": self.spec.pip,
-            "revision": self.spec.revision,
-            **self.spec.pin,  # a hub revision's commit, a GGUF file's stamp
+            "package": fingerprint.package,
+            "revision": fingerprint.revision,
+            "weights": fingerprint.weights,
+            "tokenizer": fingerprint.tokenizer,
             "dtype": self.dtype,
             "geomcheck": geomcheck.__version__,
         }
 
     @property
-    def meta(self) -> dict[str, Any]:
-        """What produced the activations; stored with cache entries and baselines."""
+    def _run_meta(self) -> dict[str, Any]:
+        """What this run asks for: the identity and every option that changes the rendered inputs."""
         return {
             **self.identity,
             "device": self.options.device,
             "position": self.options.position,
             "chat_template": self.chat_template,
+            "template_date": TEMPLATE_DATE if self.chat_template else None,
             "prompts_hash": prompts_hash(self.prompts["harmful"], self.prompts["harmless"]),
             "n_prompts": {k: len(v) for k, v in self.prompts.items()},
         }
 
     @property
+    def measured(self) -> dict[str, Any]:
+        """What the run that computed the activations saw: the digests of the exact token ids and of the
+        chat template text (``inputs``), and its ``environment`` (torch and transformers versions, attention
+        implementation, device type, dtype). Read from the cache entry: a cached re-run reports the run
+        that measured its numbers, not itself."""
+        if self._measured is None:
+            self.geometry
+        assert self._measured is not None
+        return self._measured
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """What produced the activations; stored with baselines."""
+        return {**self._run_meta, "files": self.fingerprint.files, **self.measured}
+
+    @property
     def _activations_key(self) -> dict[str, Any]:
-        """What the activations depend on; the device only adds rounding noise, so it is left out."""
-        fields = {k: v for k, v in self.meta.items() if k != "device"}
-        return {**fields, "streams": self.options.streams}
+        """What the activations depend on (see :data:`KEYED_SOFTWARE` for what is left out, and why)."""
+        fields = {k: v for k, v in self._run_meta.items() if k != "device"}
+        software = {name: importlib.metadata.version(name) for name in KEYED_SOFTWARE}
+        return {**fields, "streams": self.options.streams, "software": software}
 
     def _cached(self, kind: str, key: dict[str, Any], compute: Callable[[], Arrays], meta: dict[str, Any]) -> Arrays:
         """Arrays from ``<cache_dir>/<kind>/``, computed (once, under a lock) when no entry matches ``key``."""
@@ -183,18 +231,26 @@ class ModelRun:
 
             loaded = self.loaded
             try:
-                result = self._capture(loaded)
+                result, measured = self._capture(loaded)
             except NonFiniteActivationError as exc:
                 raise NonFiniteActivationError(f"{self.spec.name}: {exc}") from exc
             check_complete(result, {name: len(prompts) for name, prompts in self.prompts.items()})
-            return capture_to_arrays(result)
+            return {**capture_to_arrays(result), MEASURED: pack_measured(measured)}
 
-        return capture_from_arrays(self._cached("activations", self._activations_key, compute, self.meta))
+        arrays = self._cached("activations", self._activations_key, compute, self._run_meta)
+        self._measured = unpack_measured(arrays)
+        return capture_from_arrays(arrays)
 
-    def _capture(self, loaded: LoadedModel) -> Capture:
-        from geomcheck.capture import capture
+    def _capture(self, loaded: LoadedModel) -> tuple[Capture, dict[str, Any]]:
+        """The capture, and what it measured (see :attr:`measured`)."""
+        import torch
+        import transformers
 
-        return capture(
+        from geomcheck.capture import capture, tokenize
+
+        max_length = getattr(loaded.model.config, "max_position_embeddings", None)
+        token_ids = {name: tokenize(loaded.tokenizer, p, self.chat_template, max_length) for name, p in self.prompts.items()}
+        result = capture(
             loaded.model,
             loaded.tokenizer,
             self.prompts,
@@ -203,9 +259,25 @@ class ModelRun:
             batch_size=self.options.batch_size,
             chat_template=self.chat_template,
             keep_samples=True,
-            max_length=getattr(loaded.model.config, "max_position_embeddings", None),
+            max_length=max_length,
             progress=self.options.progress,
+            token_ids=token_ids,
         )
+        template = getattr(loaded.tokenizer, "chat_template", None) if self.chat_template else None
+        measured = {
+            "inputs": {
+                "token_ids": token_ids_digest(token_ids),
+                "chat_template": text_digest(template if template is None or isinstance(template, str) else json.dumps(template, sort_keys=True)),
+            },
+            "environment": {
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "attn_implementation": getattr(loaded.model.config, "_attn_implementation", None),
+                "device": f"device_map={self.options.device_map}" if self.options.device_map else loaded.device.split(":")[0],
+                "dtype": str(loaded.dtype).removeprefix("torch."),
+            },
+        }
+        return result, measured
 
     @cached_property
     def geometry(self) -> Geometry:
@@ -219,10 +291,12 @@ class ModelRun:
             else:
                 moments = {n: {s: (m.mean, m.variance()) for s, m in st.items()} for n, st in result.moments.items()}
                 geometry = geometry_from_moments(moments)
-            return geometry_to_arrays(geometry)
+            return {**geometry_to_arrays(geometry), MEASURED: pack_measured(self.measured)}
 
         key = {"format": GEOMETRY_FORMAT, "activations": self._activations_key, "n_boot": self.options.n_boot, "seed": self.options.seed}
-        return geometry_from_arrays(self._cached("geometry", key, compute, self.meta))
+        arrays = self._cached("geometry", key, compute, self._run_meta)
+        self._measured = unpack_measured(arrays)
+        return geometry_from_arrays(arrays)
 
     @cached_property
     def weights(self) -> WeightOverlap:
@@ -239,7 +313,8 @@ class ModelRun:
             arrays["shape"] = np.array(first.shape, dtype=np.int64)
             return arrays
 
-        arrays = self._cached("weights", {**self.identity, "top_k": self.options.top_k}, compute, self.identity)
+        key = {k: v for k, v in self.identity.items() if k != "tokenizer"}  # a new chat template changes no weight
+        arrays = self._cached("weights", {**key, "top_k": self.options.top_k}, compute, self.identity)
         d_model, k = (int(x) for x in arrays.pop("shape"))
         return WeightOverlap(arrays, k=k, d_model=d_model)
 
@@ -265,6 +340,17 @@ def check_complete(result: Capture, sizes: dict[str, int]) -> None:
                 raise IncompleteCaptureError(f"captured {moments.count} of {size} {name} prompts on stream {stream}; nothing was cached")
         if not result.moments.get(name):
             raise IncompleteCaptureError(f"captured no stream of the {name} set; nothing was cached")
+
+
+def pack_measured(measured: dict[str, Any]) -> np.ndarray:
+    """What a run measured, as JSON bytes inside its cache entry: known only after the model ran, and
+    checksummed with the arrays it describes."""
+    return np.frombuffer(json.dumps(measured, sort_keys=True).encode(), dtype=np.uint8).copy()
+
+
+def unpack_measured(arrays: Arrays) -> dict[str, Any]:
+    """Take :func:`pack_measured`'s entry out of ``arrays`` and decode it."""
+    return json.loads(bytes(arrays.pop(MEASURED)).decode())
 
 
 def capture_to_arrays(result: Capture) -> Arrays:

@@ -44,6 +44,7 @@ OPTIONS: dict[str, tuple[str, str, Any]] = {
     "geomcheck-cache-dir": ("activation cache directory (default: $GEOMCHECK_CACHE or ~/.cache/geomcheck)", "string", None),
     "artifacts-dir": ("where figures are written", "string", "geomcheck-artifacts"),
     "thresholds": ("TOML file of check thresholds and per-model expected failures, merged over the shipped ones and [tool.geomcheck.thresholds]", "string", None),
+    "baseline": ("compare every model against this model's committed baseline (registry name, hub id or baselines/ folder), e.g. a fine-tune against its base", "string", None),
 }
 RUNS_KEY = pytest.StashKey["GeomcheckSession"]()
 DIGESTS = "geomcheck_digests"  # xdist workeroutput key: what each worker measured, for the controller
@@ -261,6 +262,7 @@ def validate(config: pytest.Config) -> tuple[dict[str, str], dict[str, Any]]:
             )
     except (options.OptionError, registry.UnknownModelError, registry.ModelLoadError) as exc:
         raise pytest.UsageError(str(exc)) from exc
+    check_baseline_folders(config, names)
     return display, thresholds
 
 
@@ -294,6 +296,34 @@ def _project_pyproject(config: pytest.Config) -> Path | None:
     started (a path-valued option such as ``--model ./dir`` can move the rootdir above the project)."""
     folders = [config.inipath.parent] if config.inipath else []
     return project_file(*folders, config.rootpath, config.invocation_params.dir)
+
+
+def check_baseline_folders(config: pytest.Config, names: list[str]) -> None:
+    """Refuse, before any model loads, two models that would share one baseline folder, and a
+    ``--baseline`` that does not exist or that ``--snapshot-update`` would overwrite."""
+    from geomcheck.baseline import baseline_name, baseline_override, baselines_root
+
+    folders: dict[str, str] = {}
+    for name in names:
+        folder, source = baseline_name(name), registry.resolve(name).source
+        if folders.setdefault(folder, source) != source:
+            raise pytest.UsageError(
+                f"two models would share the baselines of '{folder}': {folders[folder]} and {source}. "
+                "Give the checkpoint folders distinct names, or check them in separate sessions with --baseline."
+            )
+    override = baseline_override(config)
+    if override is None:
+        return
+    if config.getoption("update_snapshots", default=False):
+        raise pytest.UsageError(
+            f"--baseline {override} with --snapshot-update would overwrite {override}'s baseline with another model's "
+            f"numbers. Update it from its own model: pytest checks/ --model {override} --snapshot-update"
+        )
+    folder = baselines_root(config) / baseline_name(override)
+    if not folder.is_dir():
+        raise pytest.UsageError(
+            f"--baseline {override}: no baselines in {folder}. Create them with: pytest checks/ --model {override} --snapshot-update"
+        )
 
 
 def check_name(item: pytest.Item | pytest.Function) -> str:

@@ -51,17 +51,11 @@ class ModelSpec:
     local_path: str | None = None
     snapshot: str | None = None  # hub ids: the cached snapshot folder that holds this revision's weights
     commit: str | None = None  # hub ids: the commit sha the revision resolved to
-    file_stamp: str | None = None  # GGUF files: size and mtime, so a file replaced at the same path is not the same run
 
     @property
     def source(self) -> str:
         """Where the weights come from, for error messages and cache keys."""
         return self.local_path or self.hub_id
-
-    @property
-    def pin(self) -> dict[str, str]:
-        """What fixes the weights beyond the name: a hub revision's commit, or a GGUF file's stamp."""
-        return {k: v for k, v in (("commit", self.commit), ("file_stamp", self.file_stamp)) if v}
 
 
 def registry() -> dict[str, ModelSpec]:
@@ -127,14 +121,12 @@ def _spec_for_gguf(name: str, path: Path) -> ModelSpec:
     if "general.architecture" not in fields:
         raise ModelLoadError(f"'{path}' has no general.architecture in its GGUF metadata: cannot tell its family.")
     architecture = str(fields["general.architecture"].contents())
-    stat = path.stat()
     return ModelSpec(
         name=name,
         hub_id=str(path.resolve()),
         family=FAMILIES.get(architecture, architecture),
         chat_template="tokenizer.chat_template" in fields,
         gguf_file=path.name,
-        file_stamp=f"{stat.st_size}-{stat.st_mtime_ns}",
     )
 
 

@@ -57,7 +57,8 @@ def test_a_revision_picks_its_commit_by_branch_tag_or_sha(hub_cache: Path):
 
 def test_the_commit_enters_the_identity_so_two_revisions_never_share_a_cache_entry(hub_cache: Path):
     identities = [ModelRun(name, RunOptions()).identity for name in ("acme/tiny@v2", "acme/tiny")]
-    assert identities[0]["commit"] == SHA_B and identities[1]["commit"] == SHA_A
+    assert identities[0]["revision"] == SHA_B and identities[1]["revision"] == SHA_A
+    assert identities[0]["weights"] == f"git:{SHA_B}" and identities[1]["weights"] == f"git:{SHA_A}"
 
 
 def test_a_hub_id_missing_from_the_cache_offline_says_so_and_how_to_fix_it(hub_cache: Path):
@@ -105,8 +106,13 @@ def test_a_gguf_file_replaced_at_the_same_path_is_another_identity(tmp_path: Pat
 
     shipped = registry.resolve("smollm2-135m")
     path = tmp_path / "model.gguf"
-    path.write_bytes((models.package_dir(shipped) / shipped.gguf_file).read_bytes())
-    before = ModelRun(str(path), RunOptions()).identity
-    os.utime(path, ns=(1, 1))  # a copy of another file lands here: other mtime, same name
-    after = ModelRun(str(path), RunOptions()).identity
-    assert before["source"] == after["source"] and before["file_stamp"] != after["file_stamp"]
+    data = bytearray((models.package_dir(shipped) / shipped.gguf_file).read_bytes())
+    path.write_bytes(data)
+    options = RunOptions(cache_dir=tmp_path / "cache")
+    before = ModelRun(str(path), options).identity
+    os.utime(path, ns=(1, 1))  # a touch: other mtime, same content
+    assert ModelRun(str(path), options).identity == before
+    data[-1] ^= 1  # another checkpoint lands at the same path: one byte of the last tensor differs
+    path.write_bytes(data)
+    after = ModelRun(str(path), options).identity
+    assert before["source"] == after["source"] and before["weights"] != after["weights"]
