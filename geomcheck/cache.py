@@ -30,7 +30,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 Arrays = dict[str, np.ndarray]
-KINDS = ("activations", "geometry", "weights", "converted", "offload")  # what --geomcheck-cache-clear removes
+KINDS = ("activations", "geometry", "weights", "converted", "offload", "fingerprints")  # what --geomcheck-cache-clear removes
 LARGE_BYTES = 2**30  # the terminal summary shows the cache's size from this size on
 
 
