@@ -138,6 +138,10 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "cosine": Tolerance(rel=1e-3, abs=1e-6),
     "var_mean": Tolerance(rel=1e-3, abs=1e-9),
     "var_max": Tolerance(rel=1e-3, abs=1e-9),
+    "var_q99": Tolerance(rel=1e-3, abs=1e-9),
+    "cosine_debiased": Tolerance(rel=1e-3, abs=1e-6),
+    "top_share": Tolerance(rel=1e-3, abs=1e-6),
+    "top_feature": Tolerance(rel=0.0, abs=0.0),  # a feature index: the same feature, or drift
 }
 
 
@@ -626,11 +630,12 @@ class GeometryBaselineExtension(SingleFileSnapshotExtension):
         self.mismatch = None if self.updating else mismatch_warning(cov, model, location)
         if self.mismatch and not self.defer_warnings:
             warnings.warn(self.mismatch, BaselineMismatchWarning, stacklevel=2)
-        if cov.only_in_current or compare(baseline, current, self.tolerances):
+        if compare(baseline, current, self.tolerances):
             return False
+        # Statistics newer than the baseline are not compared (check_baseline's summary names them).
         # Under --snapshot-update a changed setup is rewritten even if the values still match, so the
         # file always says what produced it; values that only moved within tolerance are kept.
-        return not (self.updating and (cov.meta_changed or cov.only_in_baseline))
+        return not (self.updating and (cov.meta_changed or cov.only_in_baseline or cov.only_in_current))
 
     def diff_lines(self, serialized_data: Any, snapshot_data: Any) -> Iterator[str]:
         yield from failure_lines(serialized_data, snapshot_data, self.location or "<baseline>", self.tolerances)
@@ -803,6 +808,9 @@ def check_baseline(
             if worst is not None
             else "nothing compared"
         )
+        newer = coverage(baseline, payload).only_in_current
+        if newer:
+            text += f"; not in the baseline, so not compared: {', '.join(newer)} (add them with: {command})"
         return BaselineOutcome(True, "matched", location, text, drifts=drifts, baseline=baseline)
     lines = failure_lines(result.asserted_data, result.recalled_data, location, tolerances, command)
     worst_text = f"; worst {drifts[0].score:.3g}× at {drifts[0].key} layer {drifts[0].layer}" if drifts else ""

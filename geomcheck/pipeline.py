@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from geomcheck.models import LoadedModel
 
 MIN_PROMPTS = 2  # a variance needs two samples
-GEOMETRY_FORMAT = 2  # layout of cached geometry entries (geometry_to_arrays); bump when it changes
+GEOMETRY_FORMAT = 3  # layout of cached geometry entries (geometry_to_arrays); bump when it changes
 
 
 class PromptSetWarning(UserWarning):
@@ -213,7 +213,7 @@ class ModelRun:
             if self.options.n_boot and result.samples is not None:
                 geometry = geometry_from_samples(result.samples, n_boot=self.options.n_boot, seed=self.options.seed)
             else:
-                moments = {n: {s: (m.mean, m.variance()) for s, m in st.items()} for n, st in result.moments.items()}
+                moments = {n: {s: (m.mean, m.variance(), m.count) for s, m in st.items()} for n, st in result.moments.items()}
                 geometry = geometry_from_moments(moments)
             return geometry_to_arrays(geometry)
 
