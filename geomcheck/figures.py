@@ -70,11 +70,30 @@ def _draw(ax: Axes, geometry: Geometry, statistic: str, log: bool, baseline: boo
             continue
         colour = f"C{stream_index}"
         ax.plot(layers, y, color=colour, linestyle=style, linewidth=1.6, label=label)
+        _mark_massive(ax, geometry, stream, key, layers, y, colour)
         full_key = f"{stream}/{key}"
         if full_key in geometry.intervals:
             interval = geometry.intervals[full_key]
             low, high = (_positive(v) if log else np.asarray(v, dtype=np.float64) for v in (interval.low, interval.high))
             ax.fill_between(layers, low, high, color=colour, alpha=BAND_ALPHA, linewidth=0)
+
+
+MASSIVE_SHARE = 0.5  # one feature holds most of a layer's variance: a "massive activation"
+
+
+def _mark_massive(ax: Axes, geometry: Geometry, stream: str, key: str, layers: np.ndarray, y: np.ndarray, colour: str) -> None:
+    """On the max-variance panel, a triangle at each layer where one feature holds most of the variance:
+    there the max is that feature, not the spread of the others."""
+    share_key = f"{stream}/top_share/{key.rsplit('/', 1)[-1]}"
+    if not key.startswith("var_max/") or share_key not in geometry.values:
+        return
+    massive = np.asarray(geometry.values[share_key]) > MASSIVE_SHARE
+    if not massive.any():
+        return
+    label = f"one feature > {MASSIVE_SHARE:.0%} of the variance"
+    if label in ax.get_legend_handles_labels()[1]:
+        label = "_nolegend_"  # one legend entry for all the triangles
+    ax.plot(layers[massive], y[massive], linestyle="none", marker="v", color=colour, label=label)
 
 
 def geometry_figure(geometry: Geometry, title: str, baseline: Geometry | None = None) -> Figure:

@@ -28,7 +28,7 @@ CURVES: dict[str, str] = {
     "var_q99/{set}": "99th percentile of the per-feature variances: a max that a few massive features cannot move",
     "top_feature/{set}": "index of the feature with the largest variance (no interval: an index)",
     "top_share/{set}": "that feature's share of the total variance (near 1: one massive feature holds it all)",
-    "cosine_null": "mean cosine of the means of label-shuffled sets: what sampling noise alone gives",
+    "cosine_null": "mean cosine of the means of label-shuffled sets: what sampling noise alone gives (no interval)",
 }
 SUMMARIES: dict[str, str] = {
     "growth_rate/{set}": "exp(slope) of a least-squares fit of log(var_mean) on depth: growth per layer",
@@ -36,6 +36,7 @@ SUMMARIES: dict[str, str] = {
     "cosine_spearman": "Spearman ρ of cosine against the layer index",
     "cosine_slope": "least-squares slope of cosine per layer",
     "cosine_null_ratio": "1 − cosine at the last layer over 1 − cosine_null there: the fall against shuffled labels",
+    "cosine_null_p": "share of label shufflings whose last-layer cosine is as low as the observed (no interval)",
     "log_ratio_to_pre/{set}": "mean over layers of log(var_mean / var_mean of pre); mid and post only",
 }
 QUANTILE = 0.99

@@ -62,3 +62,13 @@ def save_tiny_llama(path: Path, seed: int = 0, num_layers: int = 4) -> Path:
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny Llama directory for the session (read-only by convention)."""
     return save_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+def write_readme_example(marker: str, folder: Path) -> str:
+    """Write the README's ``<!-- example: marker -->`` code block where its first line (``# checks/NAME.py``)
+    says, into ``folder``; returns NAME.py. README examples are run as written, not retyped."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = re.search(rf"<!-- example: {marker} -->\n```python\n(.*?)```", readme, re.S).group(1)
+    filename = re.match(r"# checks/(\S+\.py)", block).group(1)
+    folder.joinpath(filename).write_text(block)
+    return filename

@@ -28,6 +28,7 @@ from geomcheck.baseline import (
     tolerances_from_config,
 )
 from geomcheck.geometry import geometry_from_samples
+from geomcheck.stats import STAT_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 META = {
@@ -215,8 +216,8 @@ def test_serialization_round_trips_exactly_one_layer_per_line():
         for row, copy in zip(rows, back["statistics"][key], strict=True):
             for name in ("value", "low", "high"):
                 assert copy[name] == row[name] or (math.isnan(copy[name]) and math.isnan(row[name]))
-    assert set(original["statistics"]) == {f"{s}/{n}" for s in ("pre", "mid") for n in
-                                           ("cosine", "var_mean/harmful", "var_mean/harmless", "var_max/harmful", "var_max/harmless")}
+    assert set(original["statistics"]) == {f"{s}/{n}" for s in ("pre", "mid") for n in STAT_NAMES}
+    assert original["statistics"]["mid/top_feature/harmful"][0]["low"] is None  # an index has no interval
     row_lines = [line for line in text.splitlines() if line.lstrip().startswith('{"layer"')]
     assert len(row_lines) == 10 * 3  # 10 statistics × 3 layers
     assert '{"layer": 1, "value": "NaN", "low": ' in text
