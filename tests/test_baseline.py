@@ -219,7 +219,7 @@ def test_serialization_round_trips_exactly_one_layer_per_line():
     assert set(original["statistics"]) == {f"{s}/{n}" for s in ("pre", "mid") for n in STAT_NAMES}
     assert original["statistics"]["mid/top_feature/harmful"][0]["low"] is None  # an index has no interval
     row_lines = [line for line in text.splitlines() if line.lstrip().startswith('{"layer"')]
-    assert len(row_lines) == 10 * 3  # 10 statistics × 3 layers
+    assert len(row_lines) == len(STAT_NAMES) * 2 * 3  # statistics × 2 streams × 3 layers
     assert '{"layer": 1, "value": "NaN", "low": ' in text
     assert dumps(back) == text  # stable: re-serializing changes nothing
 
