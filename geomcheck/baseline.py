@@ -70,6 +70,7 @@ ROW_FIELDS = ("layer", "value", "low", "high")
 # Machine epsilon of each dtype the plugin runs in: rounding noise scales with it (see Tolerance).
 DTYPE_EPS = {"float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
 EPS_MULTIPLE = 4.0
+INDEX_SHARE = 0.5  # a top-feature index is compared where that feature holds at least this share of the variance
 
 
 class BaselineMismatchWarning(UserWarning):
@@ -250,6 +251,8 @@ def compare_all(
         tol = resolve_tolerance(stream, statistic, tolerances)
         before, after = base_rows[key], cur_rows[key]
         for layer in range(max(len(before), len(after))):
+            if not _index_is_meaningful(base_rows, stream, statistic, layer):
+                continue
             b = before[layer] if layer < len(before) else {}
             value = _number(b.get("value"))
             now = _number(after[layer].get("value")) if layer < len(after) else math.nan
@@ -264,6 +267,16 @@ def compare_all(
             scored.append(Drift(model, stream, statistic, layer, value, now, allowed, score, exceeded=diff > allowed))
     scored.sort(key=lambda d: (-d.score, d.stream, d.statistic, d.layer))
     return scored
+
+
+def _index_is_meaningful(rows: Mapping[str, list[Mapping[str, Any]]], stream: str, statistic: str, layer: int) -> bool:
+    """A top-feature index is compared only where that feature held at least INDEX_SHARE of the baseline's
+    variance: elsewhere the arg-max picks between near-equal features, and rounding may flip it."""
+    family, _, which = statistic.partition("/")
+    if family != "top_feature":
+        return True
+    shares = rows.get(f"{stream}/top_share/{which}", [])
+    return layer < len(shares) and _number(shares[layer].get("value")) >= INDEX_SHARE
 
 
 def _optional(value: Any) -> float | None:

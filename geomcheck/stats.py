@@ -26,7 +26,7 @@ CURVES: dict[str, str] = {
     "var_mean/{set}": "mean over features of the per-feature variance",
     "var_max/{set}": "largest per-feature variance (dominated by massive activations)",
     "var_q99/{set}": "99th percentile of the per-feature variances: a max that a few massive features cannot move",
-    "top_feature/{set}": "index of the feature with the largest variance (no interval: an index)",
+    "top_feature/{set}": "index of the feature with the largest variance (no interval; a baseline compares it where that feature holds ≥ half the variance)",
     "top_share/{set}": "that feature's share of the total variance (near 1: one massive feature holds it all)",
     "cosine_null": "mean cosine of the means of label-shuffled sets: what sampling noise alone gives (no interval)",
 }

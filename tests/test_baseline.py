@@ -423,3 +423,18 @@ def test_a_broken_baseline_fails_untouched_until_updated_and_stale_ones_are_clea
     assert parse_baseline(path.read_text())["meta"]["name"] == "tiny-llama"
     assert not stale.exists()
     assert other_model.exists()  # baselines of models not in the session are never touched
+
+
+def test_a_top_feature_index_is_compared_only_where_that_feature_holds_most_of_the_variance():
+    curves = {
+        "mid/top_feature/harmful": [3.0, 3.0],
+        "mid/top_share/harmful": [0.2, 0.9],  # layer 0: a near-tie, layer 1: a massive feature
+    }
+    def rows(values):
+        return {k: [{"layer": i, "value": v, "low": None, "high": None} for i, v in enumerate(vs)] for k, vs in values.items()}
+    baseline = {"meta": {}, "statistics": rows(curves)}
+    flipped_tie = {"meta": {}, "statistics": rows({**curves, "mid/top_feature/harmful": [7.0, 3.0]})}
+    moved_massive = {"meta": {}, "statistics": rows({**curves, "mid/top_feature/harmful": [3.0, 7.0]})}
+    assert compare(baseline, flipped_tie) == []
+    (drift,) = compare(baseline, moved_massive)
+    assert (drift.statistic, drift.layer, drift.baseline, drift.current) == ("top_feature/harmful", 1, 3.0, 7.0)
