@@ -1,5 +1,5 @@
-"""Per-layer statistics of two contrastive sets of residual streams, and the
-tests of shape that the hypotheses are phrased in.
+"""Per-layer statistics of two contrastive sets of residual streams, their bootstrap intervals and
+label-permutation nulls, and the tests of shape that the hypotheses are phrased in.
 
 Arrays of samples are laid out as ``samples x layers x features``.  Everything
 here is plain numpy so that the same definitions serve the in-memory path,
