@@ -18,6 +18,7 @@ import numpy as np
 
 from geomcheck.stats import (
     NO_INTERVAL,
+    RANGES,
     SETS,
     GrowthFit,
     Interval,
@@ -199,7 +200,7 @@ def geometry_from_samples(samples: Samples, n_boot: int = 200, seed: int = 0) ->
     centers = _all_statistics(P, N, streams, null, plug_in=True)
     draws = replicates(P, N, lambda p, n: _all_statistics(p, n, streams, null), n_boot=n_boot, seed=seed)
     intervals = {
-        key: basic_interval(value, draws[key], centers[key])
+        key: basic_interval(value, draws[key], centers[key], bounds=RANGES.get(key.split("/", 1)[1], (-np.inf, np.inf)))
         for key, value in values.items()
         if key not in null and key.split("/", 1)[1] not in NO_INTERVAL
     }

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from geomcheck.models import LoadedModel
 
 MIN_PROMPTS = 2  # a variance needs two samples
-GEOMETRY_FORMAT = 3  # layout of cached geometry entries (geometry_to_arrays); bump when it changes
+GEOMETRY_FORMAT = 4  # layout of cached geometry entries (geometry_to_arrays); bump when it changes
 
 
 class PromptSetWarning(UserWarning):

@@ -40,6 +40,14 @@ SUMMARIES: dict[str, str] = {
     "log_ratio_to_pre/{set}": "mean over layers of log(var_mean / var_mean of pre); mid and post only",
 }
 QUANTILE = 0.99
+# Statistics confined to a range: a basic interval (a reflection) may leave it, and is clipped back, which
+# cannot lose coverage since the truth lies inside.
+RANGES: dict[str, tuple[float, float]] = {
+    "cosine": (-1.0, 1.0),
+    "cosine_spearman": (-1.0, 1.0),
+    "top_share/harmful": (0.0, 1.0),
+    "top_share/harmless": (0.0, 1.0),
+}
 # Point values only: an interval of an index means nothing.
 NO_INTERVAL = ("top_feature/harmful", "top_feature/harmless")
 
@@ -193,7 +201,13 @@ def replicates(P: np.ndarray, N: np.ndarray, statistic: Statistic, n_boot: int =
     return {key: np.stack(values) for key, values in draws.items()}
 
 
-def basic_interval(estimate: np.ndarray | float, draws: np.ndarray, center: np.ndarray | float | None = None, level: float = 0.95) -> Interval:
+def basic_interval(
+    estimate: np.ndarray | float,
+    draws: np.ndarray,
+    center: np.ndarray | float | None = None,
+    level: float = 0.95,
+    bounds: tuple[float, float] = (-np.inf, np.inf),
+) -> Interval:
     """The basic (pivotal) bootstrap interval: ``estimate − (q_high − center), estimate − (q_low − center)``.
 
     The replicates scatter around ``center``, the statistic of the empirical distribution itself (its
@@ -203,7 +217,8 @@ def basic_interval(estimate: np.ndarray | float, draws: np.ndarray, center: np.n
     statistic pivots on the log scale. Measured coverage: tests/test_coverage.py and the README.
 
     The interval is widened to hold the estimate where it would not (a degenerate resampling), and
-    replicates that are nan are ignored; where all are, the interval collapses to the estimate.
+    replicates that are nan are ignored; where all are, the interval collapses to the estimate. ``bounds``
+    is the statistic's range (e.g. -1 to 1 for a correlation), which the interval is clipped to.
     """
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be strictly between 0 and 1; got {level}")
@@ -223,7 +238,7 @@ def basic_interval(estimate: np.ndarray | float, draws: np.ndarray, center: np.n
     with np.errstate(over="ignore"):  # a bound beyond float range is an infinite bound
         low = np.where(positive, np.exp(np.where(positive, low_s, 0.0)), low_s)
         high = np.where(positive, np.exp(np.where(positive, high_s, 0.0)), high_s)
-    low, high = np.fmin(low, point), np.fmax(high, point)
+    low, high = np.fmin(np.clip(low, *bounds), point), np.fmax(np.clip(high, *bounds), point)
     if point.ndim == 0:
         return Interval(float(low), float(high))
     return Interval(low, high)

@@ -347,3 +347,9 @@ def test_permutation_null_keeps_set_sizes_and_pools_the_prompts():
     P, N = np.zeros((3, 1, 2)), np.ones((5, 1, 2))
     draws = permutation_null(P, N, lambda p, n: {"sizes": np.array([len(p), len(n)]), "total": p.sum() + n.sum()}, n_perm=30)
     assert (draws["sizes"] == [3, 5]).all() and (draws["total"] == 10).all()
+
+
+def test_basic_interval_is_clipped_to_the_range_of_the_statistic():
+    # replicates piled at the bottom of the range reflect above its top; a correlation stays ≤ 1
+    interval = basic_interval(0.99, np.linspace(0.5, 1.0, 101), center=0.98, bounds=(-1.0, 1.0))
+    assert interval.high == 1.0 and interval.low < 0.99
