@@ -76,6 +76,7 @@ ROW_FIELDS = ("layer", "value", "low", "high")
 # Machine epsilon of each dtype the plugin runs in: rounding noise scales with it (see Tolerance).
 DTYPE_EPS = {"float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
 EPS_MULTIPLE = 4.0
+INDEX_SHARE = 0.5  # a top-feature index is compared where that feature holds at least this share of the variance
 
 
 class BaselineMismatchWarning(UserWarning):
@@ -144,6 +145,10 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "cosine": Tolerance(rel=1e-3, abs=1e-6),
     "var_mean": Tolerance(rel=1e-3, abs=1e-9),
     "var_max": Tolerance(rel=1e-3, abs=1e-9),
+    "var_q99": Tolerance(rel=1e-3, abs=1e-9),
+    "cosine_debiased": Tolerance(rel=1e-3, abs=1e-6),
+    "top_share": Tolerance(rel=1e-3, abs=1e-6),
+    "top_feature": Tolerance(rel=0.0, abs=0.5),  # a feature index: the same feature, or drift
 }
 
 
@@ -252,6 +257,8 @@ def compare_all(
         tol = resolve_tolerance(stream, statistic, tolerances)
         before, after = base_rows[key], cur_rows[key]
         for layer in range(max(len(before), len(after))):
+            if not _index_is_meaningful(base_rows, stream, statistic, layer):
+                continue
             b = before[layer] if layer < len(before) else {}
             value = _number(b.get("value"))
             now = _number(after[layer].get("value")) if layer < len(after) else math.nan
@@ -266,6 +273,16 @@ def compare_all(
             scored.append(Drift(model, stream, statistic, layer, value, now, allowed, score, exceeded=diff > allowed))
     scored.sort(key=lambda d: (-d.score, d.stream, d.statistic, d.layer))
     return scored
+
+
+def _index_is_meaningful(rows: Mapping[str, list[Mapping[str, Any]]], stream: str, statistic: str, layer: int) -> bool:
+    """A top-feature index is compared only where that feature held at least INDEX_SHARE of the baseline's
+    variance: elsewhere the arg-max picks between near-equal features, and rounding may flip it."""
+    family, _, which = statistic.partition("/")
+    if family != "top_feature":
+        return True
+    shares = rows.get(f"{stream}/top_share/{which}", [])
+    return layer < len(shares) and _number(shares[layer].get("value")) >= INDEX_SHARE
 
 
 def _optional(value: Any) -> float | None:
@@ -725,11 +742,12 @@ class GeometryBaselineExtension(SingleFileSnapshotExtension):
         self.mismatch = None if self.updating else mismatch_warning(cov, model, location)
         if self.mismatch and not self.defer_warnings:
             warnings.warn(self.mismatch, BaselineMismatchWarning, stacklevel=2)
-        if cov.only_in_current or compare(baseline, current, self.tolerances):
+        if compare(baseline, current, self.tolerances):
             return False
+        # Statistics newer than the baseline are not compared (check_baseline's summary names them).
         # Under --snapshot-update a changed setup is rewritten even if the values still match, so the
         # file always says what produced it; values that only moved within tolerance are kept.
-        return not (self.updating and (cov.meta_changed or cov.only_in_baseline))
+        return not (self.updating and (cov.meta_changed or cov.only_in_baseline or cov.only_in_current))
 
     def diff_lines(self, serialized_data: Any, snapshot_data: Any) -> Iterator[str]:
         yield from failure_lines(serialized_data, snapshot_data, self.location or "<baseline>", self.tolerances)
@@ -906,6 +924,9 @@ def check_baseline(
             if worst is not None
             else "nothing compared"
         )
+        newer = coverage(baseline, payload).only_in_current
+        if newer:
+            text += f"; not in the baseline, so not compared: {', '.join(newer)} (add them with: {command})"
         return BaselineOutcome(True, "matched", location, f"{text}; {identity}", drifts=drifts, baseline=baseline, compared=scored)
     lines = failure_lines(result.asserted_data, result.recalled_data, location, tolerances, command)
     lines.append(f"identity: {identity}")

@@ -97,6 +97,7 @@ def _draw(ax: Axes, geometry: Geometry, statistic: str, streams: Sequence[str], 
                 _band(ax, layers, geometry, f"{stream}/{key}", log, BASELINE_COLOUR, 0.3)
             else:
                 ax.plot(layers, y, color=colour, linestyle=_style(stream), linewidth=1.6, label=label)
+                _mark_massive(ax, geometry, stream, key, layers, y, colour)
                 if bands:
                     _band(ax, layers, geometry, f"{stream}/{key}", log, colour, BAND_ALPHA)
 
@@ -120,6 +121,24 @@ def _legend(fig: Figure, streams: Sequence[str], extra: Sequence[Artist] = ()) -
     handles += [Line2D([], [], color="black", linestyle=_style(stream), label=stream) for stream in streams]
     handles += list(extra)
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), fontsize="small", frameon=False)
+
+
+MASSIVE_SHARE = 0.5  # one feature holds most of a layer's variance: a "massive activation"
+
+
+def _mark_massive(ax: Axes, geometry: Geometry, stream: str, key: str, layers: np.ndarray, y: np.ndarray, colour: str) -> None:
+    """On the max-variance panel, a triangle at each layer where one feature holds most of the variance:
+    there the max is that feature, not the spread of the others."""
+    share_key = f"{stream}/top_share/{key.rsplit('/', 1)[-1]}"
+    if not key.startswith("var_max/") or share_key not in geometry.values:
+        return
+    massive = np.asarray(geometry.values[share_key]) > MASSIVE_SHARE
+    if not massive.any():
+        return
+    label = f"one feature > {MASSIVE_SHARE:.0%} of the variance"
+    if label in ax.get_legend_handles_labels()[1]:
+        label = "_nolegend_"  # one legend entry for all the triangles
+    ax.plot(layers[massive], y[massive], linestyle="none", marker="v", color=colour, label=label)
 
 
 def _layer_axis(ax: Axes) -> None:

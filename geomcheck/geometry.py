@@ -1,68 +1,98 @@
 """One model's geometry: the note's per-layer curves and the hypotheses' summary figures, with intervals.
 
-Everything is computed in one seeded bootstrap pass over prompts, so every number a check or a baseline
-reads (a per-layer curve, a growth rate, a Spearman ρ) carries a 95% interval from the same replicates.
-Pure numpy: the arrays may come from a fresh capture or from the cache.
+Every value is named by one key form, ``<stream>/<statistic>`` (the vocabulary: :data:`CURVES` and
+:data:`SUMMARIES` in :mod:`geomcheck.stats`, tabled in the README), and every value reads the same way:
+``geometry.value(key)``, ``geometry.interval(key)``, ``geometry.describe(key)``.
+
+Everything is computed in one seeded bootstrap pass over prompts, and the replicates are kept, so a
+statistic a user derives later (:meth:`Geometry.derive`) gets its 95% interval from the same resamples
+without a bootstrap of its own. Pure numpy: the arrays may come from a fresh capture or from the cache.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from geomcheck.stats import (
+    NO_INTERVAL,
+    RANGES,
+    SETS,
     GrowthFit,
     Interval,
     Separation,
     Trend,
-    bootstrap,
+    basic_interval,
     cosine_trend,
     growth_fit,
+    mean_cosine,
+    permutation_null,
+    replicates,
+    resample_indices,
     separation,
     statistics_from_moments,
     statistics_from_samples,
 )
 
-SETS = ("harmful", "harmless")
+__all__ = ["SETS", "Geometry", "bootstrap_samples", "geometry_from_samples", "geometry_from_moments"]
+
 Samples = Mapping[str, Mapping[str, np.ndarray]]  # set -> stream -> (samples, layers, features)
+Values = Mapping[str, np.ndarray]
+
+
+def _key(parts: Sequence[str]) -> str:
+    return "/".join(parts)
 
 
 @dataclass(eq=False)
 class Geometry:
-    """Flat ``"<stream>/<statistic>"`` values and their intervals (empty when not bootstrapped)."""
+    """Flat ``"<stream>/<statistic>"`` values and their intervals (empty when not bootstrapped).
+
+    ``replicates`` holds each value over the ``n_boot`` resamples and ``centers`` its plug-in value (the
+    statistic of the empirical distribution, which the basic bootstrap interval pivots on).
+    """
 
     streams: tuple[str, ...]
     values: dict[str, np.ndarray]
     intervals: dict[str, Interval]
     n_boot: int
+    seed: int = 0
+    replicates: dict[str, np.ndarray] = field(default_factory=dict)
+    centers: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def n_layers(self) -> int:
         return len(self.values[f"{self.streams[0]}/cosine"])
 
-    def curve(self, stream: str, statistic: str) -> np.ndarray:
-        """A per-layer curve, e.g. ``curve("mid", "var_mean/harmful")``."""
-        return self.values[f"{stream}/{statistic}"]
+    def value(self, *key: str) -> np.ndarray:
+        """Any value: ``value("mid/var_mean/harmful")`` or, joined, ``value("mid", "var_mean/harmful")``."""
+        return self.values[_key(key)]
 
-    def interval(self, key: str) -> Interval:
-        """The interval of any value; a point interval when there was no bootstrap."""
-        if key in self.intervals:
-            return self.intervals[key]
-        value = self.values[key]
+    curve = value  # a per-layer curve is a value; the name reads better where it is one
+
+    def interval(self, *key: str) -> Interval:
+        """The interval of any value, keyed like :meth:`value`; a point interval when there was none."""
+        name = _key(key)
+        if name in self.intervals:
+            return self.intervals[name]
+        value = self.values[name]
         return Interval(value, value)
 
-    def describe(self, key: str, fmt: str = ".3g") -> str:
-        """A value with its interval, e.g. ``1.48 [1.45, 1.51]``, for failure messages and summaries."""
-        value, interval = float(self.values[key]), self.interval(key)
+    def describe(self, key: str, fmt: str = ".3g", layer: int | None = None) -> str:
+        """A value with its interval, e.g. ``1.48 [1.45, 1.51]``, for failure messages and summaries;
+        ``layer`` picks one layer of a curve (``-1``: the last)."""
+        pick = (lambda x: np.asarray(x)[layer]) if layer is not None else (lambda x: x)  # noqa: E731
+        value, interval = float(pick(self.values[key])), self.interval(key)
         if key not in self.intervals:
             return f"{value:{fmt}}"
-        return f"{value:{fmt}} [{float(interval.low):{fmt}}, {float(interval.high):{fmt}}]"
+        return f"{value:{fmt}} [{float(pick(interval.low)):{fmt}}, {float(pick(interval.high)):{fmt}}]"
 
-    def growth(self, stream: str, which: str) -> GrowthFit:
-        """Log-linear fit of mean variance against depth (hypothesis 1)."""
-        return growth_fit(self.curve(stream, f"var_mean/{which}"))
+    def growth(self, *key: str) -> GrowthFit:
+        """Log-linear fit of any per-layer curve against depth, e.g. ``growth("mid/var_max/harmful")``
+        (hypothesis 1 fits ``var_mean``; ``derive`` gives a rate's interval)."""
+        return growth_fit(self.value(*key))
 
     def cosine_trend(self, stream: str) -> Trend:
         """Trend of the harmful/harmless mean cosine with depth (hypothesis 3)."""
@@ -78,6 +108,21 @@ class Geometry:
             self.interval(f"{upper}/{key}"),
         )
 
+    def derive(self, name: str, statistic: Callable[[Values], np.ndarray | float], level: float = 0.95) -> np.ndarray:
+        """A statistic of the values, stored under ``name`` with its interval from the same replicates.
+
+        ``statistic`` maps the values (key -> array) to a number or a per-layer array, e.g. the layer
+        where the sets separate best: ``lambda v: np.argmin(v["mid/cosine_debiased"])``. Its interval
+        needs the replicates, i.e. a geometry computed with ``n_boot > 0``.
+        """
+        value = np.asarray(statistic(self.values), dtype=np.float64)
+        self.values[name] = value
+        if self.replicates:
+            draws = np.stack([statistic({k: v[i] for k, v in self.replicates.items()}) for i in range(self.n_boot)])
+            center = statistic({**self.values, **self.centers})
+            self.intervals[name] = basic_interval(value, draws, center, level)
+        return value
+
 
 def _derived(values: dict[str, np.ndarray], streams: Sequence[str]) -> dict[str, np.ndarray]:
     """Summary figures of the hypotheses, computed from the per-layer curves."""
@@ -91,54 +136,114 @@ def _derived(values: dict[str, np.ndarray], streams: Sequence[str]) -> dict[str,
             except ValueError:  # too few positive layers in this replicate: no rate to report
                 out[f"{stream}/growth_rate/{which}"] = np.float64(np.nan)
                 out[f"{stream}/growth_r2/{which}"] = np.float64(np.nan)
-        trend = cosine_trend(values[f"{stream}/cosine"])
+        cosine = values[f"{stream}/cosine"]
+        trend = cosine_trend(cosine)
         out[f"{stream}/cosine_spearman"] = np.float64(trend.spearman)
         out[f"{stream}/cosine_slope"] = np.float64(trend.slope)
-    if "pre" in streams and "mid" in streams:
-        for which in SETS:
-            pre, mid = values[f"pre/var_mean/{which}"], values[f"mid/var_mean/{which}"]
-            both = (pre > 0) & (mid > 0)
-            out[f"separation/mean_log_ratio/{which}"] = np.float64(np.mean(np.log(mid[both] / pre[both])) if both.any() else np.nan)
+        if f"{stream}/cosine_null" in values:
+            null_fall = 1.0 - values[f"{stream}/cosine_null"][-1]
+            out[f"{stream}/cosine_null_ratio"] = np.float64((1.0 - cosine[-1]) / null_fall if null_fall > 0 else np.nan)
+        if stream != "pre" and "pre" in streams:
+            for which in SETS:
+                pre, upper = values[f"pre/var_mean/{which}"], values[f"{stream}/var_mean/{which}"]
+                both = (pre > 0) & (upper > 0)
+                ratio = np.mean(np.log(upper[both] / pre[both])) if both.any() else np.nan
+                out[f"{stream}/log_ratio_to_pre/{which}"] = np.float64(ratio)
     return out
 
 
-def _all_statistics(P: np.ndarray, N: np.ndarray, streams: Sequence[str]) -> dict[str, np.ndarray]:
-    """P, N shaped (samples, streams, layers, features) -> every value of a Geometry."""
-    values: dict[str, np.ndarray] = {}
+def _all_statistics(
+    P: np.ndarray, N: np.ndarray, streams: Sequence[str], fixed: Values, plug_in: bool = False
+) -> dict[str, np.ndarray]:
+    """P, N shaped (samples, streams, layers, features) -> every value of a Geometry; ``fixed`` values
+    (the shuffled-label null) are held, not resampled."""
+    values: dict[str, np.ndarray] = dict(fixed)
     for index, stream in enumerate(streams):
-        for name, curve in statistics_from_samples(P[:, index], N[:, index]).items():
+        for name, curve in statistics_from_samples(P[:, index], N[:, index], plug_in).items():
             values[f"{stream}/{name}"] = curve
     values.update(_derived(values, streams))
     return values
 
 
-def geometry_from_samples(samples: Samples, n_boot: int = 200, seed: int = 0) -> Geometry:
-    """Point values from all prompts, intervals from ``n_boot`` resamplings of the prompts."""
+def _cosine_null(P: np.ndarray, N: np.ndarray, streams: Sequence[str], n_perm: int, seed: int) -> dict[str, np.ndarray]:
+    """Per stream, the mean cosine of the means of label-shuffled sets, and a permutation p-value of the
+    observed last-layer cosine (the share of shufflings whose cosine is as low)."""
+
+    def cosines(p: np.ndarray, n: np.ndarray) -> dict[str, np.ndarray]:
+        return {stream: mean_cosine(p[:, i].mean(axis=0), n[:, i].mean(axis=0)) for i, stream in enumerate(streams)}
+
+    draws = permutation_null(P, N, cosines, n_perm, seed)
+    observed = cosines(P, N)
+    out: dict[str, np.ndarray] = {}
+    for stream in streams:
+        out[f"{stream}/cosine_null"] = np.nanmean(draws[stream], axis=0)
+        as_low = int(np.sum(draws[stream][:, -1] <= observed[stream][-1]))
+        out[f"{stream}/cosine_null_p"] = np.float64((as_low + 1) / (n_perm + 1))
+    return out
+
+
+def _stack(samples: Samples) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
     streams = tuple(samples["harmful"])
     P = np.stack([samples["harmful"][s] for s in streams], axis=1)
     N = np.stack([samples["harmless"][s] for s in streams], axis=1)
-    values = _all_statistics(P, N, streams)
-    intervals = bootstrap(P, N, lambda p, n: _all_statistics(p, n, streams), n_boot=n_boot, seed=seed) if n_boot else {}
-    return Geometry(streams, values, intervals, n_boot)
+    return streams, P, N
 
 
-def geometry_from_moments(moments: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]]) -> Geometry:
-    """Point values only, from streaming (mean, variance) per set and stream: memory flat in prompts."""
+def geometry_from_samples(samples: Samples, n_boot: int = 200, seed: int = 0) -> Geometry:
+    """Point values from all prompts; intervals from ``n_boot`` resamplings of the prompts, and the
+    shuffled-label null of the cosine from as many permutations (same seed)."""
+    streams, P, N = _stack(samples)
+    if not n_boot:
+        return Geometry(streams, _all_statistics(P, N, streams, {}), {}, 0, seed)
+    null = _cosine_null(P, N, streams, n_boot, seed)
+    values = _all_statistics(P, N, streams, null)
+    centers = _all_statistics(P, N, streams, null, plug_in=True)
+    draws = replicates(P, N, lambda p, n: _all_statistics(p, n, streams, null), n_boot=n_boot, seed=seed)
+    intervals = {
+        key: basic_interval(value, draws[key], centers[key], bounds=RANGES.get(key.split("/", 1)[1], (-np.inf, np.inf)))
+        for key, value in values.items()
+        if key not in null and key.split("/", 1)[1] not in NO_INTERVAL
+    }
+    return Geometry(streams, values, intervals, n_boot, seed, draws, centers)
+
+
+def bootstrap_samples(
+    samples: Samples, statistic: Callable[[Samples], np.ndarray | float], n_boot: int = 200, seed: int = 0, level: float = 0.95
+) -> tuple[np.ndarray, Interval]:
+    """A user's statistic of the raw activations (the ``activations`` fixture), with its basic bootstrap
+    interval from the same prompt resamples as the geometry of that ``n_boot`` and ``seed``.
+
+    ``statistic`` takes ``{set: {stream: (prompts, layers, features)}}`` and returns a number or an
+    array; it is taken to be its own plug-in value (a mean over prompts is)."""
+    sizes = (len(next(iter(samples["harmful"].values()))), len(next(iter(samples["harmless"].values()))))
+    value = np.asarray(statistic(samples), dtype=np.float64)
+    draws = np.stack(
+        [
+            np.asarray(statistic({"harmful": {s: a[p] for s, a in samples["harmful"].items()}, "harmless": {s: a[n] for s, a in samples["harmless"].items()}}), dtype=np.float64)
+            for p, n in resample_indices(sizes, n_boot, seed)
+        ]
+    )
+    return value, basic_interval(value, draws, level=level)
+
+
+def geometry_from_moments(moments: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray, int]]]) -> Geometry:
+    """Point values only, from streaming (mean, variance, count) per set and stream: memory flat in
+    prompts. No null and no intervals: both need the samples."""
     streams = tuple(moments["harmful"])
     values: dict[str, np.ndarray] = {}
     for stream in streams:
-        p_mean, p_var = moments["harmful"][stream]
-        n_mean, n_var = moments["harmless"][stream]
-        for name, curve in statistics_from_moments(p_mean, p_var, n_mean, n_var).items():
+        p_mean, p_var, p_count = moments["harmful"][stream]
+        n_mean, n_var, n_count = moments["harmless"][stream]
+        for name, curve in statistics_from_moments(p_mean, p_var, n_mean, n_var, (p_count, n_count)).items():
             values[f"{stream}/{name}"] = curve
     values.update(_derived(values, streams))
     return Geometry(streams, values, {}, 0)
 
 
-
 def geometry_to_arrays(geometry: Geometry) -> dict[str, np.ndarray]:
     """Flatten for the cache: ``value/<key>`` per-layer curves and ``scalar/<key>`` summary figures (stored as
-    one-element arrays: safetensors has no 0-d tensor), with ``low/…`` and ``high/…`` intervals alike."""
+    one-element arrays: safetensors has no 0-d tensor), with ``low/…`` and ``high/…`` intervals alike, and
+    ``rep/…`` (n_boot × shape) and ``center/…`` for :meth:`Geometry.derive`."""
     arrays: dict[str, np.ndarray] = {}
     for key, value in geometry.values.items():
         kind = "value" if np.ndim(value) else "scalar"
@@ -146,8 +251,12 @@ def geometry_to_arrays(geometry: Geometry) -> dict[str, np.ndarray]:
         if key in geometry.intervals:
             arrays[f"low/{key}"] = np.atleast_1d(np.asarray(geometry.intervals[key].low, np.float64))
             arrays[f"high/{key}"] = np.atleast_1d(np.asarray(geometry.intervals[key].high, np.float64))
+    for key, draws in geometry.replicates.items():
+        arrays[f"rep/{key}"] = np.asarray(draws, np.float64).reshape(geometry.n_boot, -1)
+        arrays[f"center/{key}"] = np.atleast_1d(np.asarray(geometry.centers[key], np.float64))
     arrays["streams"] = np.frombuffer(",".join(geometry.streams).encode(), dtype=np.uint8).copy()
     arrays["n_boot"] = np.array([geometry.n_boot], dtype=np.int64)
+    arrays["seed"] = np.array([geometry.seed], dtype=np.int64)
     return arrays
 
 
@@ -156,6 +265,8 @@ def geometry_from_arrays(arrays: Mapping[str, np.ndarray]) -> Geometry:
     streams = tuple(bytes(arrays["streams"]).decode().split(","))
     values: dict[str, np.ndarray] = {}
     intervals: dict[str, Interval] = {}
+    draws: dict[str, np.ndarray] = {}
+    centers: dict[str, np.ndarray] = {}
     for name, array in arrays.items():
         kind, _, key = name.partition("/")
         if kind not in ("value", "scalar"):
@@ -165,4 +276,7 @@ def geometry_from_arrays(arrays: Mapping[str, np.ndarray]) -> Geometry:
         if f"low/{key}" in arrays:
             low, high = arrays[f"low/{key}"], arrays[f"high/{key}"]
             intervals[key] = Interval(float(low[0]), float(high[0])) if scalar else Interval(low, high)
-    return Geometry(streams, values, intervals, int(arrays["n_boot"][0]))
+        if f"rep/{key}" in arrays:
+            draws[key] = arrays[f"rep/{key}"].reshape(-1) if scalar else arrays[f"rep/{key}"]
+            centers[key] = np.float64(arrays[f"center/{key}"][0]) if scalar else arrays[f"center/{key}"]
+    return Geometry(streams, values, intervals, int(arrays["n_boot"][0]), int(arrays["seed"][0]), draws, centers)

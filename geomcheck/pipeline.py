@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from geomcheck.models import LoadedModel
 
 MIN_PROMPTS = 2  # a variance needs two samples
-GEOMETRY_FORMAT = 2  # layout of cached geometry entries (geometry_to_arrays); bump when it changes
+GEOMETRY_FORMAT = 4  # layout of cached geometry entries (geometry_to_arrays); bump when it changes
 MEASURED = "measured"  # entry array holding, as JSON bytes, what the run that computed it measured
 # Code that computes the activations (modeling, tokenization): part of the activations key. torch, the
 # attention implementation and the device are not: they change rounding only, which the baseline
@@ -289,7 +289,7 @@ class ModelRun:
             if self.options.n_boot and result.samples is not None:
                 geometry = geometry_from_samples(result.samples, n_boot=self.options.n_boot, seed=self.options.seed)
             else:
-                moments = {n: {s: (m.mean, m.variance()) for s, m in st.items()} for n, st in result.moments.items()}
+                moments = {n: {s: (m.mean, m.variance(), m.count) for s, m in st.items()} for n, st in result.moments.items()}
                 geometry = geometry_from_moments(moments)
             return {**geometry_to_arrays(geometry), MEASURED: pack_measured(self.measured)}
 

@@ -69,3 +69,13 @@ def opted_in(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None
     """The pytester project opts in as this repository does, with the README's ``addopts = "-p geomcheck.activate"``
     (tests/test_plugin_inert.py covers a project that does not)."""
     monkeypatch.setenv("PYTEST_ADDOPTS", "-p geomcheck.activate")  # after pytester, which clears it
+
+
+def write_readme_example(marker: str, folder: Path) -> str:
+    """Write the README's ``<!-- example: marker -->`` code block where its first line (``# checks/NAME.py``)
+    says, into ``folder``; returns NAME.py. README examples are run as written, not retyped."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = re.search(rf"<!-- example: {marker} -->\n```python\n(.*?)```", readme, re.S).group(1)
+    filename = re.match(r"# checks/(\S+\.py)", block).group(1)
+    folder.joinpath(filename).write_text(block)
+    return filename

@@ -30,6 +30,7 @@ from geomcheck.baseline import (
     tolerances_from_config,
 )
 from geomcheck.geometry import geometry_from_samples
+from geomcheck.stats import STAT_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 META = {
@@ -254,10 +255,10 @@ def test_serialization_round_trips_exactly_one_layer_per_line():
         for row, copy in zip(rows, back["statistics"][key], strict=True):
             for name in ("value", "low", "high"):
                 assert copy[name] == row[name] or (math.isnan(copy[name]) and math.isnan(row[name]))
-    assert set(original["statistics"]) == {f"{s}/{n}" for s in ("pre", "mid") for n in
-                                           ("cosine", "var_mean/harmful", "var_mean/harmless", "var_max/harmful", "var_max/harmless")}
+    assert set(original["statistics"]) == {f"{s}/{n}" for s in ("pre", "mid") for n in STAT_NAMES}
+    assert original["statistics"]["mid/top_feature/harmful"][0]["low"] is None  # an index has no interval
     row_lines = [line for line in text.splitlines() if line.lstrip().startswith('{"layer"')]
-    assert len(row_lines) == 10 * 3  # 10 statistics × 3 layers
+    assert len(row_lines) == len(STAT_NAMES) * 2 * 3  # statistics × 2 streams × 3 layers
     assert '{"layer": 1, "value": "NaN", "low": ' in text
     assert dumps(back) == text  # stable: re-serializing changes nothing
 
@@ -343,10 +344,14 @@ def test_under_update_a_changed_setup_is_rewritten_but_noise_is_not():
     assert extension.matches(serialized_data=changed, snapshot_data=baseline) is False  # rewritten
 
 
-def test_a_statistic_the_baseline_lacks_fails_one_the_run_lacks_warns():
+def test_a_statistic_the_baseline_lacks_is_not_compared_but_added_on_update_one_the_run_lacks_warns():
+    """A baseline older than a new statistic still holds for what it has; --snapshot-update adds the rest."""
     extension = GeometryBaselineExtension()
     smaller = {k: v for k, v in CURVES.items() if k != "post/var_mean/harmful"}
-    assert extension.matches(serialized_data=dumps(payload(CURVES)), snapshot_data=dumps(payload(smaller))) is False
+    assert extension.matches(serialized_data=dumps(payload(CURVES)), snapshot_data=dumps(payload(smaller))) is True
+    updating = GeometryBaselineExtension()
+    updating.configure(updating=True)
+    assert updating.matches(serialized_data=dumps(payload(CURVES)), snapshot_data=dumps(payload(smaller))) is False
     lines = failure_lines(dumps(payload(CURVES)), dumps(payload(smaller)), "b.json")
     assert "lacks statistics this run computes: post/var_mean/harmful" in lines[-1]
     with pytest.warns(BaselineMismatchWarning, match="not computed in this run.*post/var_mean/harmful"):
@@ -555,3 +560,18 @@ def test_two_checkpoint_folders_of_the_same_name_never_share_a_baseline_silently
     checks("--snapshot-update", model=first, cache=tmp_path / "cache").assert_outcomes(passed=1)
     other = checks(model=second, cache=tmp_path / "cache")
     assert f"source {first} → {second}" in other.stdout.str()  # the report says it is another folder
+
+
+def test_a_top_feature_index_is_compared_only_where_that_feature_holds_most_of_the_variance():
+    curves = {
+        "mid/top_feature/harmful": [3.0, 3.0],
+        "mid/top_share/harmful": [0.2, 0.9],  # layer 0: a near-tie, layer 1: a massive feature
+    }
+    def rows(values):
+        return {k: [{"layer": i, "value": v, "low": None, "high": None} for i, v in enumerate(vs)] for k, vs in values.items()}
+    baseline = {"meta": {}, "statistics": rows(curves)}
+    flipped_tie = {"meta": {}, "statistics": rows({**curves, "mid/top_feature/harmful": [7.0, 3.0]})}
+    moved_massive = {"meta": {}, "statistics": rows({**curves, "mid/top_feature/harmful": [3.0, 7.0]})}
+    assert compare(baseline, flipped_tie) == []
+    (drift,) = compare(baseline, moved_massive)
+    assert (drift.statistic, drift.layer, drift.baseline, drift.current) == ("top_feature/harmful", 1, 3.0, 7.0)

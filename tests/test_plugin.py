@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import write_readme_example
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKS = ROOT / "geomcheck" / "checks"
@@ -106,10 +107,7 @@ def test_expected_failures_from_the_thresholds_file_are_strict(pytester: pytest.
 
 
 def test_readme_example_runs_as_written(pytester: pytest.Pytester, tiny_llama_dir, tmp_path):
-    readme = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- example: add-a-hypothesis -->\n```python\n(.*?)```", readme, re.S).group(1)
-    filename = re.match(r"# checks/(\S+\.py)", block).group(1)
-    pytester.path.joinpath(filename).write_text(block)
+    write_readme_example("add-a-hypothesis", pytester.path)
     result = pytester.runpytest("--model", str(tiny_llama_dir), "--max-prompts", "6", "--n-boot", "0",
                                 "--geomcheck-cache-dir", str(tmp_path), "-v")
     result.assert_outcomes(passed=3)

@@ -10,10 +10,12 @@ from geomcheck.stats import (
     STAT_NAMES,
     GrowthFit,
     Interval,
+    basic_interval,
     bootstrap,
     cosine_trend,
     growth_fit,
     mean_cosine,
+    permutation_null,
     separation,
     statistics_from_moments,
     statistics_from_samples,
@@ -56,7 +58,7 @@ def test_statistics_from_samples_on_known_values():
 
 def test_statistics_from_moments_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="same"):
-        statistics_from_moments(np.ones((2, 3)), np.ones((2, 3)), np.ones((2, 4)), np.ones((2, 4)))
+        statistics_from_moments(np.ones((2, 3)), np.ones((2, 3)), np.ones((2, 4)), np.ones((2, 4)), (5, 5))
 
 
 @pytest.mark.parametrize(("n", "m"), [(1, 5), (5, 1)])
@@ -138,20 +140,26 @@ def test_growth_fit_needs_three_usable_layers():
         growth_fit(np.array([0.0, 1.0, np.nan, 2.0]))
 
 
-def test_bootstrap_interval_contains_the_estimate_of_a_biased_statistic():
-    # Resampling with replacement almost always repeats a prompt, so the
-    # replicates' count of distinct prompts sits below the estimate: the
-    # percentile interval alone would exclude the observed value.
-    rng = np.random.default_rng(1)
-    P = rng.standard_normal((12, 2, 3))
-    N = rng.standard_normal((9, 2, 3))
+def test_basic_interval_pivots_on_the_plug_in_value():
+    # Replicates spread ±1 around the plug-in value 0 (their centre): the interval is the estimate minus
+    # that spread, whatever bias separates the estimate from the plug-in value.
+    draws = np.linspace(-1.0, 1.0, 2001)
+    interval = basic_interval(0.5, draws, center=0.0)
+    assert interval.low == pytest.approx(0.5 - 0.95, abs=1e-9)
+    assert interval.high == pytest.approx(0.5 + 0.95, abs=1e-9)
 
-    def distinct(p, n):
-        return {"distinct": float(len(np.unique(p.reshape(len(p), -1), axis=0)))}
 
-    interval = bootstrap(P, N, distinct, n_boot=100)["distinct"]
-    assert interval.high == 12.0
-    assert interval.low < 12.0
+def test_basic_interval_of_a_positive_statistic_pivots_on_the_log_scale():
+    draws = np.exp(np.linspace(-1.0, 1.0, 2001))  # replicates ×e^±1 around the plug-in value 1
+    interval = basic_interval(2.0, draws, center=1.0)
+    assert interval.low == pytest.approx(2.0 * math.exp(-0.95), rel=1e-9)
+    assert interval.high == pytest.approx(2.0 * math.exp(0.95), rel=1e-9)
+
+
+def test_basic_interval_always_holds_the_estimate():
+    # A degenerate resampling (every replicate on one side of the centre) still brackets the estimate.
+    interval = basic_interval(-0.5, np.full(50, 3.0), center=0.0)
+    assert interval.low <= -0.5 <= interval.high
 
 
 def test_bootstrap_intervals_cover_every_statistic_per_layer():
@@ -163,8 +171,12 @@ def test_bootstrap_intervals_cover_every_statistic_per_layer():
     assert set(intervals) == set(STAT_NAMES)
     for key, value in estimate.items():
         assert intervals[key].low.shape == (4,)
+        if key == "cosine_debiased":  # the harmless mean is 0: not resolved from noise, so undefined
+            assert np.isnan(value).all()
+            continue
         assert np.all(intervals[key].low <= value) and np.all(value <= intervals[key].high)
-        assert np.all(intervals[key].low < intervals[key].high)
+        if not key.startswith("top_feature"):  # an arg-max may be the same feature in every resample
+            assert np.all(intervals[key].low < intervals[key].high)
 
 
 def test_bootstrap_is_reproducible_for_a_seed():
@@ -291,3 +303,53 @@ def test_overlap_matrix_and_summary():
 def test_summarize_overlap_needs_two_layers():
     with pytest.raises(ValueError, match="at least 2 layers"):
         summarize_overlap(np.eye(1), k=1, d=4)
+
+
+def test_debiased_cosine_removes_the_noise_bias_of_sample_means():
+    """Identical true means, isotropic noise: the plain cosine of sample means falls far below 1 (its
+    bias), the corrected one is unbiased around 1."""
+    rng = np.random.default_rng(0)
+    mean = np.full(50, 0.3)
+    plain, corrected = [], []
+    for _ in range(200):
+        P, N = mean + rng.normal(size=(2, 20, 1, 50))
+        stats = statistics_from_samples(P, N)
+        plain.append(stats["cosine"][0])
+        corrected.append(stats["cosine_debiased"][0])
+    assert np.mean(plain) < 0.85  # ‖μ‖² = 4.5 against tr(Σ)/n = 2.5 per set
+    assert abs(np.nanmean(corrected) - 1.0) < 0.05
+
+
+def test_massive_feature_index_share_and_robust_quantile():
+    # 200 features of variance ~1 and one (index 7) of variance ~1e4: it holds ~98% of the variance,
+    # the max is it, the 99th percentile is not moved by it.
+    rng = np.random.default_rng(1)
+    scale = np.ones(200)
+    scale[7] = 100.0
+    P, N = scale * rng.normal(size=(2, 400, 1, 200))
+    stats = statistics_from_samples(P, N)
+    assert stats["top_feature/harmful"][0] == 7 and stats["top_feature/harmless"][0] == 7
+    assert 0.97 < stats["top_share/harmful"][0] < 0.99
+    assert stats["var_max/harmful"][0] > 5000
+    assert 1.0 < stats["var_q99/harmful"][0] < 2.0
+
+
+def test_plug_in_statistics_use_the_empirical_variance():
+    P = np.array([[[0.0, 0.0]], [[2.0, 2.0]]])
+    N = np.array([[[1.0, 0.0]], [[1.0, 4.0]]])
+    assert statistics_from_samples(P, N)["var_mean/harmful"][0] == 2.0
+    assert statistics_from_samples(P, N, plug_in=True)["var_mean/harmful"][0] == 1.0
+    plug = statistics_from_samples(P, N, plug_in=True)
+    np.testing.assert_array_equal(plug["cosine_debiased"], plug["cosine"])
+
+
+def test_permutation_null_keeps_set_sizes_and_pools_the_prompts():
+    P, N = np.zeros((3, 1, 2)), np.ones((5, 1, 2))
+    draws = permutation_null(P, N, lambda p, n: {"sizes": np.array([len(p), len(n)]), "total": p.sum() + n.sum()}, n_perm=30)
+    assert (draws["sizes"] == [3, 5]).all() and (draws["total"] == 10).all()
+
+
+def test_basic_interval_is_clipped_to_the_range_of_the_statistic():
+    # replicates piled at the bottom of the range reflect above its top; a correlation stays ≤ 1
+    interval = basic_interval(0.99, np.linspace(0.5, 1.0, 101), center=0.98, bounds=(-1.0, 1.0))
+    assert interval.high == 1.0 and interval.low < 0.99

@@ -156,11 +156,16 @@ def test_samples_and_merged_moments_give_the_same_statistics(sets, data):
     p_split = data.draw(st.integers(1, P.shape[0] - 1), label="harmful split")
     n_split = data.draw(st.integers(1, N.shape[0] - 1), label="harmless split")
     direct = statistics_from_samples(P, N)
-    merged = statistics_from_moments(*_merged_mean_var(P, p_split), *_merged_mean_var(N, n_split))
+    merged = statistics_from_moments(*_merged_mean_var(P, p_split), *_merged_mean_var(N, n_split), (len(P), len(N)))
     assert tuple(merged) == STAT_NAMES
     scale = 1e-9 * (1.0 + max(np.abs(P).max(), np.abs(N).max()) ** 2)
-    for key in STAT_NAMES[1:]:
+    # The cosines are compared where defined (below); an arg-max may flip between tied features on rounding.
+    # A share of a total variance that is rounding noise (constant features) is compared where it is not.
+    for key in (k for k in STAT_NAMES if not k.startswith(("cosine", "top_feature", "top_share"))):
         np.testing.assert_allclose(merged[key], direct[key], rtol=1e-9, atol=scale)
+    for which in ("harmful", "harmless"):
+        varies = direct[f"var_mean/{which}"] > scale
+        np.testing.assert_allclose(merged[f"top_share/{which}"][varies], direct[f"top_share/{which}"][varies], rtol=1e-6)
     mask = well_defined_cosine(P, N)
     np.testing.assert_allclose(merged["cosine"][mask], direct["cosine"][mask], atol=1e-9)
 

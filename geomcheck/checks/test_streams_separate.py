@@ -15,7 +15,7 @@ def test_streams_separate(geometry, thresholds, geomcheck_record):
         pytest.skip("needs streams pre and mid (see --streams)")
     figures, problems = [], []
     for which in SETS:
-        key = f"separation/mean_log_ratio/{which}"
+        key = f"mid/log_ratio_to_pre/{which}"
         sep, interval = geometry.separation(which), geometry.interval(key)
         figures.append(
             f"{which} mid/pre ×{math.exp(sep.mean_log_ratio):.2f} (log {geometry.describe(key)}), "

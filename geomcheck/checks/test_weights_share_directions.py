@@ -10,7 +10,10 @@ def test_weights_share_directions(weights, thresholds, geomcheck_record):
     figures, problems = [], []
     for kind, matrix in weights.matrices.items():
         summary = summarize_overlap(matrix, weights.k, weights.d_model)
-        figures.append(f"{kind} {summary.mean_offdiag:.3f} = {summary.ratio:.1f}× chance (adjacent {summary.mean_adjacent:.3f})")
+        figures.append(
+            f"{kind} {summary.mean_offdiag:.3f} = {summary.ratio:.1f}× chance k/d = {weights.k}/{weights.d_model} "
+            f"(adjacent {summary.mean_adjacent:.3f})"
+        )
         if summary.ratio < thresholds["min_ratio"]:
             problems.append(
                 f"{kind}: mean overlap of top-{weights.k} directions between layers is {summary.mean_offdiag:.4f}, "
