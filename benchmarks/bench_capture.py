@@ -147,7 +147,7 @@ import torch  # noqa: E402
 import geomcheck.models as gm  # noqa: E402
 from geomcheck.capture import batches, capture, tokenize  # noqa: E402
 from geomcheck.prompts import builtin_prompts  # noqa: E402
-from geomcheck.sites import find_sites  # noqa: E402
+from geomcheck.families import find_sites  # noqa: E402
 
 STREAMS = ("pre", "mid", "post")
 METHOD_ORDER = (

@@ -14,8 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-# model_type (config.json) -> family (capture sites)
-FAMILIES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "mistral": "mistral", "gpt2": "gpt2", "bert": "bert"}
+from geomcheck.families import family_name
+
 
 
 class UnknownModelError(LookupError):
@@ -87,7 +87,7 @@ def _spec_for_directory(path: Path) -> ModelSpec:
     return ModelSpec(
         name=path.name,
         hub_id=str(path.resolve()),
-        family=FAMILIES.get(model_type, model_type),
+        family=family_name(model_type),
         chat_template=has_template,
         local_path=str(path.resolve()),
     )

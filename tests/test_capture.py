@@ -23,8 +23,9 @@ from transformers import (
 )
 
 from geomcheck import models
-from geomcheck.capture import PREFIX_FAMILIES, capture, shared_prefix_length, tokenize
-from geomcheck.sites import STREAMS, StreamUnavailableError, find_sites, residual_writers
+from geomcheck import STREAMS
+from geomcheck.capture import capture, shared_prefix_length, tokenize
+from geomcheck.families import BY_MODEL_TYPE, StreamUnavailableError, find_sites, residual_writers
 
 VOCAB = 256
 D_MODEL = 64
@@ -411,7 +412,7 @@ def test_real_model_streams_match_hand_computation(which, request):
 SYSTEM = "System: you are a careful assistant. User: "
 
 
-@pytest.mark.parametrize("family", sorted(PREFIX_FAMILIES))
+@pytest.mark.parametrize("family", sorted(f for f in FAMILIES if BY_MODEL_TYPE[f].prefix_reuse))
 def test_prefix_reuse_equals_full_forward(family):
     model = build(CONFIGS[family]())
     prompts = {"a": [SYSTEM + p for p in PROMPTS[:4]], "b": [SYSTEM + p for p in PROMPTS[4:]]}
