@@ -18,6 +18,19 @@ from geomcheck.families import family_name
 
 
 
+# Chat templates the registry supplies to tokenizers that ship none (``fallback_chat_template`` in models.toml).
+CHAT_TEMPLATES = {
+    # ChatML, as Qwen 1's chat format: a default system turn, then the messages, then the assistant's header.
+    "chatml": (
+        "{% for message in messages %}"
+        "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+        "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    ),
+}
+
+
 class UnknownModelError(LookupError):
     """A model name that is neither in the registry nor an existing directory."""
 
@@ -41,6 +54,8 @@ class ModelSpec:
     gguf_file: str | None = None
     subdir: str | None = None
     trust_remote_code: bool = False
+    auto_class: str = "AutoModel"
+    fallback_chat_template: str | None = None
     license: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
     local_path: str | None = None

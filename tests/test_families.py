@@ -21,6 +21,7 @@ from geomcheck import STREAMS, families
 from geomcheck.capture import UnrecordedFamilyWarning, capture
 from geomcheck.families import FAMILIES, Read, StreamUnavailableError, UnknownFamilyError, layout, residual_writers
 from geomcheck.proof import StreamProofError
+from qwen1_standin import QWenConfig, QWenLMHeadModel
 
 VOCAB, D, FF, N_LAYERS = 128, 32, 64, 3
 REL = 1e-5
@@ -61,14 +62,18 @@ CASES: dict[str, tuple[str, dict]] = {
     "falcon-sequential": ("falcon", {"parallel_attn": False}),
     "gpt2": ("gpt2", {"n_embd": D, "n_layer": N_LAYERS, "n_head": 4, "n_inner": FF, "n_positions": 128}),
     "bert": ("bert", {}),
+    "qwen": ("qwen", {}),  # remote code: the stand-in of tests/qwen1_standin.py
 }
 PARALLEL = {"stablelm-parallel", "gpt_neox", "phi", "falcon"}
 
 
 def build(case: str) -> torch.nn.Module:
     model_type, extra = CASES[case]
-    config = AutoConfig.for_model(model_type, **{**COMMON, **extra})
     torch.manual_seed(0)
+    if model_type == "qwen":  # with its LM head, as the registry loads it (AutoModelForCausalLM)
+        config = QWenConfig(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=N_LAYERS, num_attention_heads=4, intermediate_size=2 * FF, kv_channels=8)
+        return QWenLMHeadModel(config).eval()
+    config = AutoConfig.for_model(model_type, **{**COMMON, **extra})
     return AutoModel.from_config(config, dtype=torch.float32).eval()
 
 
@@ -111,8 +116,9 @@ def swapped(root: torch.nn.Module, path: str | None, replacement: torch.nn.Modul
 
 def hidden_states(model: torch.nn.Module, ids: list[int]) -> list[torch.Tensor]:
     """Every block's input, then the last block's raw output (the final norm made an identity)."""
-    with swapped(model, families.family_of(model).final_norm, torch.nn.Identity()):
-        return [h[0] for h in model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states]
+    body = families.base_model(model)
+    with swapped(body, families.family_of(model).final_norm, torch.nn.Identity()):
+        return [h[0] for h in body(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states]
 
 
 def reference(model: torch.nn.Module, ids: list[int]) -> dict[str, torch.Tensor]:
@@ -153,7 +159,7 @@ def run(model: torch.nn.Module, prompts: list[str], **kwargs) -> object:
 
 def test_every_family_has_a_tiny_model_case():
     tested = {families.family_name(model_type) for model_type, _ in CASES.values()}
-    assert {f.name for f in FAMILIES} - {"qwen"} == tested  # qwen (remote code): tests/test_qwen1.py
+    assert {f.name for f in FAMILIES} == tested
 
 
 def test_capture_equals_the_independent_computation(tiny):
