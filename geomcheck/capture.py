@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from geomcheck import POSITIONS, STREAMS
 from geomcheck.accumulators import Capture, Moments
 from geomcheck.families import GENERIC, Family, Layout, Site, base_model, layout
-from geomcheck.proof import verify
+from geomcheck.proof import StreamProofError, verify
 
 
 class UnrecordedFamilyWarning(UserWarning):
@@ -217,7 +217,12 @@ def prove(runner: torch.nn.Module, resolved: Layout, inputs: Mapping[str, object
     recorder = _Recorder(sites, position)
     recorder.start(mask)
     with recorder.attached():
-        hidden_states = runner(**inputs, output_hidden_states=True).hidden_states
+        hidden_states = getattr(runner(**inputs, output_hidden_states=True), "hidden_states", None)
+    if not hidden_states:
+        raise StreamProofError(
+            f"model_type '{resolved.model_type}' returned no hidden_states for output_hidden_states=True, so the run-time "
+            "proof of the streams cannot run and nothing is read from it."
+        )
     hidden = torch.stack([recorder.reduce(h) for h in hidden_states], dim=1)
     verify(resolved, {name: recorder.take(name) for name in sites}, hidden, hidden_states[0].dtype)
     if resolved.family is GENERIC:

@@ -73,6 +73,12 @@ def checks(layout: Layout, readings: Mapping[str, torch.Tensor], hidden: torch.T
 
 def verify(layout: Layout, readings: Mapping[str, torch.Tensor], hidden: torch.Tensor, dtype: torch.dtype) -> None:
     """Raise :class:`StreamProofError` at the first (layer, identity) that does not hold within the dtype's tolerance."""
+    if hidden.shape[1] != readings["pre"].shape[1] + 1:
+        raise StreamProofError(
+            f"family '{layout.family.name}' (model_type '{layout.model_type}'): output_hidden_states holds {hidden.shape[1]} "
+            f"entries for {readings['pre'].shape[1]} blocks (expected one more: the embeddings, then each block's output), "
+            "so the streams cannot be proven; the model's code differs from its family record in geomcheck/families.py."
+        )
     limit = tolerance(dtype)
     failures = []
     for order, (stream, what, first, per_layer) in enumerate(checks(layout, readings, hidden)):

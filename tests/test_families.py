@@ -17,7 +17,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel
 
-from geomcheck import STREAMS, families
+from geomcheck import STREAMS, families, models
 from geomcheck.capture import UnrecordedFamilyWarning, capture
 from geomcheck.families import FAMILIES, Read, StreamUnavailableError, UnknownFamilyError, layout, residual_writers
 from geomcheck.proof import StreamProofError
@@ -264,6 +264,20 @@ def test_unknown_model_type_of_another_layout_is_refused_with_how_to_add():
 
 
 # ---------------------------------------------------------------------------------------------------------
+
+
+def test_a_model_that_returns_no_hidden_states_cannot_be_proven():
+    model = build("llama")
+    model.forward = lambda **kwargs: type(model).forward(model, **{**kwargs, "output_hidden_states": False})
+    with pytest.raises(StreamProofError, match="returned no hidden_states"):
+        run(model, PROMPTS[:2])
+
+
+def test_registry_entries_name_their_configs_family():
+    for name, spec in models.registry().items():
+        assert spec.family in {f.name for f in FAMILIES}, name
+        if spec.config:
+            assert families.family_name(spec.config["model_type"]) == spec.family, name
 
 
 def test_readme_table_is_generated_from_the_records():
