@@ -16,8 +16,6 @@ from typing import Any
 
 from geomcheck.families import family_name
 
-
-
 # Chat templates the registry supplies to tokenizers that ship none (``fallback_chat_template`` in models.toml).
 CHAT_TEMPLATES = {
     # ChatML, as Qwen 1's chat format: a default system turn, then the messages, then the assistant's header.
