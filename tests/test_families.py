@@ -223,6 +223,16 @@ def test_gemma2_read_at_post_attention_layernorm_is_caught():
     assert size > 0.1  # the wrong site is off by the size of the values, far beyond float32's tolerance
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_proof_holds_in_half_precision_and_still_catches_the_wrong_site(dtype):
+    model = build("gemma2").to(dtype)
+    for position in ("last", "mean"):
+        run(model, PROMPTS, position=position)  # the right sites pass within the dtype's tolerance
+    wrong = dataclasses.replace(families.BY_MODEL_TYPE["gemma2"], mid=Read("post_attention_layernorm"))
+    with pytest.raises(StreamProofError, match="layer 0, stream 'mid'"):
+        run(model, PROMPTS, family=wrong)
+
+
 def test_a_wrong_mlp_branch_is_caught_at_post():
     model = build("olmo2")
     wrong = dataclasses.replace(families.BY_MODEL_TYPE["olmo2"], mlp_branch="mlp")  # before its post norm
