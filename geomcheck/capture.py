@@ -1,6 +1,7 @@
 """Residual-stream capture: forward hooks record ``pre``, ``mid`` and ``post`` at every layer.
 
-Which module each stream is read from is defined in :mod:`geomcheck.sites`.
+Which module each stream is read from is defined per family in :mod:`geomcheck.families`; the first batch
+of every capture also runs the proof of :mod:`geomcheck.proof`, which refuses a site that is not the residual.
 
 Prompts are sorted by length, right-padded, and read at the last real token (or averaged over the
 real tokens), so a prompt's activations do not depend on its batch. Only the base model runs.
@@ -21,10 +22,12 @@ from tqdm.auto import tqdm
 from geomcheck import POSITIONS, STREAMS
 from geomcheck.accumulators import Capture, Moments
 from geomcheck.rendering import fixed_clock
-from geomcheck.sites import Site, find_sites
+from geomcheck.families import GENERIC, Family, Layout, Site, base_model, layout
+from geomcheck.proof import StreamProofError, verify
 
-ENCODERS = {"bert"}
-PREFIX_FAMILIES = {"llama", "qwen2", "qwen3", "mistral", "gpt2"}  # causal decoders whose cache we tested
+
+class UnrecordedFamilyWarning(UserWarning):
+    """A model_type without a family record was read with the generic layout, which passed the proof."""
 
 
 class NonFiniteActivationError(FloatingPointError):
@@ -201,11 +204,37 @@ def shared_prefix_length(token_ids: Sequence[Sequence[int]]) -> int:
     return length
 
 
-def _full_inputs(model: torch.nn.Module, batch: Batch, device: torch.device) -> dict[str, object]:
+def _full_inputs(resolved: Layout, batch: Batch, device: torch.device) -> dict[str, object]:
     inputs: dict[str, object] = {"input_ids": batch.input_ids.to(device), "attention_mask": batch.attention_mask.to(device)}
-    if getattr(model.config, "model_type", "") not in ENCODERS:
+    if resolved.family.causal:
         inputs["use_cache"] = False
     return inputs
+
+
+def prove(runner: torch.nn.Module, resolved: Layout, inputs: Mapping[str, object], mask: torch.Tensor, position: str) -> None:
+    """Run one batch with the proof's extra hooks (every stream, both branches, the final norm) and
+    ``output_hidden_states``, then check the identities of :mod:`geomcheck.proof`; the hooks are removed after."""
+    sites = {**resolved.sites(resolved.streams()), **resolved.branch_sites()}
+    if (norm := resolved.final_norm()) is not None:
+        sites |= {"final_in": [Site(norm, "input")], "final_out": [Site(norm, "output")]}
+    recorder = _Recorder(sites, position)
+    recorder.start(mask)
+    with recorder.attached():
+        hidden_states = getattr(runner(**inputs, output_hidden_states=True), "hidden_states", None)
+    if not hidden_states:
+        raise StreamProofError(
+            f"model_type '{resolved.model_type}' returned no hidden_states for output_hidden_states=True, so the run-time "
+            "proof of the streams cannot run and nothing is read from it."
+        )
+    hidden = torch.stack([recorder.reduce(h) for h in hidden_states], dim=1)
+    verify(resolved, {name: recorder.take(name) for name in sites}, hidden, hidden_states[0].dtype)
+    if resolved.family is GENERIC:
+        warnings.warn(
+            f"model_type '{resolved.model_type}' has no family record; it was read with the generic (Llama) layout, "
+            "which passed the run-time proof of the streams. Add a family record to make this explicit.",
+            UnrecordedFamilyWarning,
+            stacklevel=3,
+        )
 
 
 def capture(
@@ -222,13 +251,19 @@ def capture(
     prefix_reuse: bool = True,
     progress: bool = True,
     token_ids: Mapping[str, Sequence[Sequence[int]]] | None = None,
+    family: Family | None = None,
+    proof: bool = True,
 ) -> Capture:
     """Run every prompt set through the model once, folding each batch into per-layer moments.
 
-    ``token_ids`` (from :func:`tokenize`) are fed as given, so a caller can fingerprint the exact inputs."""
+    ``token_ids`` (from :func:`tokenize`) are fed as given, so a caller can fingerprint the exact inputs.
+    ``family`` overrides the model's own record (tests); ``proof=False`` skips the run-time proof on the
+    first batch, only to measure what it costs (benchmarks/geomcheck_bench/proof_cost.py)."""
     if position not in POSITIONS:
         raise ValueError(f"unknown position '{position}'; choose from {', '.join(POSITIONS)}")
-    sites = find_sites(model, streams)
+    resolved = layout(model, family)
+    sites = resolved.sites(streams)
+    runner = base_model(model)
     n_layers = len(next(iter(sites.values())))
     d_model = int(model.config.hidden_size)
     device = input_device(model)
@@ -236,7 +271,7 @@ def capture(
     if token_ids is None:
         token_ids = {name: tokenize(tokenizer, prompts, chat_template, max_length) for name, prompts in prompt_sets.items()}
     everything = [ids for ids_of_set in token_ids.values() for ids in ids_of_set]
-    reuse = prefix_reuse and position == "last" and getattr(model.config, "model_type", "") in PREFIX_FAMILIES
+    reuse = prefix_reuse and position == "last" and resolved.family.prefix_reuse
     prefix_length = shared_prefix_length(everything) if reuse and everything else 0
     recorder = _Recorder(sites, position)
     moments = {name: {s: Moments((n_layers, d_model)) for s in streams} for name in prompt_sets}
@@ -246,12 +281,18 @@ def capture(
         else None
     )
     with recorder.attached(), torch.inference_mode(), tqdm(total=len(everything), desc="geomcheck capture", unit="prompt", disable=not progress) as bar:
-        prefix = SharedPrefix(model, everything[0][:prefix_length]) if prefix_length else None
+        prefix = SharedPrefix(runner, everything[0][:prefix_length]) if prefix_length else None
+        unproven = proof
         for name, ids_of_set in token_ids.items():
             suffixes = [ids[prefix_length:] for ids in ids_of_set]
             for batch in batches(suffixes, batch_size, pad_id):
                 recorder.start(batch.attention_mask)
-                model(**(prefix.inputs(batch, device) if prefix else _full_inputs(model, batch, device)))
+                inputs = prefix.inputs(batch, device) if prefix else _full_inputs(resolved, batch, device)
+                if unproven:
+                    prove(runner, resolved, inputs, batch.attention_mask, position)
+                    unproven = False
+                else:
+                    runner(**inputs)
                 recorder.start(None)
                 readings = {stream: recorder.take(stream) for stream in streams}
                 _check_finite(readings)

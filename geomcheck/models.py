@@ -19,6 +19,7 @@ import torch
 from filelock import FileLock
 
 from geomcheck.registry import (  # noqa: F401  (re-exported: the registry is part of this module's interface)
+    CHAT_TEMPLATES,
     WEIGHT_FILES,
     ModelLoadError,
     ModelSpec,
@@ -91,7 +92,8 @@ def load(
     cache_dir: Path | None = None,
 ) -> LoadedModel:
     """Load tokenizer and base model; remote code runs only if the registry entry or the caller says so."""
-    from transformers import AutoModel, AutoTokenizer
+    import transformers
+    from transformers import AutoTokenizer
 
     torch_dtype = parse_dtype(dtype, spec)
     if device_map is None:
@@ -105,9 +107,10 @@ def load(
     kwargs["trust_remote_code"] = spec.trust_remote_code or trust_remote_code
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        supply_chat_template(tokenizer, spec)
         if device_map is not None:  # accelerate may offload what fits nowhere else to disk
             kwargs["offload_folder"] = str((cache_dir or default_cache_dir()) / "offload" / spec.name)
-        model = AutoModel.from_pretrained(location, dtype=torch_dtype, device_map=device_map, **kwargs)
+        model = getattr(transformers, spec.auto_class).from_pretrained(location, dtype=torch_dtype, device_map=device_map, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(
             f"could not load '{spec.name}' from '{location}': {exc}. Without network access, "
@@ -118,6 +121,13 @@ def load(
         model = model.to(device)
     model.eval()
     return LoadedModel(spec=spec, model=model, tokenizer=tokenizer, dtype=torch_dtype, device=device)
+
+
+def supply_chat_template(tokenizer: Any, spec: ModelSpec) -> None:
+    """Give a tokenizer that ships no chat template the one its registry entry names (Qwen 1's is remote code
+    without one); a tokenizer's own template always wins."""
+    if spec.fallback_chat_template and spec.chat_template and not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = CHAT_TEMPLATES[spec.fallback_chat_template]
 
 
 def _weights_location(spec: ModelSpec, cache_dir: Path) -> tuple[str, dict[str, Any]]:
@@ -219,7 +229,7 @@ def estimate_memory(
     from transformers import AutoConfig, AutoModel
 
     trusted = spec.trust_remote_code or trust_remote_code
-    if spec.config:
+    if spec.config and not spec.trust_remote_code:  # remote code is not run just to count parameters
         model = meta_model(spec)
     elif spec.local_path or spec.snapshot:
         try:

@@ -303,7 +303,7 @@ class ModelRun:
         """Layers × layers overlap of the top-k output directions, per kind of writing matrix."""
 
         def compute() -> Arrays:
-            from geomcheck.sites import residual_writers
+            from geomcheck.families import residual_writers
 
             bases: dict[str, list[np.ndarray]] = {}
             for _, kind, weight in residual_writers(self.loaded.model):

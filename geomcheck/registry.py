@@ -16,11 +16,22 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-# model_type (config.json) -> family (capture sites)
-FAMILIES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "mistral": "mistral", "gpt2": "gpt2", "bert": "bert"}
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
 # A hub id as transformers users write it, optionally pinned: Qwen/Qwen2.5-7B-Instruct@<branch, tag or commit>
 HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[\w./-]+))?$")
+from geomcheck.families import family_name
+
+# Chat templates the registry supplies to tokenizers that ship none (``fallback_chat_template`` in models.toml).
+CHAT_TEMPLATES = {
+    # ChatML, as Qwen 1's chat format: a default system turn, then the messages, then the assistant's header.
+    "chatml": (
+        "{% for message in messages %}"
+        "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+        "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    ),
+}
 
 
 class UnknownModelError(LookupError):
@@ -46,6 +57,8 @@ class ModelSpec:
     gguf_file: str | None = None
     subdir: str | None = None
     trust_remote_code: bool = False
+    auto_class: str = "AutoModel"
+    fallback_chat_template: str | None = None
     license: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
     local_path: str | None = None
@@ -102,7 +115,7 @@ def _spec_for_directory(path: Path) -> ModelSpec:
     return ModelSpec(
         name=path.name,
         hub_id=str(path.resolve()),
-        family=FAMILIES.get(model_type, model_type),
+        family=family_name(model_type),
         chat_template=has_template,
         local_path=str(path.resolve()),
     )
@@ -124,7 +137,7 @@ def _spec_for_gguf(name: str, path: Path) -> ModelSpec:
     return ModelSpec(
         name=name,
         hub_id=str(path.resolve()),
-        family=FAMILIES.get(architecture, architecture),
+        family=family_name(architecture),
         chat_template="tokenizer.chat_template" in fields,
         gguf_file=path.name,
     )
@@ -169,7 +182,7 @@ def _spec_for_hub_id(name: str, repo: str, revision: str) -> ModelSpec:
         name=name,
         hub_id=repo,
         revision=revision,
-        family=FAMILIES.get(model_type, model_type),
+        family=family_name(model_type),
         chat_template=has_template,
         commit=config_file.parent.name,
     )

@@ -15,7 +15,6 @@ from transformers import (
     AutoModel,
     BertConfig,
     GPT2Config,
-    GPTNeoXConfig,
     LlamaConfig,
     MistralConfig,
     Qwen2Config,
@@ -23,8 +22,9 @@ from transformers import (
 )
 
 from geomcheck import models
-from geomcheck.capture import PREFIX_FAMILIES, capture, shared_prefix_length, tokenize
-from geomcheck.sites import STREAMS, StreamUnavailableError, find_sites, residual_writers
+from geomcheck import STREAMS
+from geomcheck.capture import capture, shared_prefix_length, tokenize
+from geomcheck.families import BY_MODEL_TYPE, StreamUnavailableError, find_sites
 
 VOCAB = 256
 D_MODEL = 64
@@ -219,29 +219,6 @@ def check_against_reference(family: str, model: torch.nn.Module, position: str) 
     assert np.allclose(s["post"][:, :-1], s["pre"][:, 1:], rtol=1e-6, atol=1e-6)
 
 
-def test_residual_writers_match_module_weights(tiny):
-    family, model = tiny
-    d_in = {"attn_out": D_MODEL, "mlp_out": 128}
-    seen = []
-    for layer, kind, weight in residual_writers(model):
-        assert isinstance(weight, np.ndarray) and weight.dtype == np.float32
-        assert weight.shape == (D_MODEL, d_in[kind]), (family, kind, weight.shape)
-        seen.append((layer, kind))
-        if kind == "attn_out":  # o_proj / c_proj.T / attention.output.dense applied to a vector = weight @ vector
-            block = layers_of(model)[layer]
-            x = torch.randn(d_in[kind])
-            if family == "gpt2":
-                module, bias = block.attn.c_proj, block.attn.c_proj.bias
-            elif family == "bert":
-                module, bias = block.attention.output.dense, block.attention.output.dense.bias
-            else:
-                module, bias = block.self_attn.o_proj, block.self_attn.o_proj.bias
-            with torch.no_grad():
-                y = module(x[None])[0] - (bias if bias is not None else 0)
-            np.testing.assert_allclose(weight @ x.numpy(), y.numpy(), rtol=1e-4, atol=1e-5)
-    assert seen == [(layer, kind) for layer in range(N_LAYERS) for kind in ("attn_out", "mlp_out")]
-
-
 # ---------------------------------------------------------------------------------------------------------
 # 2. A prompt's activations do not depend on its batch.
 
@@ -287,34 +264,7 @@ def test_without_keep_samples_only_moments_are_kept():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 4. Parallel attention + MLP has no `mid`.
-
-
-def test_parallel_residual_has_no_mid():
-    config = GPTNeoXConfig(
-        vocab_size=VOCAB,
-        hidden_size=D_MODEL,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        max_position_embeddings=128,
-        use_parallel_residual=True,
-    )
-    model = build(config)
-    tokenizer = CharTokenizer()
-    with pytest.raises(StreamUnavailableError, match="parallel") as info:
-        capture(model, tokenizer, {"set": PROMPTS[:2]}, streams=("pre", "mid", "post"), chat_template=False, progress=False)
-    assert "'mid'" in str(info.value) and "gpt_neox" in str(info.value)
-    with pytest.raises(StreamUnavailableError):
-        find_sites(model, ("mid",))
-
-    result = capture(model, tokenizer, {"set": PROMPTS[:2]}, streams=("pre", "post"), chat_template=False, keep_samples=True, progress=False)
-    assert set(result.samples["set"]) == {"pre", "post"}
-    for i, prompt in enumerate(PROMPTS[:2]):
-        with torch.no_grad():
-            hs = model(input_ids=torch.tensor([tokenizer(prompt)["input_ids"]]), output_hidden_states=True).hidden_states
-        assert_rel_close(result.samples["set"]["pre"][i], torch.stack([h[0, -1] for h in hs[:2]]), what="neox pre")
-        assert_rel_close(result.samples["set"]["post"][i][:1], hs[1][0, -1:], what="neox post")
+# 4. Streams that do not exist (parallel blocks: tests/test_families.py).
 
 
 def test_unknown_stream_is_refused():
@@ -411,7 +361,7 @@ def test_real_model_streams_match_hand_computation(which, request):
 SYSTEM = "System: you are a careful assistant. User: "
 
 
-@pytest.mark.parametrize("family", sorted(PREFIX_FAMILIES))
+@pytest.mark.parametrize("family", sorted(f for f in FAMILIES if BY_MODEL_TYPE[f].prefix_reuse))
 def test_prefix_reuse_equals_full_forward(family):
     model = build(CONFIGS[family]())
     prompts = {"a": [SYSTEM + p for p in PROMPTS[:4]], "b": [SYSTEM + p for p in PROMPTS[4:]]}

@@ -15,7 +15,7 @@ def test_registry_names_every_seed_model_and_the_embedded_ones():
     assert set(SEED_MODELS + ["smollm2-135m", "minilm-l6"]) <= set(registry)
     assert registry["qwen3-8b"].hub_id == "Qwen/Qwen3-8B"
     assert registry["mistral-nemo-12b"].hub_id == "mistralai/Mistral-Nemo-Instruct-2407"
-    assert not any(spec.trust_remote_code for spec in registry.values())
+    assert [name for name, spec in registry.items() if spec.trust_remote_code] == ["qwen-1.8b"]  # remote code: see its entry
 
 
 def test_unknown_name_lists_known_names_and_nearest_match():

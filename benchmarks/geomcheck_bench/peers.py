@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from geomcheck.capture import SharedPrefix, batches, capture, input_device
-from geomcheck.sites import find_sites
+from geomcheck.families import find_sites
 
 from geomcheck_bench.subject import Subject
 

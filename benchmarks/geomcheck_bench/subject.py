@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from geomcheck.capture import ENCODERS, batches, shared_prefix_length, tokenize
+from geomcheck.capture import batches, shared_prefix_length, tokenize
+from geomcheck.families import family_of
 from geomcheck.models import load, parse_dtype
 from geomcheck.prompts import builtin_prompts
 from geomcheck.registry import resolve
@@ -30,7 +31,7 @@ class Subject:
 
     @property
     def is_encoder(self) -> bool:
-        return getattr(self.model.config, "model_type", "") in ENCODERS
+        return not family_of(self.model).causal
 
     @property
     def pad_id(self) -> int:
