@@ -56,7 +56,8 @@ def test_variance_grows_passes_on_exponential_growth():
 def test_variance_grows_fails_on_shrinking_variance_naming_rate_and_threshold():
     _, failure = verdict(variance_grows.test_variance_grows, crafted(growth=0.98), "pre", SHIPPED["variance_grows"])
     assert failure is not None
-    assert "mean variance (harmful) grows 0.98×/layer, R²=1.00 on stream pre (need ≥ 1.05×, R² ≥ 0.8)" in failure
+    assert "mean variance (harmful) grows ×0.98 [" in failure
+    assert "]/layer (95% interval), R²=1.00 on stream pre (need ≥ 1.05×, R² ≥ 0.8)" in failure
     assert "mean variance (harmless)" in failure
 
 

@@ -152,7 +152,8 @@ def test_the_overlay_circles_exactly_the_values_beyond_tolerance(geometry, basel
         for mark in ax.get_lines():
             if mark.get_label().startswith("beyond tolerance "):
                 circled[mark.get_label().removeprefix("beyond tolerance ")] = list(mark.get_xdata())
-    expected = {key: list(np.flatnonzero(row)) for key, row in zip(drift.rows, drift.exceeded)}
+    drawn = ("cosine", "var_mean/", "var_max/")  # the overlay's panels; the drift map shows every statistic
+    expected = {key: list(np.flatnonzero(row)) for key, row in zip(drift.rows, drift.exceeded) if key.split("/", 1)[1].startswith(drawn) and "cosine_" not in key}
     assert circled == expected
     assert any(expected.values())  # two different seeds: some values drift
 
