@@ -87,6 +87,7 @@ def test_bootstrap_samples_draws_the_same_resamples_as_the_geometry(geometry):
     np.testing.assert_allclose(interval.high, expected.high)
 
 
+@pytest.mark.usefixtures("opted_in")
 def test_readme_user_statistic_example_runs_as_written(pytester: pytest.Pytester, tiny_llama_dir, tmp_path):
     write_readme_example("user-statistic", pytester.path)
     result = pytester.runpytest("--model", str(tiny_llama_dir), "--max-prompts", "6", "--n-boot", "10",
