@@ -29,7 +29,7 @@ from geomcheck.geometry import SETS, Geometry
 from geomcheck.weights import random_overlap, summarize_overlap
 
 if TYPE_CHECKING:  # the pipeline pulls in torch, the baseline syrupy; drawing a figure needs neither
-    from geomcheck.baseline import DriftMatrix
+    from geomcheck.drift import DriftMatrix
     from geomcheck.pipeline import WeightOverlap
 
 PANELS = (

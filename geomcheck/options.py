@@ -182,12 +182,12 @@ def _check_table(table: Any, defaults: Mapping[str, Any], context: str, *, requi
 
 
 def _check_tolerances(table: Any, context: str) -> None:
-    """The baseline check's ``tolerance`` overrides parse (read by :func:`geomcheck.baseline.tolerances_from_config`)."""
+    """The baseline check's ``tolerance`` overrides parse (read by :func:`geomcheck.drift.tolerances_from_config`)."""
     if table is None:
         return
     if not isinstance(table, dict) or set(table) - {"tolerance"}:
         raise OptionError(f"{context} holds only a [tolerance] table of per-statistic rel, abs and z; got {table!r}")
-    from geomcheck.baseline import tolerances_from_config  # numpy and syrupy, no torch
+    from geomcheck.drift import tolerances_from_config  # numpy, no torch
 
     try:
         tolerances_from_config(table)

@@ -20,7 +20,7 @@ from geomcheck import POSITIONS, STREAMS, options, registry
 from geomcheck.thresholds import load as load_thresholds, project_file
 
 if TYPE_CHECKING:  # the heavy modules load when a check first needs them, not at pytest start-up
-    from geomcheck.baseline import DriftMatrix
+    from geomcheck.drift import DriftMatrix
     from geomcheck.ci import Failure
     from geomcheck.comparison import ModelDigest
     from geomcheck.geometry import Geometry

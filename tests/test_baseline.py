@@ -12,23 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geomcheck.baseline import (
-    FORMAT,
-    BaselineFileError,
-    BaselineMismatchWarning,
-    GeometryBaselineExtension,
-    Tolerance,
-    baseline_payload,
-    compare,
-    compare_all,
-    drift_matrix,
-    dumps,
-    failure_lines,
-    geometry_from_payload,
-    parse_baseline,
-    resolve_tolerance,
-    tolerances_from_config,
-)
+from geomcheck.baseline import FORMAT, BaselineFileError, baseline_payload, dumps, geometry_from_payload, parse_baseline
+from geomcheck.drift import Tolerance, compare, compare_all, drift_matrix, resolve_tolerance, tolerances_from_config
+from geomcheck.snapshot import BaselineMismatchWarning, GeometryBaselineExtension, failure_lines
 from geomcheck.geometry import geometry_from_samples
 from geomcheck.stats import STAT_NAMES
 

@@ -10,7 +10,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 from matplotlib.image import imread
 
-from geomcheck.baseline import DriftMatrix, baseline_payload, compare_all, drift_matrix
+from geomcheck.baseline import baseline_payload
+from geomcheck.drift import DriftMatrix, compare_all, drift_matrix
 from geomcheck.figures import (
     DRIFT_CLIP,
     PNG_METADATA,

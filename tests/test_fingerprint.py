@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from geomcheck import fingerprint
-from geomcheck.baseline import baseline_name, identity_summary
+from geomcheck.baseline import baseline_name
+from geomcheck.drift import identity_summary
 from geomcheck.fingerprint import FingerprintError, StatIndex, hub_commit, of_directory, of_model
 from geomcheck.registry import resolve
 

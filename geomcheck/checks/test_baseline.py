@@ -6,7 +6,9 @@ The baseline is ``baselines/<model>/test_baseline/test_matches_baseline.json``; 
 
 import pytest
 
-from geomcheck.baseline import GeometryBaselineExtension, check_baseline, drift_matrix, geometry_from_payload, tolerances_from_config
+from geomcheck.baseline import geometry_from_payload
+from geomcheck.drift import drift_matrix, tolerances_from_config
+from geomcheck.snapshot import GeometryBaselineExtension, check_baseline
 
 
 def test_matches_baseline(geometry, model_run, snapshot, thresholds, geomcheck_overlay, geomcheck_record):
@@ -20,8 +22,8 @@ def test_matches_baseline(geometry, model_run, snapshot, thresholds, geomcheck_o
         model_run.meta,
         tolerances=tolerances_from_config(thresholds),
     )
-    if outcome.baseline is not None:
-        geomcheck_overlay(geometry_from_payload(outcome.baseline), drift_matrix(outcome.compared))
+    if outcome.comparison is not None:  # the overlay and the drift map read the verdict's own comparison
+        geomcheck_overlay(geometry_from_payload(outcome.comparison.baseline), drift_matrix(outcome.comparison.scored))
     geomcheck_record(outcome.summary)
     if not outcome.ok:
         pytest.fail(outcome.message, pytrace=False)
