@@ -249,7 +249,6 @@ def baseline_name(model: str) -> str:
     return safe or "_unnamed"
 
 
-
 def baselines_root(config: Any) -> Path:
     """``<rootdir>/baselines``; without a config (a pytest-xdist controller's stand-in item): ``./baselines``."""
     return (Path.cwd() if config is None else Path(config.rootpath)) / BASELINES_DIRNAME

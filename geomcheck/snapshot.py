@@ -174,7 +174,6 @@ def mismatch_warning(cov: Coverage, model: str, location: str) -> str | None:
     )
 
 
-
 def drift_report(
     drifts: list[Drift], total: int, *, model: str, location: str, update_command: str, limit: int = MAX_REPORTED
 ) -> list[str]:

@@ -365,9 +365,9 @@ def checks(pytester: pytest.Pytester, tiny_llama_dir: Path, activation_cache: Pa
     shutil.copy(ROOT / "geomcheck" / "checks" / "test_baseline.py", pytester.path / "test_baseline.py")
     pytester.makeini("[pytest]\n")
 
-    def run(*extra: str, model: Path = tiny_llama_dir, cache: Path = activation_cache):
+    def run(*extra: str, model: Path = tiny_llama_dir, cache: Path = activation_cache, target: str = "test_baseline.py"):
         return pytester.runpytest_subprocess(
-            "test_baseline.py", "-p", "geomcheck.activate", "--model", str(model), "--max-prompts", "8", "--n-boot", "20",
+            target, "-p", "geomcheck.activate", "--model", str(model), "--max-prompts", "8", "--n-boot", "20",
             "--geomcheck-cache-dir", str(cache), "-p", "no:cacheprovider", *extra, timeout=120,
         )
 
@@ -475,6 +475,30 @@ def test_the_drift_map_of_the_changed_checkpoint_marks_the_changed_layer(tiny_ll
 
 def loads(result) -> str:
     return next(line for line in result.stdout.lines if "model loaded" in line)
+
+
+def test_a_cached_rerun_of_every_shipped_check_imports_no_torch(pytester, checks, tiny_llama_dir, tmp_path):
+    """The README's "a re-run imports no torch", for the whole of ``pytest checks/``, the baseline check
+    included (naming its folder once imported the model loader, hence torch). A conftest records what the
+    session imported, in a fresh interpreter (``runpytest_subprocess``). transformers itself may load: the
+    start-up validation of a local directory reads its table of model types, which needs no torch."""
+    for check in (ROOT / "geomcheck" / "checks").glob("test_*.py"):
+        shutil.copy(check, pytester.path / check.name)
+    pytester.makeconftest(
+        "import sys\nfrom pathlib import Path\n\n"
+        "def pytest_sessionfinish(session):\n"
+        "    Path('imported.txt').write_text(' '.join(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    cache = tmp_path / "cache"
+    first = checks("--snapshot-update", cache=cache, target=".")
+    first.stdout.fnmatch_lines(["*1 snapshot generated*"])
+    assert (pytester.path / "imported.txt").read_text().split() == ["torch", "transformers"]  # the measuring run
+
+    again = checks(cache=cache, target=".")
+    assert again.parseoutcomes() == first.parseoutcomes()
+    again.stdout.fnmatch_lines(["*1 snapshot passed*"])  # the baseline check compared against its baseline
+    assert loads(again) == "tiny-llama: model loaded 0× (all from cache)"
+    assert "torch" not in (pytester.path / "imported.txt").read_text().split()
 
 
 def test_a_checkpoint_changed_in_place_under_a_warm_cache_is_measured_again(pytester, checks, tiny_llama_dir, tmp_path):
