@@ -233,7 +233,7 @@ def baseline_name(model: str) -> str:
     name (so a committed baseline serves the same checkpoint folder on every machine), as one safe path
     component: never empty, ``.`` or ``..``, never a separator. Two directories with the same folder name
     in one session are refused by the plugin; across sessions the baseline's fingerprint and source
-    tell them apart in the report (:func:`identity_summary`). Anything else (a folder name given to
+    tell them apart in the report (:func:`geomcheck.drift.identity_summary`). Anything else (a folder name given to
     ``--baseline``) is sanitized the same way.
     """
     path = Path(model).expanduser()

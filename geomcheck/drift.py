@@ -1,9 +1,8 @@
 """Drift: a current run's per-layer statistics against its baseline, compared once, with tolerance.
 
-Pure numpy and standard library, on baseline payloads (:func:`geomcheck.baseline.baseline_payload`, or a
-file read with :func:`geomcheck.baseline.parse_baseline`): :func:`compare_payloads` scores every value
-once, and the check's verdict, its failure message, the overlay and the drift map all read that one
-:class:`Comparison`. No pytest, no syrupy, no torch.
+Pure functions of numpy and the standard library on baseline payloads (:mod:`geomcheck.baseline`):
+:func:`compare_payloads` scores every value once, and the check's verdict, its failure message, the overlay and the drift map all
+read that one :class:`Comparison`. No pytest, no syrupy, no torch.
 """
 
 from __future__ import annotations
