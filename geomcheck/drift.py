@@ -1,8 +1,8 @@
 """Drift: a current run's per-layer statistics against its baseline, compared once, with tolerance.
 
 Pure functions of numpy and the standard library on baseline payloads (:mod:`geomcheck.baseline`):
-:func:`compare_payloads` scores every value once, and the check's verdict, its failure message, the overlay and the drift map all
-read that one :class:`Comparison`. No pytest, no syrupy, no torch.
+:func:`compare_payloads` scores every value once, and the check's verdict, its failure message, the
+overlay and the drift map all read that one :class:`Comparison`. No pytest, no syrupy, no torch.
 """
 
 from __future__ import annotations
