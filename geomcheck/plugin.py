@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,9 @@ if TYPE_CHECKING:  # the heavy modules load when a check first needs them, not a
     from geomcheck.geometry import Geometry
     from geomcheck.pipeline import ModelRun, WeightOverlap
 
-CHECK_FIXTURES = ("model_run", "thresholds")  # every model-parametrized fixture of the plugin reads one of these
+# every model-parametrized fixture of the plugin requests one of these (geometry, weights and activations ask for
+# model_run for this alone): a test that reaches one is a check (is_check)
+CHECK_FIXTURES = ("model_run", "thresholds")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -143,9 +146,25 @@ def _live(config: pytest.Config):
     return capture_manager.global_and_fixture_disabled() if capture_manager else contextlib.nullcontext()
 
 
+def _computed_and_drawn(
+    request: pytest.FixtureRequest,
+    session: GeomcheckSession,
+    model_arg: str,
+    what: str,
+    draw: Callable[[str, Any, Path], Path],
+    kind: str | None = None,
+) -> Any:
+    """``run(model_arg).<what>``, computed with its progress shown, and its figure, drawn by
+    ``draw(model, value, artifacts_dir)`` and listed as ``kind`` (default: ``what``)."""
+    with _live(request.config):
+        value = session.computed(model_arg, what)
+    session.add_figure(model_arg, kind or what, draw(session.display_names[model_arg], value, session.artifacts_dir))
+    return value
+
+
 @pytest.fixture(scope="session")
 def geomcheck_session(request: pytest.FixtureRequest) -> GeomcheckSession:
-    """The session's model runs, options and thresholds."""
+    """The session's model runs, options and thresholds; ``display_names[model_name]`` is a model's display name."""
     return request.config.stash[SESSION_KEY]
 
 
@@ -160,15 +179,11 @@ def geometry(request: pytest.FixtureRequest, model_run: ModelRun, model_name: st
     """Per-layer statistics with 95% bootstrap intervals, parametrized over --model; draws the note's figure."""
     from geomcheck import figures
 
-    with _live(request.config):
-        geomcheck_session.computed(model_name, "geometry")
-    path = figures.write_geometry(geomcheck_session.display_names[model_name], model_run.geometry, geomcheck_session.artifacts_dir)
-    geomcheck_session.add_figure(model_name, "geometry", path)
-    return model_run.geometry
+    return _computed_and_drawn(request, geomcheck_session, model_name, "geometry", figures.write_geometry)
 
 
 @pytest.fixture(scope="session")
-def activations(geomcheck_session: GeomcheckSession, model_name: str) -> dict[str, dict[str, Any]]:
+def activations(model_run: ModelRun, geomcheck_session: GeomcheckSession, model_name: str) -> dict[str, dict[str, Any]]:
     """Raw last-token activations: {set: {stream: array (prompts, layers, features)}}."""
     samples = geomcheck_session.computed(model_name, "capture").samples
     assert samples is not None, "activations were captured without samples"
@@ -180,11 +195,7 @@ def weights(request: pytest.FixtureRequest, model_run: ModelRun, model_name: str
     """Layers × layers overlap of each layer's top-k residual-writing directions; draws the heatmap."""
     from geomcheck import figures
 
-    with _live(request.config):
-        geomcheck_session.computed(model_name, "weights")
-    path = figures.write_overlap(geomcheck_session.display_names[model_name], model_run.weights, geomcheck_session.artifacts_dir)
-    geomcheck_session.add_figure(model_name, "weight-overlap", path)
-    return model_run.weights
+    return _computed_and_drawn(request, geomcheck_session, model_name, "weights", figures.write_overlap, "weight-overlap")
 
 
 @pytest.fixture

@@ -52,6 +52,14 @@ def test_ids_are_model_and_stream(pytester: pytest.Pytester, project):
     assert "test_weights_share_directions.py::test_weights_share_directions[tiny-llama]" in text
 
 
+def test_every_model_fixture_makes_a_check(pytester: pytest.Pytester):
+    """A check that reads only ``activations`` is parametrized over the models like one that reads ``geometry``."""
+    pytester.makepyfile(test_own="def test_raw(activations): pass\n\ndef test_curves(geometry): pass\n")
+    text = pytester.runpytest("--collect-only", "-q", "--model", "smollm2-135m").stdout.str()
+    assert "test_own.py::test_raw[smollm2-135m]" in text
+    assert "test_own.py::test_curves[smollm2-135m]" in text
+
+
 def test_each_model_loads_once_however_many_checks_read_it(pytester: pytest.Pytester, project):
     result = pytester.runpytest(*project)
     text = result.stdout.str()
