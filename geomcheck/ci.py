@@ -1,5 +1,5 @@
 """The report where CI users look: a Markdown job summary (GitHub's ``$GITHUB_STEP_SUMMARY``) and
-workflow annotations for failing checks. Plain text in, plain text out; the plugin decides when."""
+workflow annotations for failing checks. Plain text in, plain text out; :mod:`geomcheck.summary` decides when."""
 
 from __future__ import annotations
 
