@@ -16,19 +16,21 @@ from __future__ import annotations
 
 import pytest
 
-from geomcheck.plugin import add_options
+from geomcheck.settings import add_options
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser, short=True)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_cmdline_main(config: pytest.Config) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_cmdline_main(config: pytest.Config):
     """``-n N`` alone means ``--dist loadgroup`` here: each model's checks stay on one worker, which loads the
-    model once (xdist would otherwise pick ``load`` and spread them). An explicit ``--dist`` wins."""
+    model once (xdist would otherwise pick ``load`` and spread them). An explicit ``--dist`` wins. A wrapper,
+    so it runs before xdist's own hook turns ``-n`` alone into ``load``, whatever order the plugins loaded in."""
     if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", None) == "no":
         config.option.dist = "loadgroup"
+    return (yield)
 
 
 def model_flag(config: pytest.Config | None) -> str:

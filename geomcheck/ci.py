@@ -1,5 +1,5 @@
 """The report where CI users look: a Markdown job summary (GitHub's ``$GITHUB_STEP_SUMMARY``) and
-workflow annotations for failing checks. Plain text in, plain text out; the plugin decides when."""
+workflow annotations for failing checks. Plain text in, plain text out; :mod:`geomcheck.summary` decides when."""
 
 from __future__ import annotations
 
@@ -7,16 +7,24 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from geomcheck.comparison import ModelDigest, table_lines
-
-if TYPE_CHECKING:
-    from geomcheck.plugin import Finding
 
 STEP_SUMMARY = "GITHUB_STEP_SUMMARY"
 OUTCOMES = {"passed": "✅ passed", "failed": "❌ failed", "skipped": "⏭ skipped", "xfail": "➖ expected failure"}
 BASELINE_CHECK = "matches_baseline"
+
+
+@dataclass
+class CheckResult:
+    """One check's outcome and key figure (what it recorded with ``geomcheck_record``), per model and stream."""
+
+    model: str  # display name
+    check: str
+    stream: str | None
+    text: str
+    outcome: str = "?"
 
 
 @dataclass(frozen=True)
@@ -42,15 +50,15 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def _counts(findings: Sequence[Finding]) -> str:
+def _counts(results: Sequence[CheckResult]) -> str:
     totals: dict[str, int] = {}
-    for finding in findings:
-        totals[finding.outcome] = totals.get(finding.outcome, 0) + 1
+    for result in results:
+        totals[result.outcome] = totals.get(result.outcome, 0) + 1
     return ", ".join(f"{n} {outcome}" for outcome, n in sorted(totals.items())) or "no checks ran"
 
 
 def markdown_summary(
-    findings: Sequence[Finding],
+    results: Sequence[CheckResult],
     digests: Sequence[ModelDigest],
     figures: Mapping[str, Mapping[str, Path]],
     models_figure: Path | None = None,
@@ -59,17 +67,17 @@ def markdown_summary(
     """Per model: the measured identity, the worst drift against the baseline, a table of checks
     (outcome and key figure) and the figure paths; then the cross-model table and figure."""
     identities = {d.model: d.identity for d in digests}
-    models = list(dict.fromkeys([f.model for f in findings] + list(identities)))
-    lines = [f"## geomcheck: {_counts(findings)}", ""]
+    models = list(dict.fromkeys([r.model for r in results] + list(identities)))
+    lines = [f"## geomcheck: {_counts(results)}", ""]
     if failures:
         lines += [f"**{len(failures)} failing:** " + ", ".join(f"`{f.title}`" for f in failures), ""]
     for model in models:
         lines += [f"### {model}", ""]
         if identity := identities.get(model):
             lines += ["Measured: " + ", ".join(f"`{k}={v}`" for k, v in identity.items() if v not in (None, "")), ""]
-        ours = [f for f in findings if f.model == model]
-        for finding in (f for f in ours if f.check == BASELINE_CHECK):
-            lines += [f"Worst drift against the baseline ({OUTCOMES.get(finding.outcome, finding.outcome)}): {finding.text}", ""]
+        ours = [r for r in results if r.model == model]
+        for result in (r for r in ours if r.check == BASELINE_CHECK):
+            lines += [f"Worst drift against the baseline ({OUTCOMES.get(result.outcome, result.outcome)}): {result.text}", ""]
         if ours:
             lines += ["| check | stream | outcome | key figure |", "|---|---|---|---|"]
             lines += [

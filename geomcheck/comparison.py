@@ -21,7 +21,7 @@ Wire = dict[str, Any]  # what execnet can carry: dicts, lists, str, int, float, 
 class ModelDigest:
     """One model's measured geometry and H4 overlap ratios, and the identity of what was measured."""
 
-    model: str
+    model: str  # display name
     geometry: Geometry | None
     overlap_ratios: dict[str, float] = field(default_factory=dict)  # writer kind -> mean overlap ÷ chance
     identity: dict[str, Any] = field(default_factory=dict)

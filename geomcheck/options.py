@@ -99,8 +99,9 @@ def validate_settings(settings: Mapping[str, Any]) -> None:
     _choice(settings, "position", POSITIONS)
     _choice(settings, "dtype", DTYPE_NAMES)
     _choice(settings, "device-map", DEVICE_MAPS)
-    streams(settings.get("streams") or ",".join(STREAMS))
-    device(settings.get("device") or "cpu")
+    for name, check in (("streams", streams), ("device", device)):
+        if settings.get(name):  # not given: RunOptions' default
+            check(settings[name])
     _directory(settings, "geomcheck-cache-dir")
     _directory(settings, "artifacts-dir")
     for which in ("harmful", "harmless"):

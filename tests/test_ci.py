@@ -6,14 +6,13 @@ from pathlib import Path
 
 from test_comparison import geometry_of
 
-from geomcheck.ci import Failure, annotations, append_step_summary, markdown_summary, step_summary_path
+from geomcheck.ci import CheckResult, Failure, annotations, append_step_summary, markdown_summary, step_summary_path
 from geomcheck.comparison import ModelDigest
-from geomcheck.plugin import Finding
 
-FINDINGS = [
-    Finding("smol", "matches_baseline", None, "3 of 450 values drifted; worst 7.2× at mid/cosine layer 11", "failed"),
-    Finding("smol", "variance_grows", "mid", "harmful ×1.48 | harmless ×1.49", "passed"),
-    Finding("mini", "variance_grows", "pre", "harmful ×1.22/layer R²=0.47", "xfail"),
+RESULTS = [
+    CheckResult("smol", "matches_baseline", None, "3 of 450 values drifted; worst 7.2× at mid/cosine layer 11", "failed"),
+    CheckResult("smol", "variance_grows", "mid", "harmful ×1.48 | harmless ×1.49", "passed"),
+    CheckResult("mini", "variance_grows", "pre", "harmful ×1.22/layer R²=0.47", "xfail"),
 ]
 FAILURE = Failure("checks/test_baseline.py", 10, "test_matches_baseline[smol]", "3 values drifted\nworst: 7.2×, 100%")
 
@@ -27,7 +26,7 @@ def digests():
 
 def test_the_markdown_summary_holds_checks_drift_identity_and_figures(tmp_path: Path):
     figures = {"smol": {"geometry": tmp_path / "smol" / "geometry.png"}}
-    text = markdown_summary(FINDINGS, digests(), figures, tmp_path / "models.png", [FAILURE])
+    text = markdown_summary(RESULTS, digests(), figures, tmp_path / "models.png", [FAILURE])
     assert text.startswith("## geomcheck: 1 failed, 1 passed, 1 xfail\n")
     assert "**1 failing:** `test_matches_baseline[smol]`" in text
     smol = text[text.index("### smol") : text.index("### mini")]
@@ -47,7 +46,7 @@ def test_the_markdown_summary_holds_checks_drift_identity_and_figures(tmp_path: 
 
 def test_figure_paths_inside_the_working_directory_are_shown_relative(tmp_path: Path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    text = markdown_summary(FINDINGS[:1], [], {"smol": {"geometry": tmp_path / "a" / "geometry.png"}})
+    text = markdown_summary(RESULTS[:1], [], {"smol": {"geometry": tmp_path / "a" / "geometry.png"}})
     assert "Figures: `a/geometry.png`" in text and "### All models" not in text  # one model: no comparison
 
 

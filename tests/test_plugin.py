@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,26 @@ def test_ids_are_model_and_stream(pytester: pytest.Pytester, project):
     assert "test_variance_grows.py::test_variance_grows[tiny-llama-mid]" in text
     assert "test_streams_separate.py::test_streams_separate[tiny-llama]" in text
     assert "test_weights_share_directions.py::test_weights_share_directions[tiny-llama]" in text
+
+
+def test_an_option_not_given_keeps_the_run_options_default(pytester: pytest.Pytester):
+    """Each default lives in RunOptions: the plugin passes only what the command line or ini gives."""
+    from geomcheck.pipeline import RunOptions
+    from geomcheck.settings import run_options
+
+    config = pytester.parseconfigure()
+    assert run_options(config) == replace(RunOptions(), progress=True)
+    pytester.makeini("[pytest]\ngeomcheck_batch_size = 4\n")
+    config = pytester.parseconfigure("--batch-size", "3", "--streams", "pre,mid", "--max-prompts", "5")
+    assert (run_options(config).batch_size, run_options(config).streams, run_options(config).max_prompts) == (3, ("pre", "mid"), 5)
+
+
+def test_every_model_fixture_makes_a_check(pytester: pytest.Pytester):
+    """A check that reads only ``activations`` is parametrized over the models like one that reads ``geometry``."""
+    pytester.makepyfile(test_own="def test_raw(activations): pass\n\ndef test_curves(geometry): pass\n")
+    text = pytester.runpytest("--collect-only", "-q", "--model", "smollm2-135m").stdout.str()
+    assert "test_own.py::test_raw[smollm2-135m]" in text
+    assert "test_own.py::test_curves[smollm2-135m]" in text
 
 
 def test_each_model_loads_once_however_many_checks_read_it(pytester: pytest.Pytester, project):

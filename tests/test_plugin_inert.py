@@ -78,3 +78,14 @@ def test_the_shipped_checks_run_from_the_package(pytester: pytest.Pytester, tiny
     for test in ("test_variance_grows[tiny-llama-mid]", "test_streams_separate[tiny-llama]", "test_cosine_falls[tiny-llama-pre]",
                  "test_weights_share_directions[tiny-llama]", "test_matches_baseline[tiny-llama]"):
         assert test in text, text
+
+
+@pytest.mark.parametrize(("args", "mode"), [(["-n", "2"], "loadgroup"), (["-n", "2", "--dist", "load"], "load")], ids=["n-alone", "explicit"])
+def test_an_opted_in_project_groups_by_model_under_n(pytester: pytest.Pytester, args: list[str], mode: str):
+    """``-n N`` alone means loadgroup once a project opts in, whatever order pytest loaded xdist and
+    geomcheck.activate in (xdist's own hook turns ``-n`` alone into ``load``); an explicit ``--dist`` wins."""
+    pytester.makeconftest("def pytest_terminal_summary(terminalreporter, config):\n"
+                          "    terminalreporter.write_line(f\"DIST={config.getoption('dist')}\")\n")
+    pytester.makepyfile("def test_a():\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "geomcheck.activate", "-p", "no:cacheprovider", *args)
+    assert f"DIST={mode}" in result.stdout.str(), result.stdout.str()
