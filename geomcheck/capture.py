@@ -94,8 +94,8 @@ class _Recorder:
         self.readings: dict[str, list[torch.Tensor | None]] = {s: [None] * len(v) for s, v in sites.items()}
 
     def start(self, mask: torch.Tensor | None) -> None:
-        """Set the batch in flight (None: nothing to read); the gather indices are computed once here,
-        not in each of the 3 × layers hook calls."""
+        """Set the batch in flight (None: nothing to read) and drop the last batch's gather indices, which
+        :meth:`_index` computes once per batch and device, not in each of the 3 × layers hook calls."""
         self.mask: torch.Tensor | None = mask
         self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from geomcheck.resampling import basic_interval, permutation_null, replicates, resample_indices
 from geomcheck.stats import NO_INTERVAL, RANGES, SETS, Interval, mean_cosine, statistics_from_samples
-from geomcheck.trends import GrowthFit, Separation, Trend, cosine_trend, growth_fit, separation
+from geomcheck.trends import GrowthFit, Separation, Trend, cosine_trend, growth_fit, mean_log_ratio, separation
 
 __all__ = ["SETS", "Geometry", "bootstrap_samples", "geometry_from_samples"]
 
@@ -129,9 +129,7 @@ def _derived(values: dict[str, np.ndarray], streams: Sequence[str]) -> dict[str,
             out[f"{stream}/cosine_null_ratio"] = np.float64((1.0 - cosine[-1]) / null_fall if null_fall > 0 else np.nan)
         if stream != "pre" and "pre" in streams:
             for prompt_set in SETS:
-                pre, upper = values[f"pre/var_mean/{prompt_set}"], values[f"{stream}/var_mean/{prompt_set}"]
-                both = (pre > 0) & (upper > 0)
-                ratio = np.mean(np.log(upper[both] / pre[both])) if both.any() else np.nan
+                ratio = mean_log_ratio(values[f"pre/var_mean/{prompt_set}"], values[f"{stream}/var_mean/{prompt_set}"])
                 out[f"{stream}/log_ratio_to_pre/{prompt_set}"] = np.float64(ratio)
     return out
 

@@ -117,12 +117,20 @@ def growth_fit(values: np.ndarray, outlier_z: float = 3.0) -> GrowthFit:
     )
 
 
+def mean_log_ratio(lower: np.ndarray, upper: np.ndarray) -> float:
+    """Mean over layers of ``log(upper / lower)``, over the layers where both are finite and positive (nan
+    where none is): how far apart two curves are, e.g. a stream's variance over that of ``pre``."""
+    lower = np.asarray(lower, dtype=np.float64)
+    upper = np.asarray(upper, dtype=np.float64)
+    positive = np.isfinite(lower) & np.isfinite(upper) & (lower > 0) & (upper > 0)
+    return float(np.mean(np.log(upper[positive] / lower[positive]))) if positive.any() else float("nan")
+
+
 @dataclass(frozen=True)
 class Separation:
     """How far apart two per-layer curves are, and where they are resolved.
 
-    ``mean_log_ratio`` is the mean over layers where both are positive of
-    ``log(mid / pre)``; ``fraction_separated`` is the share of
+    ``mean_log_ratio`` is :func:`mean_log_ratio` of ``pre`` and ``mid``; ``fraction_separated`` is the share of
     ``compared_layers`` whose confidence intervals do not overlap.
     """
 
@@ -152,16 +160,12 @@ def separation(
         np.broadcast_to(np.asarray(bound, dtype=np.float64), shape)
         for bound in (pre_interval.low, pre_interval.high, mid_interval.low, mid_interval.high)
     )
-    positive = np.isfinite(pre) & np.isfinite(mid) & (pre > 0) & (mid > 0)
-    mean_log_ratio = (
-        float(np.mean(np.log(mid[positive] / pre[positive]))) if positive.any() else float("nan")
-    )
     comparable = ~(np.isnan(pre_low) | np.isnan(pre_high) | np.isnan(mid_low) | np.isnan(mid_high))
     apart = comparable & ((pre_high < mid_low) | (mid_high < pre_low))
     layers = np.arange(pre.size)
     n_compared = int(comparable.sum())
     return Separation(
-        mean_log_ratio=mean_log_ratio,
+        mean_log_ratio=mean_log_ratio(pre, mid),
         fraction_separated=float(apart.sum()) / n_compared if n_compared else float("nan"),
         separated_layers=tuple(int(i) for i in layers[apart]),
         compared_layers=tuple(int(i) for i in layers[comparable]),
