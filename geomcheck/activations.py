@@ -51,7 +51,11 @@ def check_complete(result: Capture, sizes: Mapping[str, int]) -> None:
 
 def to_arrays(result: Capture) -> dict[str, np.ndarray]:
     """Flatten a capture into named arrays for the cache: ``<set>/<stream>/samples``."""
-    return {f"{prompt_set}/{stream}/samples": readings for prompt_set, by_stream in result.samples.items() for stream, readings in by_stream.items()}
+    return {
+        f"{prompt_set}/{stream}/samples": readings
+        for prompt_set, by_stream in result.samples.items()
+        for stream, readings in by_stream.items()
+    }
 
 
 def from_arrays(arrays: Mapping[str, np.ndarray]) -> Capture:

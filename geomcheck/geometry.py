@@ -147,7 +147,9 @@ def _all_statistics(
     return values
 
 
-def _cosine_null(harmful: np.ndarray, harmless: np.ndarray, streams: Sequence[str], n_perm: int, seed: int) -> dict[str, np.ndarray]:
+def _cosine_null(
+    harmful: np.ndarray, harmless: np.ndarray, streams: Sequence[str], n_perm: int, seed: int
+) -> dict[str, np.ndarray]:
     """Per stream, the mean cosine of the means of label-shuffled sets, and a permutation p-value of the
     observed last-layer cosine (the share of shufflings whose cosine is as low)."""
 
@@ -199,17 +201,14 @@ def bootstrap_samples(
     array; it is taken to be its own plug-in value (a mean over prompts is)."""
     sizes = (len(next(iter(samples["harmful"].values()))), len(next(iter(samples["harmless"].values()))))
     value = np.asarray(statistic(samples), dtype=np.float64)
-    draws = np.stack(
-        [
-            np.asarray(statistic({"harmful": _rows(samples["harmful"], harmful_rows), "harmless": _rows(samples["harmless"], harmless_rows)}), np.float64)
-            for harmful_rows, harmless_rows in resample_indices(sizes, n_boot, seed)
-        ]
-    )
+    draws = np.stack([np.asarray(statistic(_resampled(samples, *rows)), np.float64) for rows in resample_indices(sizes, n_boot, seed)])
     return value, basic_interval(value, draws, level=level)
 
 
-def _rows(by_stream: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
-    return {stream: readings[rows] for stream, readings in by_stream.items()}
+def _resampled(samples: Samples, harmful_rows: np.ndarray, harmless_rows: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    """The readings of the resampled prompts (rows of each set), every stream."""
+    rows = {"harmful": harmful_rows, "harmless": harmless_rows}
+    return {prompt_set: {stream: readings[rows[prompt_set]] for stream, readings in samples[prompt_set].items()} for prompt_set in rows}
 
 
 def geometry_to_arrays(geometry: Geometry) -> dict[str, np.ndarray]:

@@ -25,7 +25,9 @@ def resample_indices(sizes: tuple[int, int], n_boot: int, seed: int) -> list[tup
     return [(rng.integers(0, sizes[0], size=sizes[0]), rng.integers(0, sizes[1], size=sizes[1])) for _ in range(n_boot)]
 
 
-def replicates(harmful: np.ndarray, harmless: np.ndarray, statistic: Statistic, n_boot: int = 200, seed: int = 0) -> dict[str, np.ndarray]:
+def replicates(
+    harmful: np.ndarray, harmless: np.ndarray, statistic: Statistic, n_boot: int = 200, seed: int = 0
+) -> dict[str, np.ndarray]:
     """``statistic`` of each bootstrap resample of the prompts, stacked: key -> ``(n_boot, *shape)``."""
     draws: dict[str, list[np.ndarray]] = {}
     for harmful_rows, harmless_rows in resample_indices((len(harmful), len(harmless)), n_boot, seed):

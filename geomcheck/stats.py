@@ -76,7 +76,12 @@ def mean_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def debiased_cosine(
-    harmful_mean: np.ndarray, harmful_var: np.ndarray, n_harmful: int, harmless_mean: np.ndarray, harmless_var: np.ndarray, n_harmless: int
+    harmful_mean: np.ndarray,
+    harmful_var: np.ndarray,
+    n_harmful: int,
+    harmless_mean: np.ndarray,
+    harmless_var: np.ndarray,
+    n_harmless: int,
 ) -> np.ndarray:
     """Cosine of the true means, estimated without the sampling-noise bias of the sample means.
 
@@ -136,8 +141,9 @@ def statistics_from_moments(
     if plug_in:
         harmful_var, harmless_var = harmful_var * (n_harmful - 1) / n_harmful, harmless_var * (n_harmless - 1) / n_harmless
     cosine = mean_cosine(harmful_mean, harmless_mean)
-    debiased = cosine if plug_in else debiased_cosine(harmful_mean, harmful_var, n_harmful, harmless_mean, harmless_var, n_harmless)
-    out = {"cosine": cosine, "cosine_debiased": debiased}
+    out = {"cosine": cosine, "cosine_debiased": cosine}
+    if not plug_in:
+        out["cosine_debiased"] = debiased_cosine(harmful_mean, harmful_var, n_harmful, harmless_mean, harmless_var, n_harmless)
     for prompt_set, var in (("harmful", harmful_var), ("harmless", harmless_var)):
         out[f"var_mean/{prompt_set}"] = var.mean(axis=-1)
         for name, curve in _variance_profile(var).items():
