@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from geomcheck import POSITIONS, STREAMS
-from geomcheck.accumulators import Capture, Moments
+from geomcheck.activations import DTYPE, Capture
 from geomcheck.rendering import fixed_clock
 from geomcheck.families import GENERIC, Family, Layout, Site, base_model, layout
 from geomcheck.proof import StreamProofError, verify
@@ -94,8 +94,8 @@ class _Recorder:
         self.readings: dict[str, list[torch.Tensor | None]] = {s: [None] * len(v) for s, v in sites.items()}
 
     def start(self, mask: torch.Tensor | None) -> None:
-        """Set the batch in flight (None: nothing to read); the gather indices are computed once here,
-        not in each of the 3 × layers hook calls."""
+        """Set the batch in flight (None: nothing to read) and drop the last batch's gather indices, which
+        :meth:`_index` computes once per batch and device, not in each of the 3 × layers hook calls."""
         self.mask: torch.Tensor | None = mask
         self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -246,7 +246,6 @@ def capture(
     position: str = "last",
     batch_size: int = 16,
     chat_template: bool = True,
-    keep_samples: bool = False,
     max_length: int | None = None,
     prefix_reuse: bool = True,
     progress: bool = True,
@@ -254,7 +253,8 @@ def capture(
     family: Family | None = None,
     proof: bool = True,
 ) -> Capture:
-    """Run every prompt set through the model once, folding each batch into per-layer moments.
+    """Run every prompt set through the model once, keeping each prompt's reading of every stream
+    (float32; what that costs: :mod:`geomcheck.activations`).
 
     ``token_ids`` (from :func:`tokenize`) are fed as given, so a caller can fingerprint the exact inputs.
     ``family`` overrides the model's own record (tests); ``proof=False`` skips the run-time proof on the
@@ -274,12 +274,8 @@ def capture(
     reuse = prefix_reuse and position == "last" and resolved.family.prefix_reuse
     prefix_length = shared_prefix_length(everything) if reuse and everything else 0
     recorder = _Recorder(sites, position)
-    moments = {name: {s: Moments((n_layers, d_model)) for s in streams} for name in prompt_sets}
-    samples = (
-        {name: {s: np.empty((len(p), n_layers, d_model), np.float32) for s in streams} for name, p in prompt_sets.items()}
-        if keep_samples
-        else None
-    )
+    # One row per tokenized prompt, each written by exactly one batch below.
+    samples = {name: {s: np.empty((len(ids), n_layers, d_model), DTYPE) for s in streams} for name, ids in token_ids.items()}
     with recorder.attached(), torch.inference_mode(), tqdm(total=len(everything), desc="geomcheck capture", unit="prompt", disable=not progress) as bar:
         prefix = SharedPrefix(runner, everything[0][:prefix_length]) if prefix_length else None
         unproven = proof
@@ -297,11 +293,9 @@ def capture(
                 readings = {stream: recorder.take(stream) for stream in streams}
                 _check_finite(readings)
                 for stream, reading in readings.items():
-                    moments[name][stream].update(reading.numpy())
-                    if samples is not None:
-                        samples[name][stream][batch.indices] = reading.numpy()
+                    samples[name][stream][batch.indices] = reading.numpy()
                 bar.update(len(batch.indices))
-    return Capture(moments, samples, n_layers, d_model)
+    return Capture(samples, n_layers, d_model)
 
 
 def _check_finite(readings: Mapping[str, torch.Tensor]) -> None:

@@ -16,27 +16,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from geomcheck.stats import (
-    NO_INTERVAL,
-    RANGES,
-    SETS,
-    GrowthFit,
-    Interval,
-    Separation,
-    Trend,
-    basic_interval,
-    cosine_trend,
-    growth_fit,
-    mean_cosine,
-    permutation_null,
-    replicates,
-    resample_indices,
-    separation,
-    statistics_from_moments,
-    statistics_from_samples,
-)
+from geomcheck.resampling import basic_interval, permutation_null, replicates, resample_indices
+from geomcheck.stats import NO_INTERVAL, RANGES, SETS, Interval, mean_cosine, statistics_from_samples
+from geomcheck.trends import GrowthFit, Separation, Trend, cosine_trend, growth_fit, mean_log_ratio, separation
 
-__all__ = ["SETS", "Geometry", "bootstrap_samples", "geometry_from_samples", "geometry_from_moments"]
+__all__ = ["SETS", "Geometry", "bootstrap_samples", "geometry_from_samples"]
 
 Samples = Mapping[str, Mapping[str, np.ndarray]]  # set -> stream -> (samples, layers, features)
 Values = Mapping[str, np.ndarray]
@@ -98,9 +82,9 @@ class Geometry:
         """Trend of the harmful/harmless mean cosine with depth (hypothesis 3)."""
         return cosine_trend(self.curve(stream, "cosine"))
 
-    def separation(self, which: str, lower: str = "pre", upper: str = "mid") -> Separation:
-        """How far apart two streams' mean-variance curves are (hypothesis 2)."""
-        key = f"var_mean/{which}"
+    def separation(self, prompt_set: str, lower: str = "pre", upper: str = "mid") -> Separation:
+        """How far apart two streams' mean-variance curves of one prompt set are (hypothesis 2)."""
+        key = f"var_mean/{prompt_set}"
         return separation(
             self.curve(lower, key),
             self.curve(upper, key),
@@ -128,14 +112,14 @@ def _derived(values: dict[str, np.ndarray], streams: Sequence[str]) -> dict[str,
     """Summary figures of the hypotheses, computed from the per-layer curves."""
     out: dict[str, np.ndarray] = {}
     for stream in streams:
-        for which in SETS:
+        for prompt_set in SETS:
             try:
-                fit = growth_fit(values[f"{stream}/var_mean/{which}"])
-                out[f"{stream}/growth_rate/{which}"] = np.float64(fit.rate)
-                out[f"{stream}/growth_r2/{which}"] = np.float64(fit.r2)
+                fit = growth_fit(values[f"{stream}/var_mean/{prompt_set}"])
+                out[f"{stream}/growth_rate/{prompt_set}"] = np.float64(fit.rate)
+                out[f"{stream}/growth_r2/{prompt_set}"] = np.float64(fit.r2)
             except ValueError:  # too few positive layers in this replicate: no rate to report
-                out[f"{stream}/growth_rate/{which}"] = np.float64(np.nan)
-                out[f"{stream}/growth_r2/{which}"] = np.float64(np.nan)
+                out[f"{stream}/growth_rate/{prompt_set}"] = np.float64(np.nan)
+                out[f"{stream}/growth_r2/{prompt_set}"] = np.float64(np.nan)
         cosine = values[f"{stream}/cosine"]
         trend = cosine_trend(cosine)
         out[f"{stream}/cosine_spearman"] = np.float64(trend.spearman)
@@ -144,36 +128,36 @@ def _derived(values: dict[str, np.ndarray], streams: Sequence[str]) -> dict[str,
             null_fall = 1.0 - values[f"{stream}/cosine_null"][-1]
             out[f"{stream}/cosine_null_ratio"] = np.float64((1.0 - cosine[-1]) / null_fall if null_fall > 0 else np.nan)
         if stream != "pre" and "pre" in streams:
-            for which in SETS:
-                pre, upper = values[f"pre/var_mean/{which}"], values[f"{stream}/var_mean/{which}"]
-                both = (pre > 0) & (upper > 0)
-                ratio = np.mean(np.log(upper[both] / pre[both])) if both.any() else np.nan
-                out[f"{stream}/log_ratio_to_pre/{which}"] = np.float64(ratio)
+            for prompt_set in SETS:
+                ratio = mean_log_ratio(values[f"pre/var_mean/{prompt_set}"], values[f"{stream}/var_mean/{prompt_set}"])
+                out[f"{stream}/log_ratio_to_pre/{prompt_set}"] = np.float64(ratio)
     return out
 
 
 def _all_statistics(
-    P: np.ndarray, N: np.ndarray, streams: Sequence[str], fixed: Values, plug_in: bool = False
+    harmful: np.ndarray, harmless: np.ndarray, streams: Sequence[str], fixed: Values, plug_in: bool = False
 ) -> dict[str, np.ndarray]:
-    """P, N shaped (samples, streams, layers, features) -> every value of a Geometry; ``fixed`` values
+    """Both sets shaped (samples, streams, layers, features) -> every value of a Geometry; ``fixed`` values
     (the shuffled-label null) are held, not resampled."""
     values: dict[str, np.ndarray] = dict(fixed)
     for index, stream in enumerate(streams):
-        for name, curve in statistics_from_samples(P[:, index], N[:, index], plug_in).items():
+        for name, curve in statistics_from_samples(harmful[:, index], harmless[:, index], plug_in).items():
             values[f"{stream}/{name}"] = curve
     values.update(_derived(values, streams))
     return values
 
 
-def _cosine_null(P: np.ndarray, N: np.ndarray, streams: Sequence[str], n_perm: int, seed: int) -> dict[str, np.ndarray]:
+def _cosine_null(
+    harmful: np.ndarray, harmless: np.ndarray, streams: Sequence[str], n_perm: int, seed: int
+) -> dict[str, np.ndarray]:
     """Per stream, the mean cosine of the means of label-shuffled sets, and a permutation p-value of the
     observed last-layer cosine (the share of shufflings whose cosine is as low)."""
 
-    def cosines(p: np.ndarray, n: np.ndarray) -> dict[str, np.ndarray]:
-        return {stream: mean_cosine(p[:, i].mean(axis=0), n[:, i].mean(axis=0)) for i, stream in enumerate(streams)}
+    def cosines(one: np.ndarray, other: np.ndarray) -> dict[str, np.ndarray]:
+        return {stream: mean_cosine(one[:, i].mean(axis=0), other[:, i].mean(axis=0)) for i, stream in enumerate(streams)}
 
-    draws = permutation_null(P, N, cosines, n_perm, seed)
-    observed = cosines(P, N)
+    draws = permutation_null(harmful, harmless, cosines, n_perm, seed)
+    observed = cosines(harmful, harmless)
     out: dict[str, np.ndarray] = {}
     for stream in streams:
         out[f"{stream}/cosine_null"] = np.nanmean(draws[stream], axis=0)
@@ -184,21 +168,21 @@ def _cosine_null(P: np.ndarray, N: np.ndarray, streams: Sequence[str], n_perm: i
 
 def _stack(samples: Samples) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
     streams = tuple(samples["harmful"])
-    P = np.stack([samples["harmful"][s] for s in streams], axis=1)
-    N = np.stack([samples["harmless"][s] for s in streams], axis=1)
-    return streams, P, N
+    harmful = np.stack([samples["harmful"][s] for s in streams], axis=1)
+    harmless = np.stack([samples["harmless"][s] for s in streams], axis=1)
+    return streams, harmful, harmless
 
 
 def geometry_from_samples(samples: Samples, n_boot: int = 200, seed: int = 0) -> Geometry:
     """Point values from all prompts; intervals from ``n_boot`` resamplings of the prompts, and the
     shuffled-label null of the cosine from as many permutations (same seed)."""
-    streams, P, N = _stack(samples)
+    streams, harmful, harmless = _stack(samples)
     if not n_boot:
-        return Geometry(streams, _all_statistics(P, N, streams, {}), {}, 0, seed)
-    null = _cosine_null(P, N, streams, n_boot, seed)
-    values = _all_statistics(P, N, streams, null)
-    centers = _all_statistics(P, N, streams, null, plug_in=True)
-    draws = replicates(P, N, lambda p, n: _all_statistics(p, n, streams, null), n_boot=n_boot, seed=seed)
+        return Geometry(streams, _all_statistics(harmful, harmless, streams, {}), {}, 0, seed)
+    null = _cosine_null(harmful, harmless, streams, n_boot, seed)
+    values = _all_statistics(harmful, harmless, streams, null)
+    centers = _all_statistics(harmful, harmless, streams, null, plug_in=True)
+    draws = replicates(harmful, harmless, lambda one, other: _all_statistics(one, other, streams, null), n_boot=n_boot, seed=seed)
     intervals = {
         key: basic_interval(value, draws[key], centers[key], bounds=RANGES.get(key.split("/", 1)[1], (-np.inf, np.inf)))
         for key, value in values.items()
@@ -217,27 +201,14 @@ def bootstrap_samples(
     array; it is taken to be its own plug-in value (a mean over prompts is)."""
     sizes = (len(next(iter(samples["harmful"].values()))), len(next(iter(samples["harmless"].values()))))
     value = np.asarray(statistic(samples), dtype=np.float64)
-    draws = np.stack(
-        [
-            np.asarray(statistic({"harmful": {s: a[p] for s, a in samples["harmful"].items()}, "harmless": {s: a[n] for s, a in samples["harmless"].items()}}), dtype=np.float64)
-            for p, n in resample_indices(sizes, n_boot, seed)
-        ]
-    )
+    draws = np.stack([np.asarray(statistic(_resampled(samples, *rows)), np.float64) for rows in resample_indices(sizes, n_boot, seed)])
     return value, basic_interval(value, draws, level=level)
 
 
-def geometry_from_moments(moments: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray, int]]]) -> Geometry:
-    """Point values only, from streaming (mean, variance, count) per set and stream: memory flat in
-    prompts. No null and no intervals: both need the samples."""
-    streams = tuple(moments["harmful"])
-    values: dict[str, np.ndarray] = {}
-    for stream in streams:
-        p_mean, p_var, p_count = moments["harmful"][stream]
-        n_mean, n_var, n_count = moments["harmless"][stream]
-        for name, curve in statistics_from_moments(p_mean, p_var, n_mean, n_var, (p_count, n_count)).items():
-            values[f"{stream}/{name}"] = curve
-    values.update(_derived(values, streams))
-    return Geometry(streams, values, {}, 0)
+def _resampled(samples: Samples, harmful_rows: np.ndarray, harmless_rows: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    """The readings of the resampled prompts (rows of each set), every stream."""
+    rows = {"harmful": harmful_rows, "harmless": harmless_rows}
+    return {prompt_set: {stream: readings[rows[prompt_set]] for stream, readings in samples[prompt_set].items()} for prompt_set in rows}
 
 
 def geometry_to_arrays(geometry: Geometry) -> dict[str, np.ndarray]:

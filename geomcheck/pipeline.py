@@ -1,4 +1,4 @@
-"""One model's run, start to end: prompts → model → per-layer accumulators → geometry.
+"""One model's run, start to end: prompts → model → each prompt's activations → geometry.
 
 The model is loaded lazily and at most once; activations and weight overlaps go through the on-disk
 cache, so a re-run with identical inputs loads no model at all. "Identical" is decided by content: the
@@ -21,10 +21,11 @@ import numpy as np
 
 import geomcheck
 from geomcheck import STREAMS, registry
-from geomcheck.accumulators import Capture, Moments
+from geomcheck import activations
+from geomcheck.activations import Capture, check_complete
 from geomcheck.cache import Arrays, ArrayCache, cache_key
 from geomcheck.fingerprint import Fingerprint, FingerprintError, of_model
-from geomcheck.geometry import Geometry, geometry_from_arrays, geometry_from_moments, geometry_from_samples, geometry_to_arrays
+from geomcheck.geometry import Geometry, geometry_from_arrays, geometry_from_samples, geometry_to_arrays
 from geomcheck.prompts import prompts_hash, resolve_prompts
 from geomcheck.rendering import TEMPLATE_DATE, text_digest, token_ids_digest
 from geomcheck.weights import overlap_matrix, top_left_singular_vectors
@@ -214,7 +215,7 @@ class ModelRun:
         """What the activations depend on (see :data:`KEYED_SOFTWARE` for what is left out, and why)."""
         fields = {k: v for k, v in self._run_meta.items() if k != "device"}
         software = {name: importlib.metadata.version(name) for name in KEYED_SOFTWARE}
-        return {**fields, "streams": self.options.streams, "software": software}
+        return {**fields, "streams": self.options.streams, "software": software, "format": activations.FORMAT}
 
     def _cached(self, kind: str, key: dict[str, Any], compute: Callable[[], Arrays], meta: dict[str, Any]) -> Arrays:
         """Arrays from ``<cache_dir>/<kind>/``, computed (once, under a lock) when no entry matches ``key``."""
@@ -235,11 +236,11 @@ class ModelRun:
             except NonFiniteActivationError as exc:
                 raise NonFiniteActivationError(f"{self.spec.name}: {exc}") from exc
             check_complete(result, {name: len(prompts) for name, prompts in self.prompts.items()})
-            return {**capture_to_arrays(result), MEASURED: pack_measured(measured)}
+            return {**activations.to_arrays(result), MEASURED: pack_measured(measured)}
 
         arrays = self._cached("activations", self._activations_key, compute, self._run_meta)
         self._measured = unpack_measured(arrays)
-        return capture_from_arrays(arrays)
+        return activations.from_arrays(arrays)
 
     def _capture(self, loaded: LoadedModel) -> tuple[Capture, dict[str, Any]]:
         """The capture, and what it measured (see :attr:`measured`)."""
@@ -258,7 +259,6 @@ class ModelRun:
             position=self.options.position,
             batch_size=self.options.batch_size,
             chat_template=self.chat_template,
-            keep_samples=True,
             max_length=max_length,
             progress=self.options.progress,
             token_ids=token_ids,
@@ -281,16 +281,11 @@ class ModelRun:
 
     @cached_property
     def geometry(self) -> Geometry:
-        """Statistics with bootstrap intervals (or point values only with ``n_boot=0``), cached like the
-        activations: a re-run neither loads the model nor repeats the bootstrap."""
+        """Statistics of the captured samples with bootstrap intervals (point values only with ``n_boot=0``),
+        cached like the activations: a re-run neither loads the model nor repeats the bootstrap."""
 
         def compute() -> Arrays:
-            result = self.capture
-            if self.options.n_boot and result.samples is not None:
-                geometry = geometry_from_samples(result.samples, n_boot=self.options.n_boot, seed=self.options.seed)
-            else:
-                moments = {n: {s: (m.mean, m.variance(), m.count) for s, m in st.items()} for n, st in result.moments.items()}
-                geometry = geometry_from_moments(moments)
+            geometry = geometry_from_samples(self.capture.samples, n_boot=self.options.n_boot, seed=self.options.seed)
             return {**geometry_to_arrays(geometry), MEASURED: pack_measured(self.measured)}
 
         key = {"format": GEOMETRY_FORMAT, "activations": self._activations_key, "n_boot": self.options.n_boot, "seed": self.options.seed}
@@ -328,20 +323,6 @@ class WeightOverlap:
     d_model: int
 
 
-class IncompleteCaptureError(RuntimeError):
-    """A capture did not see every prompt of every set and stream: it must not be used, nor cached."""
-
-
-def check_complete(result: Capture, sizes: dict[str, int]) -> None:
-    """Every stream of every set counted each prompt once; anything else would be cached as a truth."""
-    for name, size in sizes.items():
-        for stream, moments in result.moments.get(name, {}).items():
-            if moments.count != size:
-                raise IncompleteCaptureError(f"captured {moments.count} of {size} {name} prompts on stream {stream}; nothing was cached")
-        if not result.moments.get(name):
-            raise IncompleteCaptureError(f"captured no stream of the {name} set; nothing was cached")
-
-
 def pack_measured(measured: dict[str, Any]) -> np.ndarray:
     """What a run measured, as JSON bytes inside its cache entry: known only after the model ran, and
     checksummed with the arrays it describes."""
@@ -351,41 +332,3 @@ def pack_measured(measured: dict[str, Any]) -> np.ndarray:
 def unpack_measured(arrays: Arrays) -> dict[str, Any]:
     """Take :func:`pack_measured`'s entry out of ``arrays`` and decode it."""
     return json.loads(bytes(arrays.pop(MEASURED)).decode())
-
-
-def capture_to_arrays(result: Capture) -> Arrays:
-    """Flatten a capture into named arrays for the cache."""
-    arrays: Arrays = {}
-    for name, streams in result.moments.items():
-        for stream, moments in streams.items():
-            arrays[f"{name}/{stream}/count"] = np.array([moments.count], dtype=np.int64)
-            arrays[f"{name}/{stream}/mean"] = moments.mean
-            arrays[f"{name}/{stream}/m2"] = moments.m2
-            if result.samples is not None:
-                arrays[f"{name}/{stream}/samples"] = result.samples[name][stream]
-    return arrays
-
-
-def capture_from_arrays(arrays: Arrays) -> Capture:
-    """Inverse of :func:`capture_to_arrays`."""
-    moments: dict[str, dict[str, Moments]] = {}
-    samples: dict[str, dict[str, np.ndarray]] = {}
-    for key in arrays:
-        name, stream, part = key.split("/")
-        if part == "mean":
-            moments.setdefault(name, {})[stream] = Moments.from_state(
-                int(arrays[f"{name}/{stream}/count"][0]), arrays[key], arrays[f"{name}/{stream}/m2"]
-            )
-        elif part == "samples":
-            samples.setdefault(name, {})[stream] = arrays[key]
-    moments = {name: _forward_order(streams) for name, streams in moments.items()}
-    samples = {name: _forward_order(streams) for name, streams in samples.items()}
-    first = next(iter(next(iter(moments.values())).values()))
-    n_layers, d_model = first.shape
-    return Capture(moments, samples if samples else None, n_layers, d_model)
-
-
-def _forward_order(by_stream: dict[str, Any]) -> dict[str, Any]:
-    """The cache returns names sorted; streams go back to forward order (pre, mid, post) for figures and reports."""
-    rank = {stream: i for i, stream in enumerate(STREAMS)}
-    return dict(sorted(by_stream.items(), key=lambda item: rank.get(item[0], len(rank))))

@@ -1,16 +1,14 @@
-"""Per-layer statistics of two contrastive sets of residual streams, their bootstrap intervals and
-label-permutation nulls, and the tests of shape that the hypotheses are phrased in.
+"""Per-layer statistics of two contrastive sets of residual streams: their vocabulary, their definitions,
+and the :class:`Interval` their uncertainty is stated in.
 
-Arrays of samples are laid out as ``samples x layers x features``.  Everything
-here is plain numpy so that the same definitions serve the in-memory path,
-the streaming accumulators (through :func:`statistics_from_moments`) and the
-property tests.
+Arrays of samples are laid out as ``samples x layers x features``. Plain numpy, independent of torch and
+pytest. Beside it, by job: :mod:`geomcheck.resampling` (bootstrap intervals and label-permutation nulls
+over the prompts) and :mod:`geomcheck.trends` (the tests of shape the hypotheses are phrased in).
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,16 +52,11 @@ NO_INTERVAL = ("top_feature/harmful", "top_feature/harmless")
 
 def expand(names: Mapping[str, str]) -> tuple[str, ...]:
     """Vocabulary entries with ``{set}`` spelled out for both sets."""
-    return tuple(name.format(set=which) for name in names for which in (SETS if "{set}" in name else ("",)))
+    return tuple(name.format(set=prompt_set) for name in names for prompt_set in (SETS if "{set}" in name else ("",)))
 
 
-# The per-layer curves computed from each set's moments (CURVES but the null, which needs the samples).
+# The per-layer curves computed from each set's mean and variance (CURVES but the null, which shuffles the prompts).
 STAT_NAMES = tuple(name for name in expand(CURVES) if name != "cosine_null")
-
-# Rounding noise on an exact fit must not be reported as a break in trend:
-# residuals below this multiple of the log-values' magnitude count as zero.
-_RESIDUAL_TOLERANCE = 1e-9
-
 
 def mean_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Cosine similarity of ``a`` and ``b`` along the last axis.
@@ -82,7 +75,14 @@ def mean_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(defined, dot / safe, np.nan)
 
 
-def debiased_cosine(p_mean: np.ndarray, p_var: np.ndarray, n_p: int, n_mean: np.ndarray, n_var: np.ndarray, n_n: int) -> np.ndarray:
+def debiased_cosine(
+    harmful_mean: np.ndarray,
+    harmful_var: np.ndarray,
+    n_harmful: int,
+    harmless_mean: np.ndarray,
+    harmless_var: np.ndarray,
+    n_harmless: int,
+) -> np.ndarray:
     """Cosine of the true means, estimated without the sampling-noise bias of the sample means.
 
     ``E‖x̄‖² = ‖μ‖² + tr(Σ)/n``, so the noise inflates both norms and pulls the cosine toward 0 — by more
@@ -90,11 +90,13 @@ def debiased_cosine(p_mean: np.ndarray, p_var: np.ndarray, n_p: int, n_mean: np.
     two independent sets' means is already unbiased. Where a corrected norm is not positive the means are
     not resolved from noise and the result is nan. It may slightly exceed 1 in magnitude (not clipped).
     """
-    dot = np.sum(p_mean * n_mean, axis=-1)
-    norm_p = np.sum(p_mean**2, axis=-1) - p_var.sum(axis=-1) / n_p
-    norm_n = np.sum(n_mean**2, axis=-1) - n_var.sum(axis=-1) / n_n
-    resolved = (norm_p > 0) & (norm_n > 0)
-    return np.where(resolved, dot / (np.sqrt(np.where(resolved, norm_p, 1.0)) * np.sqrt(np.where(resolved, norm_n, 1.0))), np.nan)
+    dot = np.sum(harmful_mean * harmless_mean, axis=-1)
+    norm_harmful = np.sum(harmful_mean**2, axis=-1) - harmful_var.sum(axis=-1) / n_harmful
+    norm_harmless = np.sum(harmless_mean**2, axis=-1) - harmless_var.sum(axis=-1) / n_harmless
+    resolved = (norm_harmful > 0) & (norm_harmless > 0)
+    return np.where(
+        resolved, dot / (np.sqrt(np.where(resolved, norm_harmful, 1.0)) * np.sqrt(np.where(resolved, norm_harmless, 1.0))), np.nan
+    )
 
 
 def _variance_profile(var: np.ndarray) -> dict[str, np.ndarray]:
@@ -110,66 +112,65 @@ def _variance_profile(var: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def statistics_from_moments(
-    p_mean: np.ndarray,
-    p_var: np.ndarray,
-    n_mean: np.ndarray,
-    n_var: np.ndarray,
+    harmful_mean: np.ndarray,
+    harmful_var: np.ndarray,
+    harmless_mean: np.ndarray,
+    harmless_var: np.ndarray,
     sizes: tuple[int, int],
     plug_in: bool = False,
 ) -> dict[str, np.ndarray]:
-    """The per-layer curves of STAT_NAMES, from each set's moments.
+    """The per-layer curves of STAT_NAMES, from each set's first two moments.
 
-    Inputs are ``(L, d)``: per-layer mean and per-feature variance (ddof=1) of the harmful (``p_*``) and
-    harmless (``n_*``) sets, of ``sizes`` prompts. This is the single definition of the statistics, so
-    streaming accumulators that never hold all samples produce exactly what
-    :func:`statistics_from_samples` does.
+    Inputs are ``(L, d)``: per-layer mean and per-feature variance (ddof=1) of the harmful and harmless
+    sets, of ``sizes`` prompts. The single definition of the statistics: every curve is a function of
+    these moments alone, which :func:`statistics_from_samples` takes of the samples.
 
     ``plug_in=True`` gives the same functionals of the *empirical* distribution (variances with ddof=0,
     the plain cosine for the debiased one): the value the bootstrap replicates scatter around, which the
-    basic bootstrap interval pivots on (see :func:`basic_interval`).
+    basic bootstrap interval pivots on (see :func:`geomcheck.resampling.basic_interval`).
     """
-    arrays = [np.asarray(x, dtype=np.float64) for x in (p_mean, p_var, n_mean, n_var)]
+    arrays = [np.asarray(x, dtype=np.float64) for x in (harmful_mean, harmful_var, harmless_mean, harmless_var)]
     shapes = {x.shape for x in arrays}
     if len(shapes) != 1 or arrays[0].ndim != 2:
         raise ValueError(
             "moments must all have the same (layers, features) shape; got "
             f"{[x.shape for x in arrays]}"
         )
-    p_mean, p_var, n_mean, n_var = arrays
-    n_p, n_n = sizes
+    harmful_mean, harmful_var, harmless_mean, harmless_var = arrays
+    n_harmful, n_harmless = sizes
     if plug_in:
-        p_var, n_var = p_var * (n_p - 1) / n_p, n_var * (n_n - 1) / n_n
-    cosine = mean_cosine(p_mean, n_mean)
-    out = {"cosine": cosine, "cosine_debiased": cosine if plug_in else debiased_cosine(p_mean, p_var, n_p, n_mean, n_var, n_n)}
-    profiles = {"harmful": _variance_profile(p_var), "harmless": _variance_profile(n_var)}
-    out["var_mean/harmful"], out["var_mean/harmless"] = p_var.mean(axis=-1), n_var.mean(axis=-1)
-    for name in ("var_max", "var_q99", "top_feature", "top_share"):
-        for which in SETS:
-            out[f"{name}/{which}"] = profiles[which][name]
+        harmful_var, harmless_var = harmful_var * (n_harmful - 1) / n_harmful, harmless_var * (n_harmless - 1) / n_harmless
+    cosine = mean_cosine(harmful_mean, harmless_mean)
+    out = {"cosine": cosine, "cosine_debiased": cosine}
+    if not plug_in:
+        out["cosine_debiased"] = debiased_cosine(harmful_mean, harmful_var, n_harmful, harmless_mean, harmless_var, n_harmless)
+    for prompt_set, var in (("harmful", harmful_var), ("harmless", harmless_var)):
+        out[f"var_mean/{prompt_set}"] = var.mean(axis=-1)
+        for name, curve in _variance_profile(var).items():
+            out[f"{name}/{prompt_set}"] = curve
     return {name: out[name] for name in STAT_NAMES}
 
 
-def statistics_from_samples(P: np.ndarray, N: np.ndarray, plug_in: bool = False) -> dict[str, np.ndarray]:
-    """Statistics of harmful samples ``P`` (n, L, d) and harmless ``N`` (m, L, d).
+def statistics_from_samples(harmful: np.ndarray, harmless: np.ndarray, plug_in: bool = False) -> dict[str, np.ndarray]:
+    """Statistics of harmful samples (n, L, d) and harmless samples (m, L, d).
 
-    Moments are taken in float64 because activations are often stored in half
-    precision, where summing thousands of prompts loses the variance.
+    Moments are taken in float64: a float32 sum over many prompts would lose the small features' variance
+    beside the massive activations of mid/late layers.
     """
-    P = np.asarray(P, dtype=np.float64)
-    N = np.asarray(N, dtype=np.float64)
-    if P.ndim != 3 or N.ndim != 3 or P.shape[1:] != N.shape[1:]:
+    harmful = np.asarray(harmful, dtype=np.float64)
+    harmless = np.asarray(harmless, dtype=np.float64)
+    if harmful.ndim != 3 or harmless.ndim != 3 or harmful.shape[1:] != harmless.shape[1:]:
         raise ValueError(
-            "P and N must be (samples, layers, features) with the same layers "
-            f"and features; got {P.shape} and {N.shape}"
+            "harmful and harmless samples must be (samples, layers, features) with the same layers "
+            f"and features; got {harmful.shape} and {harmless.shape}"
         )
-    if P.shape[0] < 2 or N.shape[0] < 2:
+    if harmful.shape[0] < 2 or harmless.shape[0] < 2:
         raise ValueError(
             "at least 2 prompts per set are needed for a variance; got "
-            f"{P.shape[0]} harmful and {N.shape[0]} harmless"
+            f"{harmful.shape[0]} harmful and {harmless.shape[0]} harmless"
         )
-    return statistics_from_moments(
-        P.mean(axis=0), P.var(axis=0, ddof=1), N.mean(axis=0), N.var(axis=0, ddof=1), (len(P), len(N)), plug_in
-    )
+    moments = (harmful.mean(axis=0), harmful.var(axis=0, ddof=1), harmless.mean(axis=0), harmless.var(axis=0, ddof=1))
+    return statistics_from_moments(*moments, (len(harmful), len(harmless)), plug_in)
 
 
 @dataclass(frozen=True, eq=False)
@@ -178,304 +179,3 @@ class Interval:
 
     low: np.ndarray | float
     high: np.ndarray | float
-
-
-Statistic = Callable[[np.ndarray, np.ndarray], Mapping[str, "np.ndarray | float"]]
-
-
-def resample_indices(sizes: tuple[int, int], n_boot: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The prompts each bootstrap replicate draws, with replacement within each set (so both sets keep
-    their sizes). Every interval of a run comes from these same draws: a seed fixes them all."""
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be at least 1; got {n_boot}")
-    rng = np.random.default_rng(seed)
-    return [(rng.integers(0, sizes[0], size=sizes[0]), rng.integers(0, sizes[1], size=sizes[1])) for _ in range(n_boot)]
-
-
-def replicates(P: np.ndarray, N: np.ndarray, statistic: Statistic, n_boot: int = 200, seed: int = 0) -> dict[str, np.ndarray]:
-    """``statistic`` of each bootstrap resample of the prompts, stacked: key -> ``(n_boot, *shape)``."""
-    draws: dict[str, list[np.ndarray]] = {}
-    for p_idx, n_idx in resample_indices((len(P), len(N)), n_boot, seed):
-        for key, value in statistic(P[p_idx], N[n_idx]).items():
-            draws.setdefault(key, []).append(np.asarray(value, dtype=np.float64))
-    return {key: np.stack(values) for key, values in draws.items()}
-
-
-def basic_interval(
-    estimate: np.ndarray | float,
-    draws: np.ndarray,
-    center: np.ndarray | float | None = None,
-    level: float = 0.95,
-    bounds: tuple[float, float] = (-np.inf, np.inf),
-) -> Interval:
-    """The basic (pivotal) bootstrap interval: ``estimate − (q_high − center), estimate − (q_low − center)``.
-
-    The replicates scatter around ``center``, the statistic of the empirical distribution itself (its
-    plug-in value), as the estimate scatters around the truth; the percentile interval instead assumes
-    they scatter around the truth and doubles any bias (the cosine of sample means: 66% coverage at
-    n = 64). ``center`` defaults to the estimate (a statistic that is its own plug-in). A positive
-    statistic pivots on the log scale. Measured coverage: tests/test_coverage.py and the README.
-
-    The interval is widened to hold the estimate where it would not (a degenerate resampling), and
-    replicates that are nan are ignored; where all are, the interval collapses to the estimate. ``bounds``
-    is the statistic's range (e.g. -1 to 1 for a correlation), which the interval is clipped to.
-    """
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be strictly between 0 and 1; got {level}")
-    point = np.asarray(estimate, dtype=np.float64)
-    pivot = point if center is None else np.asarray(center, dtype=np.float64)
-    draws = np.asarray(draws, dtype=np.float64)
-    # A positive statistic (a variance, a rate) pivots on the log scale, where its skew is smaller.
-    positive = (point > 0) & (pivot > 0) & np.all((draws > 0) | np.isnan(draws), axis=0)
-    log = lambda x: np.log(np.where(positive, x, 1.0))  # noqa: E731
-    scale = lambda x, like: np.where(positive, log(x), like)  # noqa: E731
-    tail = 100.0 * (1.0 - level) / 2.0
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", r"All-NaN slice", RuntimeWarning)
-        q_low, q_high = np.nanpercentile(scale(draws, draws), [tail, 100.0 - tail], axis=0)
-    point_s, pivot_s = scale(point, point), scale(pivot, pivot)
-    low_s, high_s = point_s - (q_high - pivot_s), point_s - (q_low - pivot_s)
-    with np.errstate(over="ignore"):  # a bound beyond float range is an infinite bound
-        low = np.where(positive, np.exp(np.where(positive, low_s, 0.0)), low_s)
-        high = np.where(positive, np.exp(np.where(positive, high_s, 0.0)), high_s)
-    low, high = np.fmin(np.clip(low, *bounds), point), np.fmax(np.clip(high, *bounds), point)
-    if point.ndim == 0:
-        return Interval(float(low), float(high))
-    return Interval(low, high)
-
-
-def bootstrap(
-    P: np.ndarray,
-    N: np.ndarray,
-    statistic: Statistic,
-    n_boot: int = 200,
-    seed: int = 0,
-    level: float = 0.95,
-    plug_in: Statistic | None = None,
-) -> dict[str, Interval]:
-    """Basic bootstrap intervals for every entry ``statistic`` returns, over resamples of the prompts.
-
-    ``plug_in`` computes the same entries as functionals of the empirical distribution (see
-    :func:`basic_interval`); by default the statistic is taken to be its own plug-in.
-    """
-    P = np.asarray(P)
-    N = np.asarray(N)
-    estimate = statistic(P, N)
-    centers = plug_in(P, N) if plug_in is not None else estimate
-    draws = replicates(P, N, statistic, n_boot, seed)
-    return {key: basic_interval(estimate[key], draws[key], centers[key], level) for key in estimate}
-
-
-def permutation_null(P: np.ndarray, N: np.ndarray, statistic: Statistic, n_perm: int = 200, seed: int = 0) -> dict[str, np.ndarray]:
-    """``statistic`` of label-shuffled sets: the prompts of both sets pooled, permuted and split again
-    at the same sizes, ``n_perm`` times, stacked: key -> ``(n_perm, *shape)``.
-
-    Whatever the statistic shows here, sampling noise alone produces: a hypothesis about a difference
-    between the sets must exceed it (e.g. the cosine of the means falls with depth even for one
-    distribution, because the noise grows with the variance).
-    """
-    if n_perm < 1:
-        raise ValueError(f"n_perm must be at least 1; got {n_perm}")
-    pooled = np.concatenate([np.asarray(P), np.asarray(N)])
-    rng = np.random.default_rng(seed)
-    draws: dict[str, list[np.ndarray]] = {}
-    for _ in range(n_perm):
-        order = rng.permutation(len(pooled))
-        for key, value in statistic(pooled[order[: len(P)]], pooled[order[len(P):]]).items():
-            draws.setdefault(key, []).append(np.asarray(value, dtype=np.float64))
-    return {key: np.stack(values) for key, values in draws.items()}
-
-
-def _describe_layers(layers: tuple[int, ...]) -> str:
-    """Runs of consecutive layers as ranges, because spans are what a reader
-    looks for when a trend breaks."""
-    if not layers:
-        return "no layer"
-    runs: list[list[int]] = []
-    for layer in sorted(layers):
-        if runs and layer == runs[-1][-1] + 1:
-            runs[-1].append(layer)
-        else:
-            runs.append([layer])
-    parts = [f"{run[0]}\u2013{run[-1]}" if len(run) > 1 else f"{run[0]}" for run in runs]
-    noun = "layer" if len(layers) == 1 else "layers"
-    return f"{noun} {', '.join(parts)}"
-
-
-@dataclass(frozen=True, eq=False)
-class GrowthFit:
-    """A log-linear fit of a per-layer quantity against depth.
-
-    ``rate`` is ``exp(slope)``: the multiplicative growth per layer.
-    ``residuals`` are in log space, nan at ``excluded`` layers, whose value is
-    zero, negative or non-finite so its log is undefined (with a chat
-    template every prompt ends in the same tokens, so the layer-0 ``pre``
-    variance is exactly 0).  ``outliers`` are layers that break the trend.
-    """
-
-    rate: float
-    slope: float
-    intercept: float
-    r2: float
-    residuals: np.ndarray
-    excluded: tuple[int, ...]
-    outliers: tuple[int, ...]
-
-    def describe_outliers(self) -> str:
-        """E.g. ``"layers 14–18, 22"``, or ``"no layer"``."""
-        return _describe_layers(self.outliers)
-
-
-def _ols(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Slope and intercept of the least-squares line of ``y`` on ``x``."""
-    x_centered = x - x.mean()
-    slope = float(np.dot(x_centered, y - y.mean()) / np.dot(x_centered, x_centered))
-    return slope, float(y.mean() - slope * x.mean())
-
-
-def growth_fit(values: np.ndarray, outlier_z: float = 3.0) -> GrowthFit:
-    """Fit ``log(values) = intercept + slope * layer`` by least squares.
-
-    Near-exponential growth with depth is a straight line in log space, so the
-    fit's ``rate`` and ``r2`` measure hypothesis 1 directly.
-
-    Outliers are layers whose residual lies more than ``outlier_z`` robust
-    standard deviations (1.4826 x MAD of the residuals, or their plain std
-    when the MAD is 0) from the residuals' median, so a block of anomalous
-    layers can neither hide itself by inflating the scale nor, by pulling
-    the least-squares line off the other layers, get those flagged instead.
-    When the log-values are constant (to rounding) a flat line fits them
-    exactly and ``r2`` is defined as 1.0 instead of 0/0.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    if values.ndim != 1:
-        raise ValueError(f"values must be one value per layer; got shape {values.shape}")
-    usable = np.isfinite(values) & (values > 0)
-    layers = np.arange(values.size)
-    excluded = tuple(int(i) for i in layers[~usable])
-    if usable.sum() < 3:
-        raise ValueError(
-            f"growth_fit needs at least 3 layers with a finite positive value; "
-            f"{int(usable.sum())} of {values.size} are usable (the log of a zero, "
-            f"negative or non-finite value is undefined; excluded layers: {list(excluded)})"
-        )
-    x = layers[usable].astype(np.float64)
-    y = np.log(values[usable])
-    slope, intercept = _ols(x, y)
-    fitted_residuals = y - (intercept + slope * x)
-    ss_tot = float(np.sum((y - y.mean()) ** 2))
-    tolerance = _RESIDUAL_TOLERANCE * max(1.0, float(np.max(np.abs(y))))
-    if ss_tot <= y.size * tolerance**2:
-        r2 = 1.0
-    else:
-        r2 = 1.0 - float(np.sum(fitted_residuals**2)) / ss_tot
-    deviation = np.abs(fitted_residuals - np.median(fitted_residuals))
-    mad = float(np.median(deviation))
-    scale = 1.4826 * mad if mad > 0 else float(np.std(fitted_residuals))
-    breaks = (deviation > outlier_z * scale) & (deviation > tolerance)
-    residuals = np.full(values.size, np.nan)
-    residuals[usable] = fitted_residuals
-    return GrowthFit(
-        rate=float(np.exp(slope)),
-        slope=slope,
-        intercept=intercept,
-        r2=r2,
-        residuals=residuals,
-        excluded=excluded,
-        outliers=tuple(int(i) for i in layers[usable][breaks]),
-    )
-
-
-@dataclass(frozen=True)
-class Separation:
-    """How far apart two per-layer curves are, and where they are resolved.
-
-    ``mean_log_ratio`` is the mean over layers where both are positive of
-    ``log(mid / pre)``; ``fraction_separated`` is the share of
-    ``compared_layers`` whose confidence intervals do not overlap.
-    """
-
-    mean_log_ratio: float
-    fraction_separated: float
-    separated_layers: tuple[int, ...]
-    compared_layers: tuple[int, ...]
-
-
-def separation(
-    pre: np.ndarray, mid: np.ndarray, pre_interval: Interval, mid_interval: Interval
-) -> Separation:
-    """Compare the ``pre`` and ``mid`` curves (hypothesis 2).
-
-    A layer whose value is non-positive or non-finite has no log-ratio but its
-    intervals still say whether the curves are resolved there, so it is
-    excluded from ``mean_log_ratio`` only.  Layers with a nan interval bound
-    cannot be judged and are left out of ``compared_layers``.  Either summary
-    is nan when no layer qualifies for it.
-    """
-    pre = np.asarray(pre, dtype=np.float64)
-    mid = np.asarray(mid, dtype=np.float64)
-    if pre.ndim != 1 or pre.shape != mid.shape:
-        raise ValueError(f"pre and mid must be 1-D of equal length; got {pre.shape}, {mid.shape}")
-    shape = pre.shape
-    pre_low, pre_high, mid_low, mid_high = (
-        np.broadcast_to(np.asarray(bound, dtype=np.float64), shape)
-        for bound in (pre_interval.low, pre_interval.high, mid_interval.low, mid_interval.high)
-    )
-    positive = np.isfinite(pre) & np.isfinite(mid) & (pre > 0) & (mid > 0)
-    mean_log_ratio = (
-        float(np.mean(np.log(mid[positive] / pre[positive]))) if positive.any() else float("nan")
-    )
-    comparable = ~(np.isnan(pre_low) | np.isnan(pre_high) | np.isnan(mid_low) | np.isnan(mid_high))
-    apart = comparable & ((pre_high < mid_low) | (mid_high < pre_low))
-    layers = np.arange(pre.size)
-    n_compared = int(comparable.sum())
-    return Separation(
-        mean_log_ratio=mean_log_ratio,
-        fraction_separated=float(apart.sum()) / n_compared if n_compared else float("nan"),
-        separated_layers=tuple(int(i) for i in layers[apart]),
-        compared_layers=tuple(int(i) for i in layers[comparable]),
-    )
-
-
-@dataclass(frozen=True)
-class Trend:
-    """Monotone trend of a per-layer quantity: Spearman correlation with the
-    layer index, and the least-squares slope per layer."""
-
-    spearman: float
-    slope: float
-
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties sharing their average rank as Spearman requires."""
-    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    return (ends - (counts - 1) / 2.0)[inverse]
-
-
-def cosine_trend(values: np.ndarray) -> Trend:
-    """Trend of the harmful/harmless cosine with depth (hypothesis 3).
-
-    Spearman rather than Pearson because the hypothesis is "falls", not "falls
-    linearly".  Non-finite values (undefined cosines) are dropped.  Constant
-    values have no trend: spearman and slope are both 0.0.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    if values.ndim != 1:
-        raise ValueError(f"values must be one value per layer; got shape {values.shape}")
-    finite = np.isfinite(values)
-    if finite.sum() < 2:
-        raise ValueError(
-            f"cosine_trend needs at least 2 finite values; got {int(finite.sum())} "
-            f"of {values.size}"
-        )
-    x = np.arange(values.size, dtype=np.float64)[finite]
-    y = values[finite]
-    if np.ptp(y) == 0:
-        return Trend(spearman=0.0, slope=0.0)
-    slope, _ = _ols(x, y)
-    rank_x = _average_ranks(x) - (x.size + 1) / 2.0
-    rank_y = _average_ranks(y) - (y.size + 1) / 2.0
-    spread = np.sqrt(np.dot(rank_x, rank_x) * np.dot(rank_y, rank_y))
-    spearman = float(np.dot(rank_x, rank_y) / spread)
-    return Trend(spearman=spearman, slope=slope)

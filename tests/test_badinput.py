@@ -256,11 +256,10 @@ def test_a_missing_prompt_file_under_an_expected_failure_fails_the_run(pytester:
 
 
 def test_a_capture_that_missed_prompts_is_never_cached():
-    from geomcheck.accumulators import Capture, Moments
-    from geomcheck.pipeline import IncompleteCaptureError, check_complete
+    from geomcheck.activations import Capture, IncompleteCaptureError, check_complete
 
-    empty = Moments.from_state(0, np.zeros((2, 3)), np.zeros((2, 3)))
-    capture = Capture({"harmful": {"mid": empty}, "harmless": {"mid": empty}}, None, 2, 3)
+    empty = np.zeros((0, 2, 3), np.float32)
+    capture = Capture({"harmful": {"mid": empty}, "harmless": {"mid": empty}}, 2, 3)
     with pytest.raises(IncompleteCaptureError, match="captured 0 of 5 harmful prompts on stream mid"):
         check_complete(capture, {"harmful": 5, "harmless": 5})
 

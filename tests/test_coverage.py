@@ -9,7 +9,8 @@ import functools
 import numpy as np
 import pytest
 
-from geomcheck.stats import bootstrap, statistics_from_samples
+from geomcheck.resampling import bootstrap
+from geomcheck.stats import statistics_from_samples
 
 LAYERS, FEATURES = 600, 16
 # The cosine's interval is conservative (measured 0.96–0.98 over seeds): in the bootstrap's world the two

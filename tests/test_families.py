@@ -150,7 +150,7 @@ def assert_rel_close(actual, expected, rel: float, what: str) -> None:
 
 
 def run(model: torch.nn.Module, prompts: list[str], **kwargs) -> object:
-    defaults = dict(chat_template=False, keep_samples=True, progress=False, batch_size=3)
+    defaults = dict(chat_template=False, progress=False, batch_size=3)
     return capture(model, CharTokenizer(), {"set": prompts}, **{**defaults, **kwargs})
 
 

@@ -53,7 +53,7 @@ def test_very_different_set_sizes_warn(tmp_path, tiny_llama_dir):
         run.prompts
 
 
-def test_geometry_without_bootstrap_comes_from_streaming_moments(tmp_path, tiny_llama_dir):
+def test_geometry_without_bootstrap_has_point_values_of_the_samples(tmp_path, tiny_llama_dir):
     run = ModelRun(str(tiny_llama_dir), options(tmp_path, n_boot=0))
     assert run.geometry.intervals == {}
     samples = run.capture.samples["harmful"]["mid"].astype(np.float64)
@@ -113,8 +113,8 @@ def test_capture_hooks_work_on_a_model_sharded_by_accelerate_with_layers_offload
     assert sharded.model.layers[3].mlp.down_proj.weight.device.type == "meta"  # really offloaded
     plain = models.load(spec)
     prompts = {"set": ["Write a poem about the sea", "Explain gravity to a child", "Name three rivers"]}
-    expected = capture(plain.model, plain.tokenizer, prompts, keep_samples=True, progress=False)
-    actual = capture(sharded.model, sharded.tokenizer, prompts, keep_samples=True, progress=False)
+    expected = capture(plain.model, plain.tokenizer, prompts, progress=False)
+    actual = capture(sharded.model, sharded.tokenizer, prompts, progress=False)
     for stream in ("pre", "mid", "post"):
         np.testing.assert_allclose(actual.samples["set"][stream], expected.samples["set"][stream], rtol=1e-6, atol=1e-7)
 

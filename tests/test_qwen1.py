@@ -88,5 +88,5 @@ def test_loads_through_the_entrys_auto_class_and_passes_the_proof(tmp_path):
     tokenizer.save_pretrained(tmp_path)
     loaded = models.load(dataclasses.replace(spec(), local_path=str(tmp_path)), dtype="float32")
     assert type(loaded.model).__name__ == "QWenLMHeadModel" and loaded.tokenizer.chat_template
-    result = capture(loaded.model, loaded.tokenizer, {"set": ["How do I bake bread?", "Name three rivers."]}, keep_samples=True, progress=False)
+    result = capture(loaded.model, loaded.tokenizer, {"set": ["How do I bake bread?", "Name three rivers."]}, progress=False)
     assert result.n_layers == 2 and result.samples["set"]["mid"].shape == (2, 2, 32)

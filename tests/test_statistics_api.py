@@ -9,7 +9,9 @@ import pytest
 from conftest import write_readme_example
 
 from geomcheck.geometry import bootstrap_samples, geometry_from_arrays, geometry_from_samples, geometry_to_arrays
-from geomcheck.stats import CURVES, SUMMARIES, basic_interval, expand, growth_fit
+from geomcheck.resampling import basic_interval
+from geomcheck.stats import CURVES, SUMMARIES, expand
+from geomcheck.trends import growth_fit
 
 ROOT = Path(__file__).resolve().parent.parent
 

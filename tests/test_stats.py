@@ -1,25 +1,14 @@
-"""Example-based tests of geomcheck.stats and geomcheck.weights on inputs
-whose answers are known in closed form."""
+"""Example-based tests of geomcheck.stats, geomcheck.resampling, geomcheck.trends and geomcheck.weights on
+inputs whose answers are known in closed form."""
 
 import math
 
 import numpy as np
 import pytest
 
-from geomcheck.stats import (
-    STAT_NAMES,
-    GrowthFit,
-    Interval,
-    basic_interval,
-    bootstrap,
-    cosine_trend,
-    growth_fit,
-    mean_cosine,
-    permutation_null,
-    separation,
-    statistics_from_moments,
-    statistics_from_samples,
-)
+from geomcheck.resampling import basic_interval, bootstrap, permutation_null
+from geomcheck.stats import STAT_NAMES, Interval, mean_cosine, statistics_from_moments, statistics_from_samples
+from geomcheck.trends import GrowthFit, cosine_trend, growth_fit, separation
 from geomcheck.weights import (
     overlap_matrix,
     random_overlap,

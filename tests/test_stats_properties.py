@@ -11,12 +11,8 @@ from hypothesis import assume, find, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from geomcheck.stats import (
-    STAT_NAMES,
-    bootstrap,
-    statistics_from_moments,
-    statistics_from_samples,
-)
+from geomcheck.resampling import bootstrap
+from geomcheck.stats import statistics_from_samples
 
 FAST = settings(deadline=None, max_examples=60)
 
@@ -123,51 +119,6 @@ def test_max_variance_of_one_axis_data_rotated_by_45_degrees_halves():
     after = statistics_from_samples(rotated, rotated)
     np.testing.assert_allclose(after["var_max/harmful"], before["var_max/harmful"] / 2)
     np.testing.assert_allclose(after["var_mean/harmful"], before["var_mean/harmful"])
-
-
-def _moments(X: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
-    """Count, mean and sum of squared deviations of a block of samples."""
-    mean = X.mean(axis=0)
-    return X.shape[0], mean, ((X - mean) ** 2).sum(axis=0)
-
-
-def _merge(
-    a: tuple[int, np.ndarray, np.ndarray], b: tuple[int, np.ndarray, np.ndarray]
-) -> tuple[int, np.ndarray, np.ndarray]:
-    """Chan et al.'s parallel update of (count, mean, M2) for two blocks."""
-    n_a, mean_a, m2_a = a
-    n_b, mean_b, m2_b = b
-    n = n_a + n_b
-    delta = mean_b - mean_a
-    return n, mean_a + delta * n_b / n, m2_a + m2_b + delta**2 * n_a * n_b / n
-
-
-def _merged_mean_var(X: np.ndarray, split: int) -> tuple[np.ndarray, np.ndarray]:
-    n, mean, m2 = _merge(_moments(X[:split]), _moments(X[split:]))
-    return mean, m2 / (n - 1)
-
-
-@FAST
-@given(contrastive_sets(), st.data())
-def test_samples_and_merged_moments_give_the_same_statistics(sets, data):
-    # Streaming accumulators feed statistics_from_moments with merged
-    # moments; for any split point that must equal the one-shot result.
-    P, N = sets
-    p_split = data.draw(st.integers(1, P.shape[0] - 1), label="harmful split")
-    n_split = data.draw(st.integers(1, N.shape[0] - 1), label="harmless split")
-    direct = statistics_from_samples(P, N)
-    merged = statistics_from_moments(*_merged_mean_var(P, p_split), *_merged_mean_var(N, n_split), (len(P), len(N)))
-    assert tuple(merged) == STAT_NAMES
-    scale = 1e-9 * (1.0 + max(np.abs(P).max(), np.abs(N).max()) ** 2)
-    # The cosines are compared where defined (below); an arg-max may flip between tied features on rounding.
-    # A share of a total variance that is rounding noise (constant features) is compared where it is not.
-    for key in (k for k in STAT_NAMES if not k.startswith(("cosine", "top_feature", "top_share"))):
-        np.testing.assert_allclose(merged[key], direct[key], rtol=1e-9, atol=scale)
-    for which in ("harmful", "harmless"):
-        varies = direct[f"var_mean/{which}"] > scale
-        np.testing.assert_allclose(merged[f"top_share/{which}"][varies], direct[f"top_share/{which}"][varies], rtol=1e-6)
-    mask = well_defined_cosine(P, N)
-    np.testing.assert_allclose(merged["cosine"][mask], direct["cosine"][mask], atol=1e-9)
 
 
 @settings(deadline=None, max_examples=50)

@@ -156,7 +156,7 @@ def run_methods(
 
 def samples_memory(subject: Subject, sizes: list[int], batch_size: int, pool: int) -> list[dict[str, Any]]:
     """geomcheck's capture as the plugin runs it (samples kept) on each number of prompts, cycling the same
-    `pool` prompts per set so only the count changes: measured bytes of samples and moments, and RSS rise."""
+    `pool` prompts per set so only the count changes: measured bytes of the samples, and RSS rise."""
     rows = []
     for n in sizes:
         sets = prompt_sets(n, pool)
@@ -164,10 +164,10 @@ def samples_memory(subject: Subject, sizes: list[int], batch_size: int, pool: in
             t0 = time.perf_counter()
             cap = capture(
                 subject.model, subject.tokenizer, sets, streams=STREAMS, position="last", batch_size=batch_size,
-                chat_template=subject.chat_template, keep_samples=True, progress=False,
+                chat_template=subject.chat_template, progress=False,
             )
             seconds = time.perf_counter() - t0
-        arrays = [a for per in (cap.samples or {}).values() for a in per.values()]
+        arrays = [a for per in cap.samples.values() for a in per.values()]
         rows.append({
             "prompts": sum(len(p) for p in sets.values()),
             "seconds": seconds,
@@ -176,7 +176,6 @@ def samples_memory(subject: Subject, sizes: list[int], batch_size: int, pool: in
             "streams": len(STREAMS),
             "bytes_per_value": arrays[0].itemsize if arrays else 0,
             "samples_bytes": sum(a.nbytes for a in arrays),
-            "moments_bytes": sum(m.mean.nbytes + m.m2.nbytes for per in cap.moments.values() for m in per.values()),
             "peak_rss_mb": mem.peak_delta / 2**20,
         })
         del cap, arrays

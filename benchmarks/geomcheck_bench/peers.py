@@ -92,7 +92,7 @@ def _geomcheck(ctx: Context, collect: bool, prefix_reuse: bool) -> Readings | No
     subject = ctx.subject
     cap = capture(
         subject.model, subject.tokenizer, subject.sets, streams=STREAMS, position="last", batch_size=ctx.batch_size,
-        chat_template=subject.chat_template, keep_samples=True, prefix_reuse=prefix_reuse, progress=False,
+        chat_template=subject.chat_template, prefix_reuse=prefix_reuse, progress=False,
     )
     return cap.samples if collect else None
 

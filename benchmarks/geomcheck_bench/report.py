@@ -83,13 +83,12 @@ def detail(r: ModelResult) -> str:
             "",
             "Samples kept by geomcheck's capture, as the plugin runs it:",
             "",
-            "| prompts | seconds | samples bytes | = prompts × layers × d_model × streams × bytes | moments bytes | peak RSS Δ MB |",
-            "|---:|---:|---:|---|---:|---:|",
+            "| prompts | seconds | samples bytes | = prompts × layers × d_model × streams × bytes | peak RSS Δ MB |",
+            "|---:|---:|---:|---|---:|",
         ]
         for row in r.memory:
             lines.append(
-                f"| {row['prompts']} | {row['seconds']:.1f} | {row['samples_bytes']:,} | {formula(row)} | "
-                f"{row['moments_bytes']:,} | {row['peak_rss_mb']:.1f} |"
+                f"| {row['prompts']} | {row['seconds']:.1f} | {row['samples_bytes']:,} | {formula(row)} | {row['peak_rss_mb']:.1f} |"
             )
     return "\n".join(lines)
 
@@ -170,9 +169,8 @@ def memory_summary(r: ModelResult) -> str:
     counts = " and ".join(f"{row['samples_bytes'] / 1e6:,.1f} MB for {row['prompts']:,} prompts" for row in rows)
     rss = " and ".join(f"{row['peak_rss_mb']:,.1f}" for row in rows)
     return (
-        f"Samples, kept because the bootstrap needs them (the plugin passes `keep_samples=True`): on {r.name} "
-        f"{counts}, i.e. prompts × layers × d_model × streams × bytes = prompts × {per_prompt(rows[0])}; "
-        f"the running moments beside them take {rows[0]['moments_bytes'] / 1e6:,.2f} MB whatever the count. "
+        f"Samples, every prompt's reading kept (the bootstrap, the null and the `activations` fixture resample them): "
+        f"on {r.name} {counts}, i.e. prompts × layers × d_model × streams × bytes = prompts × {per_prompt(rows[0])}. "
         f"The process' resident set rose by at most {rss} MB during those runs."
     )
 

@@ -14,17 +14,17 @@ def test_streams_separate(geometry, thresholds, geomcheck_record):
     if not {"pre", "mid"} <= set(geometry.streams):
         pytest.skip("needs streams pre and mid (see --streams)")
     figures, problems = [], []
-    for which in SETS:
-        key = f"mid/log_ratio_to_pre/{which}"
-        sep, interval = geometry.separation(which), geometry.interval(key)
+    for prompt_set in SETS:
+        key = f"mid/log_ratio_to_pre/{prompt_set}"
+        sep, interval = geometry.separation(prompt_set), geometry.interval(key)
         figures.append(
-            f"{which} mid/pre ×{math.exp(sep.mean_log_ratio):.2f} (log {geometry.describe(key)}), "
+            f"{prompt_set} mid/pre ×{math.exp(sep.mean_log_ratio):.2f} (log {geometry.describe(key)}), "
             f"{sep.fraction_separated:.0%} layers apart"
         )
         excludes_zero = interval.low > 0 or interval.high < 0
         if abs(sep.mean_log_ratio) < thresholds["min_abs_log_ratio"] or not excludes_zero:
             problems.append(
-                f"pre and mid coincide ({which}): mean log(mid/pre) = {geometry.describe(key)}, need |·| ≥ "
+                f"pre and mid coincide ({prompt_set}): mean log(mid/pre) = {geometry.describe(key)}, need |·| ≥ "
                 f"{thresholds['min_abs_log_ratio']} with an interval excluding 0; intervals apart at "
                 f"{len(sep.separated_layers)} of {len(sep.compared_layers)} layers"
             )

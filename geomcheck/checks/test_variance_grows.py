@@ -9,13 +9,13 @@ def test_variance_grows(geometry, stream, thresholds, geomcheck_record):
     R² ≥ min_r2, for both prompt sets. Layers whose variance is exactly 0 (every prompt ends in the same
     chat-template tokens) cannot be logged; they are left out of the fit and named."""
     figures, problems = [], []
-    for which in SETS:
-        fit = geometry.growth(stream, "var_mean", which)
-        rate = geometry.describe(f"{stream}/growth_rate/{which}")
-        figures.append(f"{which} ×{rate}/layer R²={fit.r2:.2f}")
+    for prompt_set in SETS:
+        fit = geometry.growth(stream, "var_mean", prompt_set)
+        rate = geometry.describe(f"{stream}/growth_rate/{prompt_set}")
+        figures.append(f"{prompt_set} ×{rate}/layer R²={fit.r2:.2f}")
         if fit.rate < thresholds["min_rate"] or fit.r2 < thresholds["min_r2"]:
             problems.append(
-                f"mean variance ({which}) grows ×{rate}/layer (95% interval), R²={fit.r2:.2f} on stream {stream} "
+                f"mean variance ({prompt_set}) grows ×{rate}/layer (95% interval), R²={fit.r2:.2f} on stream {stream} "
                 f"(need ≥ {thresholds['min_rate']}×, R² ≥ {thresholds['min_r2']}); {fit.describe_outliers()} "
                 f"break the trend; excluded (zero variance): {list(fit.excluded) or 'none'}"
             )

@@ -1,0 +1,123 @@
+"""Resampling the prompts: basic bootstrap intervals, and label-permutation nulls.
+
+Both resample the prompts of two sets (harmful, harmless) laid out as ``samples x layers x features``; a
+statistic is any function of the two sets that returns named numbers or arrays. Plain numpy.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from geomcheck.stats import Interval
+
+Statistic = Callable[[np.ndarray, np.ndarray], Mapping[str, "np.ndarray | float"]]
+
+
+def resample_indices(sizes: tuple[int, int], n_boot: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The prompts each bootstrap replicate draws, with replacement within each set (so both sets keep
+    their sizes). Every interval of a run comes from these same draws: a seed fixes them all."""
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1; got {n_boot}")
+    rng = np.random.default_rng(seed)
+    return [(rng.integers(0, sizes[0], size=sizes[0]), rng.integers(0, sizes[1], size=sizes[1])) for _ in range(n_boot)]
+
+
+def replicates(
+    harmful: np.ndarray, harmless: np.ndarray, statistic: Statistic, n_boot: int = 200, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """``statistic`` of each bootstrap resample of the prompts, stacked: key -> ``(n_boot, *shape)``."""
+    draws: dict[str, list[np.ndarray]] = {}
+    for harmful_rows, harmless_rows in resample_indices((len(harmful), len(harmless)), n_boot, seed):
+        for key, value in statistic(harmful[harmful_rows], harmless[harmless_rows]).items():
+            draws.setdefault(key, []).append(np.asarray(value, dtype=np.float64))
+    return {key: np.stack(values) for key, values in draws.items()}
+
+
+def basic_interval(
+    estimate: np.ndarray | float,
+    draws: np.ndarray,
+    center: np.ndarray | float | None = None,
+    level: float = 0.95,
+    bounds: tuple[float, float] = (-np.inf, np.inf),
+) -> Interval:
+    """The basic (pivotal) bootstrap interval: ``estimate − (q_high − center), estimate − (q_low − center)``.
+
+    The replicates scatter around ``center``, the statistic of the empirical distribution itself (its
+    plug-in value), as the estimate scatters around the truth; the percentile interval instead assumes
+    they scatter around the truth and doubles any bias (the cosine of sample means: 66% coverage at
+    n = 64). ``center`` defaults to the estimate (a statistic that is its own plug-in). A positive
+    statistic pivots on the log scale. Measured coverage: tests/test_coverage.py and the README.
+
+    The interval is widened to hold the estimate where it would not (a degenerate resampling), and
+    replicates that are nan are ignored; where all are, the interval collapses to the estimate. ``bounds``
+    is the statistic's range (e.g. -1 to 1 for a correlation), which the interval is clipped to.
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be strictly between 0 and 1; got {level}")
+    point = np.asarray(estimate, dtype=np.float64)
+    pivot = point if center is None else np.asarray(center, dtype=np.float64)
+    draws = np.asarray(draws, dtype=np.float64)
+    # A positive statistic (a variance, a rate) pivots on the log scale, where its skew is smaller.
+    positive = (point > 0) & (pivot > 0) & np.all((draws > 0) | np.isnan(draws), axis=0)
+    log = lambda x: np.log(np.where(positive, x, 1.0))  # noqa: E731
+    scale = lambda x, like: np.where(positive, log(x), like)  # noqa: E731
+    tail = 100.0 * (1.0 - level) / 2.0
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"All-NaN slice", RuntimeWarning)
+        q_low, q_high = np.nanpercentile(scale(draws, draws), [tail, 100.0 - tail], axis=0)
+    point_s, pivot_s = scale(point, point), scale(pivot, pivot)
+    low_s, high_s = point_s - (q_high - pivot_s), point_s - (q_low - pivot_s)
+    with np.errstate(over="ignore"):  # a bound beyond float range is an infinite bound
+        low = np.where(positive, np.exp(np.where(positive, low_s, 0.0)), low_s)
+        high = np.where(positive, np.exp(np.where(positive, high_s, 0.0)), high_s)
+    low, high = np.fmin(np.clip(low, *bounds), point), np.fmax(np.clip(high, *bounds), point)
+    if point.ndim == 0:
+        return Interval(float(low), float(high))
+    return Interval(low, high)
+
+
+def bootstrap(
+    harmful: np.ndarray,
+    harmless: np.ndarray,
+    statistic: Statistic,
+    n_boot: int = 200,
+    seed: int = 0,
+    level: float = 0.95,
+    plug_in: Statistic | None = None,
+) -> dict[str, Interval]:
+    """Basic bootstrap intervals for every entry ``statistic`` returns, over resamples of the prompts.
+
+    ``plug_in`` computes the same entries as functionals of the empirical distribution (see
+    :func:`basic_interval`); by default the statistic is taken to be its own plug-in.
+    """
+    harmful = np.asarray(harmful)
+    harmless = np.asarray(harmless)
+    estimate = statistic(harmful, harmless)
+    centers = plug_in(harmful, harmless) if plug_in is not None else estimate
+    draws = replicates(harmful, harmless, statistic, n_boot, seed)
+    return {key: basic_interval(estimate[key], draws[key], centers[key], level) for key in estimate}
+
+
+def permutation_null(
+    harmful: np.ndarray, harmless: np.ndarray, statistic: Statistic, n_perm: int = 200, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """``statistic`` of label-shuffled sets: the prompts of both sets pooled, permuted and split again
+    at the same sizes, ``n_perm`` times, stacked: key -> ``(n_perm, *shape)``.
+
+    Whatever the statistic shows here, sampling noise alone produces: a hypothesis about a difference
+    between the sets must exceed it (e.g. the cosine of the means falls with depth even for one
+    distribution, because the noise grows with the variance).
+    """
+    if n_perm < 1:
+        raise ValueError(f"n_perm must be at least 1; got {n_perm}")
+    pooled = np.concatenate([np.asarray(harmful), np.asarray(harmless)])
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[np.ndarray]] = {}
+    for _ in range(n_perm):
+        order = rng.permutation(len(pooled))
+        for key, value in statistic(pooled[order[: len(harmful)]], pooled[order[len(harmful) :]]).items():
+            draws.setdefault(key, []).append(np.asarray(value, dtype=np.float64))
+    return {key: np.stack(values) for key, values in draws.items()}
