@@ -38,7 +38,7 @@ from geomcheck.activate import model_flag  # the update command says --model onl
 from geomcheck.baseline import BaselineFileError, baseline_name, baseline_override, baseline_payload, baselines_root, dumps, parse_baseline
 from geomcheck.drift import Comparison, Coverage, Drift, Tolerance, compare_payloads, identity_summary
 from geomcheck.fingerprint import short
-from geomcheck.stats import _describe_layers
+from geomcheck.trends import describe_layers
 
 if TYPE_CHECKING:
     from syrupy.assertion import SnapshotAssertion
@@ -190,7 +190,7 @@ def drift_report(
     for d in drifts:
         by_key.setdefault(d.key, []).append(d.layer)
     first = min(d.layer for d in drifts)
-    summary = "; ".join(f"{key} {_describe_layers(tuple(layers))}" for key, layers in sorted(by_key.items()))
+    summary = "; ".join(f"{key} {describe_layers(tuple(layers))}" for key, layers in sorted(by_key.items()))
     lines.append(f"first drifting layer: {first}. Drifting: {summary}")
     lines.append(f"If the change is intended, update the baseline: {update_command}")
     return lines
