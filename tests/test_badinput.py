@@ -344,7 +344,9 @@ def test_junit_xml_gets_the_properties_without_xunit2_warnings(pytester: pytest.
     pytester.makepyfile("def test_x(geomcheck_record, thresholds):\n    geomcheck_record('key figure')\n")
     result = pytester.runpytest("--junitxml=r.xml", "--geomcheck-cache-dir", str(tmp_path), "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
-    assert "record_property is incompatible" not in result.stdout.str() and "warnings summary" not in result.stdout.str()
+    # only pytest's own xunit2 warnings count here (an in-process run may also warn that the already
+    # imported geomcheck cannot be assertion-rewritten, depending on how it was installed)
+    assert "record_property is incompatible" not in result.stdout.str() and "junit_family" not in result.stdout.str()
     properties = {p.get("name"): p.get("value") for p in ET.parse(pytester.path / "r.xml").iter("property")}
     assert properties["geomcheck"] == "key figure"
 
