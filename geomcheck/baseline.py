@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
 FORMAT = "geomcheck-baseline/1"
 BASELINES_DIRNAME = "baselines"
-HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 ROW_FIELDS = ("layer", "value", "low", "high")
 
 
@@ -229,7 +228,8 @@ def validate(data: Any, what: str) -> None:
 def baseline_name(model: str) -> str:
     """The folder of a model's baselines, ``baselines/<this>/``; the one place that names it.
 
-    A registry name is itself; a hub id ``ORG/NAME`` is ``ORG--NAME``; a local directory is its folder
+    A registry name is itself; a hub id ``ORG/NAME`` (at any ``@REV``) is ``ORG--NAME``, so a new revision
+    is compared with the repository's baseline and the identity line names the commits; a local directory is its folder
     name (so a committed baseline serves the same checkpoint folder on every machine), as one safe path
     component: never empty, ``.`` or ``..``, never a separator. Two directories with the same folder name
     in one session are refused by the plugin; across sessions the baseline's fingerprint and source
@@ -241,8 +241,8 @@ def baseline_name(model: str) -> str:
         name = model
     elif path.is_dir():
         name = path.resolve().name
-    elif HUB_ID.fullmatch(model):
-        name = model.replace("/", "--")
+    elif hub := registry.HUB_ID.fullmatch(model):  # any revision of a repository is gated against its one baseline
+        name = hub.group("repo").replace("/", "--")
     else:
         name = path.name or model
     safe = re.sub(r"[^\w.+-]+", "_", name).strip(".")[:100]

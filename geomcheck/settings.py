@@ -118,7 +118,7 @@ def validate(config: pytest.Config) -> tuple[dict[str, str], dict[str, Any]]:
             path = Path(model_arg).expanduser()
             if model_arg not in registry.registry() and path.is_dir() and (path / "config.json").exists():
                 options.model_directory(path, trust)
-        display_names = {model_arg: registry.resolve(model_arg).name for model_arg in model_args}
+        specs = {model_arg: registry.resolve(model_arg) for model_arg in model_args}  # once: a hub id may ask the hub
         thresholds = load_thresholds(_project_pyproject(config), setting(config, "thresholds"))
         streams = setting(config, "streams")
         if streams and getattr(config.option, "update_snapshots", False) and set(options.streams(streams)) != set(STREAMS):
@@ -128,8 +128,8 @@ def validate(config: pytest.Config) -> tuple[dict[str, str], dict[str, Any]]:
             )
     except (options.OptionError, registry.UnknownModelError, registry.ModelLoadError) as exc:
         raise pytest.UsageError(str(exc)) from exc
-    check_baseline_folders(config, model_args)
-    return display_names, thresholds
+    check_baseline_folders(config, specs)
+    return {model_arg: spec.name for model_arg, spec in specs.items()}, thresholds
 
 
 def _project_pyproject(config: pytest.Config) -> Path | None:
@@ -139,17 +139,18 @@ def _project_pyproject(config: pytest.Config) -> Path | None:
     return project_file(*folders, config.rootpath, config.invocation_params.dir)
 
 
-def check_baseline_folders(config: pytest.Config, model_args: list[str]) -> None:
+def check_baseline_folders(config: pytest.Config, specs: dict[str, registry.ModelSpec]) -> None:
     """Refuse, before any model loads, two models that would share one baseline folder, and a
     ``--baseline`` that does not exist or that ``--snapshot-update`` would overwrite."""
     from geomcheck.baseline import baseline_name, baseline_override, baselines_root
 
-    folders: dict[str, str] = {}
-    for model_arg in model_args:
-        folder, source = baseline_name(model_arg), registry.resolve(model_arg).source
-        if folders.setdefault(folder, source) != source:
+    folders: dict[str, tuple[str, str]] = {}
+    for model_arg, spec in specs.items():
+        folder, checkpoint = baseline_name(model_arg), (spec.source, spec.revision)  # revisions share a folder
+        if folders.setdefault(folder, checkpoint) != checkpoint:
+            first, second = (source if revision == "main" else f"{source}@{revision}" for source, revision in (folders[folder], checkpoint))
             raise pytest.UsageError(
-                f"two models would share the baselines of '{folder}': {folders[folder]} and {source}. "
+                f"two models would share the baselines of '{folder}': {first} and {second}. "
                 "Give the checkpoint folders distinct names, or check them in separate sessions with --baseline."
             )
     override = baseline_override(config)

@@ -79,3 +79,14 @@ def test_a_hub_id_on_the_command_line_runs_offline_from_the_cache(pytester: pyte
     outcomes = result.parseoutcomes()  # random-init: the hypothesis may hold or not; it must run, not error
     assert outcomes.get("passed", 0) + outcomes.get("failed", 0) == 1 and "error" not in outcomes
     assert "acme/tiny@main: model loaded 1×" in result.stdout.lines  # the id as given names the model
+
+
+def test_two_revisions_of_one_hub_id_share_a_baseline_folder_so_one_session_refuses_both(pytester: pytest.Pytester, hub_cache, tmp_path):  # noqa: F811
+    """``ORG/NAME@REV`` is gated against ``baselines/ORG--NAME`` whatever the revision; two revisions in one
+    session would write one baseline twice, so they are refused before any model loads."""
+    pytester.makepyfile("def test_x(thresholds):\n    pass\n")
+    result = pytester.runpytest("--model", "acme/tiny@v2", "--model", "acme/tiny@main",
+                                "--geomcheck-cache-dir", str(tmp_path / "cache"), "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*two models would share the baselines of 'acme--tiny': acme/tiny@v2 and acme/tiny*"])
+    assert not (tmp_path / "cache").exists()

@@ -164,6 +164,7 @@ def test_a_template_that_reads_the_clock_renders_the_same_ids_on_any_day(monkeyp
 def test_baseline_folders_are_one_safe_component_and_hub_ids_keep_their_org(tmp_path, tiny_llama_dir, monkeypatch):
     assert baseline_name("smollm2-135m") == "smollm2-135m"
     assert baseline_name("meta-llama/Llama-3.2-3B-Instruct") == "meta-llama--Llama-3.2-3B-Instruct"
+    assert baseline_name("meta-llama/Llama-3.2-3B-Instruct@0cb88a4") == "meta-llama--Llama-3.2-3B-Instruct"
     assert baseline_name(str(tiny_llama_dir)) == "tiny-llama"
     monkeypatch.chdir(tiny_llama_dir)
     assert baseline_name(".") == "tiny-llama"
