@@ -16,8 +16,26 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from geomcheck.resampling import basic_interval, permutation_null, replicates, resample_indices
-from geomcheck.stats import NO_INTERVAL, RANGES, SETS, Interval, mean_cosine, statistics_from_samples
+from geomcheck.resampling import (
+    basic_interval,
+    debiased_world,
+    permutation_null,
+    replicates,
+    resample_indices,
+    studentized_interval,
+)
+from geomcheck.stats import (
+    NO_INTERVAL,
+    RANGES,
+    SETS,
+    Interval,
+    Moments,
+    check_sizes,
+    cosine_standard_error,
+    mean_cosine,
+    moments,
+    statistics_from_moments,
+)
 from geomcheck.trends import GrowthFit, Separation, Trend, cosine_trend, growth_fit, mean_log_ratio, separation
 
 __all__ = ["SETS", "Geometry", "bootstrap_samples", "geometry_from_samples"]
@@ -135,14 +153,14 @@ def _derived(values: dict[str, np.ndarray], streams: Sequence[str]) -> dict[str,
 
 
 def _all_statistics(
-    harmful: np.ndarray, harmless: np.ndarray, streams: Sequence[str], fixed: Values, plug_in: bool = False
+    harmful: Moments, harmless: Moments, sizes: tuple[int, int], streams: Sequence[str], fixed: Values, plug_in: bool = False
 ) -> dict[str, np.ndarray]:
-    """Both sets shaped (samples, streams, layers, features) -> every value of a Geometry; ``fixed`` values
-    (the shuffled-label null) are held, not resampled."""
+    """Both sets' moments, shaped (streams, layers, features) -> every value of a Geometry; ``fixed``
+    values (the shuffled-label null) are held, not resampled."""
     values: dict[str, np.ndarray] = dict(fixed)
     for index, stream in enumerate(streams):
-        for name, curve in statistics_from_samples(harmful[:, index], harmless[:, index], plug_in).items():
-            values[f"{stream}/{name}"] = curve
+        curves = statistics_from_moments(harmful[0][index], harmful[1][index], harmless[0][index], harmless[1][index], sizes, plug_in)
+        values.update({f"{stream}/{name}": curve for name, curve in curves.items()})
     values.update(_derived(values, streams))
     return values
 
@@ -175,19 +193,48 @@ def _stack(samples: Samples) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
 
 def geometry_from_samples(samples: Samples, n_boot: int = 200, seed: int = 0) -> Geometry:
     """Point values from all prompts; intervals from ``n_boot`` resamplings of the prompts, and the
-    shuffled-label null of the cosine from as many permutations (same seed)."""
+    shuffled-label null of the cosine from as many permutations (same seed).
+
+    The resampling runs in the debiased world (:func:`geomcheck.resampling.debiased_world`), where the
+    means lie as far apart as the debiased estimate says; every interval is basic but the cosines', which
+    are studentized and are intervals of the true cosine of the means (so the plain cosine's is widened
+    to hold its biased point). Measured coverage: tests/test_coverage.py.
+    """
     streams, harmful, harmless = _stack(samples)
+    sizes = (len(harmful), len(harmless))
+    check_sizes(*sizes)
+    observed = moments(harmful), moments(harmless)
     if not n_boot:
-        return Geometry(streams, _all_statistics(harmful, harmless, streams, {}), {}, 0, seed)
+        return Geometry(streams, _all_statistics(*observed, sizes, streams, {}), {}, 0, seed)
     null = _cosine_null(harmful, harmless, streams, n_boot, seed)
-    values = _all_statistics(harmful, harmless, streams, null)
-    centers = _all_statistics(harmful, harmless, streams, null, plug_in=True)
-    draws = replicates(harmful, harmless, lambda one, other: _all_statistics(one, other, streams, null), n_boot=n_boot, seed=seed)
-    intervals = {
-        key: basic_interval(value, draws[key], centers[key], bounds=RANGES.get(key.split("/", 1)[1], (-np.inf, np.inf)))
-        for key, value in values.items()
-        if key not in null and key.split("/", 1)[1] not in NO_INTERVAL
+    values = _all_statistics(*observed, sizes, streams, null)
+    shifts = debiased_world(harmful, harmless)
+
+    def in_world(one: np.ndarray, other: np.ndarray) -> dict[str, np.ndarray]:
+        (mean_one, var_one), (mean_other, var_other) = moments(one), moments(other)
+        moved = (mean_one + shifts[0], var_one), (mean_other + shifts[1], var_other)
+        errors = cosine_standard_error(one, other, *moved)
+        return {**_all_statistics(*moved, sizes, streams, null), **{f"{s}/cosine_se": errors[i] for i, s in enumerate(streams)}}
+
+    world = [(mean + shift, var) for (mean, var), shift in zip(observed, shifts)]
+    centers = _all_statistics(*world, sizes, streams, null, plug_in=True)
+    draws = replicates(harmful, harmless, in_world, n_boot=n_boot, seed=seed)
+    errors = cosine_standard_error(harmful, harmless, *observed)
+    debiased = {stream: f"{stream}/cosine_debiased" for stream in streams}
+    true_cosine = {
+        stream: studentized_interval(values[key], errors[i], draws[key], draws.pop(f"{stream}/cosine_se"), centers[key])
+        for i, (stream, key) in enumerate(debiased.items())
     }
+    intervals: dict[str, Interval] = {}
+    for key, value in values.items():
+        stream, statistic = key.split("/", 1)
+        if key in null or statistic in NO_INTERVAL:
+            continue
+        if statistic in ("cosine", "cosine_debiased"):  # two estimates of one truth, with one interval
+            low, high = (np.clip(bound, *RANGES["cosine"]) for bound in (true_cosine[stream].low, true_cosine[stream].high))
+            intervals[key] = Interval(np.fmin(low, value), np.fmax(high, value))
+        else:
+            intervals[key] = basic_interval(value, draws[key], centers[key], bounds=RANGES.get(statistic, (-np.inf, np.inf)))
     return Geometry(streams, values, intervals, n_boot, seed, draws, centers)
 
 

@@ -1,4 +1,4 @@
-"""Resampling the prompts: basic bootstrap intervals, and label-permutation nulls.
+"""Resampling the prompts: basic and studentized bootstrap intervals, and label-permutation nulls.
 
 Both resample the prompts of two sets (harmful, harmless) laid out as ``samples x layers x features``; a
 statistic is any function of the two sets that returns named numbers or arrays. Plain numpy.
@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from geomcheck.stats import Interval
+from geomcheck.stats import Interval, debiased_norm2
 
 Statistic = Callable[[np.ndarray, np.ndarray], Mapping[str, "np.ndarray | float"]]
 
@@ -74,6 +74,66 @@ def basic_interval(
         low = np.where(positive, np.exp(np.where(positive, low_s, 0.0)), low_s)
         high = np.where(positive, np.exp(np.where(positive, high_s, 0.0)), high_s)
     low, high = np.fmin(np.clip(low, *bounds), point), np.fmax(np.clip(high, *bounds), point)
+    if point.ndim == 0:
+        return Interval(float(low), float(high))
+    return Interval(low, high)
+
+
+def _symmetric_power(matrices: np.ndarray, power: float) -> np.ndarray:
+    """``M^power`` of symmetric 2 x 2 matrices, with eigenvalues that are not positive taken as 0."""
+    eigenvalues, vectors = np.linalg.eigh(matrices)
+    positive = eigenvalues > 1e-12 * np.abs(eigenvalues).max(axis=-1, keepdims=True)
+    powered = np.where(positive, np.power(np.where(positive, eigenvalues, 1.0), power), 0.0)
+    return (vectors * powered[..., None, :]) @ np.swapaxes(vectors, -1, -2)
+
+
+def debiased_world(harmful: np.ndarray, harmless: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Shifts of each set's mean (``(..., d)``, to add to its samples ``(n, ..., d)``) after which the two
+    sample means have the debiased geometry: squared norms corrected by ``tr(Σ̂)/n``, the same dot product.
+
+    The bootstrap resamples an empirical distribution as if it were the truth, and there the sample
+    means lie further apart than the true ones (noise adds ``tr(Σ)/n`` to each squared norm), so the
+    cosine's replicates would spread as for a wider angle. The shift keeps each set's spread and moves
+    the means within their own plane (a 2 x 2 Gram matrix ``G`` mapped to ``G − diag(tr(Σ̂)/n)`` by
+    ``G^{-1/2} (G − diag)^{1/2}``); where noise swamps the difference, the means become parallel.
+    """
+    means = [np.asarray(x, dtype=np.float64).mean(axis=0) for x in (harmful, harmless)]
+    plane = np.stack(means, axis=-1)  # (..., d, 2)
+    gram = np.swapaxes(plane, -1, -2) @ plane
+    corrected = gram.copy()
+    for index, samples in enumerate((harmful, harmless)):
+        samples = np.asarray(samples, dtype=np.float64)
+        corrected[..., index, index] = debiased_norm2(means[index], samples.var(axis=0, ddof=1), len(samples))
+    moved = plane @ (_symmetric_power(gram, -0.5) @ _symmetric_power(corrected, 0.5))
+    return moved[..., 0] - means[0], moved[..., 1] - means[1]
+
+
+def studentized_interval(
+    estimate: np.ndarray | float,
+    standard_error: np.ndarray | float,
+    draws: np.ndarray,
+    draw_errors: np.ndarray,
+    center: np.ndarray | float,
+    level: float = 0.95,
+) -> Interval:
+    """The studentized (bootstrap-t) interval: ``estimate − t_high · se, estimate − t_low · se``, where
+    ``t`` are the quantiles of ``(draw − center) / draw_error`` over the replicates.
+
+    For a statistic whose spread depends on its own value (the cosine of the means narrows as the angle
+    closes) dividing by each replicate's standard error makes the replicates comparable where the basic
+    interval is not. Widened to hold the estimate; nan replicates are ignored.
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be strictly between 0 and 1; got {level}")
+    point = np.asarray(estimate, dtype=np.float64)
+    error = np.asarray(standard_error, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a replicate whose means are unresolved: nan
+        pivots = (np.asarray(draws, np.float64) - np.asarray(center, np.float64)) / np.asarray(draw_errors, np.float64)
+    tail = 100.0 * (1.0 - level) / 2.0
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"All-NaN slice", RuntimeWarning)
+        t_low, t_high = np.nanpercentile(pivots, [tail, 100.0 - tail], axis=0)
+    low, high = np.fmin(point - t_high * error, point), np.fmax(point - t_low * error, point)
     if point.ndim == 0:
         return Interval(float(low), float(high))
     return Interval(low, high)

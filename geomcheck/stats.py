@@ -75,6 +75,12 @@ def mean_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(defined, dot / safe, np.nan)
 
 
+def debiased_norm2(mean: np.ndarray, var: np.ndarray, n: int) -> np.ndarray:
+    """``‖μ‖²`` estimated from a set's sample mean and per-feature variance (ddof=1) of ``n`` samples:
+    ``E‖x̄‖² = ‖μ‖² + tr(Σ)/n``, so the sample mean's squared norm is corrected by ``tr(Σ̂)/n``."""
+    return np.sum(mean**2, axis=-1) - var.sum(axis=-1) / n
+
+
 def debiased_cosine(
     harmful_mean: np.ndarray,
     harmful_var: np.ndarray,
@@ -85,18 +91,52 @@ def debiased_cosine(
 ) -> np.ndarray:
     """Cosine of the true means, estimated without the sampling-noise bias of the sample means.
 
-    ``E‖x̄‖² = ‖μ‖² + tr(Σ)/n``, so the noise inflates both norms and pulls the cosine toward 0 — by more
-    as the variance grows with depth. Each squared norm is corrected by ``tr(Σ̂)/n``; the dot product of
-    two independent sets' means is already unbiased. Where a corrected norm is not positive the means are
-    not resolved from noise and the result is nan. It may slightly exceed 1 in magnitude (not clipped).
+    The noise inflates both norms (:func:`debiased_norm2`) and pulls the cosine toward 0 — by more as the
+    variance grows with depth. Each squared norm is corrected; the dot product of two independent sets'
+    means is already unbiased. Where a corrected norm is not positive the means are not resolved from
+    noise and the result is nan. It may slightly exceed 1 in magnitude (not clipped).
     """
-    dot = np.sum(harmful_mean * harmless_mean, axis=-1)
-    norm_harmful = np.sum(harmful_mean**2, axis=-1) - harmful_var.sum(axis=-1) / n_harmful
-    norm_harmless = np.sum(harmless_mean**2, axis=-1) - harmless_var.sum(axis=-1) / n_harmless
+    norm_harmful = np.asarray(debiased_norm2(harmful_mean, harmful_var, n_harmful), dtype=np.float64)
+    norm_harmless = np.asarray(debiased_norm2(harmless_mean, harmless_var, n_harmless), dtype=np.float64)
     resolved = (norm_harmful > 0) & (norm_harmless > 0)
-    return np.where(
-        resolved, dot / (np.sqrt(np.where(resolved, norm_harmful, 1.0)) * np.sqrt(np.where(resolved, norm_harmless, 1.0))), np.nan
+    scale = np.sqrt(np.where(resolved, norm_harmful, 1.0)) * np.sqrt(np.where(resolved, norm_harmless, 1.0))
+    return np.where(resolved, np.sum(harmful_mean * harmless_mean, axis=-1) / scale, np.nan)
+
+
+Moments = tuple[np.ndarray, np.ndarray]  # a set's mean and per-feature variance (ddof=1) over its samples
+
+
+def moments(samples: np.ndarray) -> Moments:
+    """Mean and per-feature variance (ddof=1) over the first axis, accumulated in float64: a float32 sum
+    over many prompts would lose the small features' variance beside the massive activations."""
+    samples = np.asarray(samples)
+    return samples.mean(axis=0, dtype=np.float64), samples.var(axis=0, ddof=1, dtype=np.float64)
+
+
+def cosine_standard_error(
+    harmful: np.ndarray, harmless: np.ndarray, harmful_moments: Moments | None = None, harmless_moments: Moments | None = None
+) -> np.ndarray:
+    """Delta-method standard error of :func:`debiased_cosine`, per layer, from samples ``(n, ..., d)``.
+
+    The cosine's gradient in each set's mean, projected on that set's samples, gives its variance without
+    a d x d covariance. It studentizes the cosine's bootstrap (see
+    :func:`geomcheck.resampling.studentized_interval`): the cosine's spread depends on the angle itself,
+    so its replicates are only comparable once divided by it. ``*_moments`` are the sets' moments where
+    already at hand, or moved (the bootstrap's debiased world moves the means, never the spread). nan
+    where the means are not resolved.
+    """
+    (mean_h, var_h), (mean_n, var_n) = harmful_moments or moments(harmful), harmless_moments or moments(harmless)
+    sizes = (len(harmful), len(harmless))
+    cosine = debiased_cosine(mean_h, var_h, sizes[0], mean_n, var_n, sizes[1])
+    resolved = np.isfinite(cosine)
+    norm_h, norm_n = (np.where(resolved, debiased_norm2(*m), 1.0) for m in ((mean_h, var_h, sizes[0]), (mean_n, var_n, sizes[1])))
+    scale = np.sqrt(norm_h) * np.sqrt(norm_n)
+    gradients = (mean_n / scale[..., None] - (cosine / norm_h)[..., None] * mean_h, mean_h / scale[..., None] - (cosine / norm_n)[..., None] * mean_n)
+    spread = sum(
+        np.einsum("n...d,...d->n...", samples, gradient).var(axis=0, ddof=1) / size
+        for samples, gradient, size in zip((harmful, harmless), gradients, sizes)
     )
+    return np.where(resolved, np.sqrt(spread), np.nan)
 
 
 def _variance_profile(var: np.ndarray) -> dict[str, np.ndarray]:
@@ -151,26 +191,22 @@ def statistics_from_moments(
     return {name: out[name] for name in STAT_NAMES}
 
 
-def statistics_from_samples(harmful: np.ndarray, harmless: np.ndarray, plug_in: bool = False) -> dict[str, np.ndarray]:
-    """Statistics of harmful samples (n, L, d) and harmless samples (m, L, d).
+def check_sizes(n_harmful: int, n_harmless: int) -> None:
+    """A variance needs two samples per set; refuse fewer, naming both counts."""
+    if n_harmful < 2 or n_harmless < 2:
+        raise ValueError(f"at least 2 prompts per set are needed for a variance; got {n_harmful} harmful and {n_harmless} harmless")
 
-    Moments are taken in float64: a float32 sum over many prompts would lose the small features' variance
-    beside the massive activations of mid/late layers.
-    """
-    harmful = np.asarray(harmful, dtype=np.float64)
-    harmless = np.asarray(harmless, dtype=np.float64)
+
+def statistics_from_samples(harmful: np.ndarray, harmless: np.ndarray, plug_in: bool = False) -> dict[str, np.ndarray]:
+    """Statistics of harmful samples (n, L, d) and harmless samples (m, L, d), from their :func:`moments`."""
+    harmful, harmless = np.asarray(harmful), np.asarray(harmless)
     if harmful.ndim != 3 or harmless.ndim != 3 or harmful.shape[1:] != harmless.shape[1:]:
         raise ValueError(
             "harmful and harmless samples must be (samples, layers, features) with the same layers "
             f"and features; got {harmful.shape} and {harmless.shape}"
         )
-    if harmful.shape[0] < 2 or harmless.shape[0] < 2:
-        raise ValueError(
-            "at least 2 prompts per set are needed for a variance; got "
-            f"{harmful.shape[0]} harmful and {harmless.shape[0]} harmless"
-        )
-    moments = (harmful.mean(axis=0), harmful.var(axis=0, ddof=1), harmless.mean(axis=0), harmless.var(axis=0, ddof=1))
-    return statistics_from_moments(*moments, (len(harmful), len(harmless)), plug_in)
+    check_sizes(len(harmful), len(harmless))
+    return statistics_from_moments(*moments(harmful), *moments(harmless), (len(harmful), len(harmless)), plug_in)
 
 
 @dataclass(frozen=True, eq=False)
