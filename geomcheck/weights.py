@@ -9,6 +9,7 @@ that unrelated random subspaces would have by chance.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -70,14 +71,46 @@ def random_overlap(k: int, d: int) -> float:
 
 
 @dataclass(frozen=True)
+class RotationNull:
+    """Law of the mean pairwise overlap of ``layers`` subspaces when each layer's matrix is turned by its
+    own random rotation of R^d, which makes its top-k subspace uniformly random: what "no shared
+    directions" predicts, sharper than ``k / d`` alone because it says how far chance can stray."""
+
+    mean: float
+    sd: float
+
+
+def rotation_null(k: int, d: int, layers: int) -> RotationNull:
+    """Mean ``k / d`` and exact standard deviation of the mean over ``layers · (layers − 1) / 2`` pairs.
+
+    For uniformly random rank-k projections P, Q of R^d, ``tr(PQ)`` has variance
+    ``2k²(d−k)² / (d²(d−1)(d+2))``, so one pair's overlap ``tr(PQ) / k`` has variance
+    ``2(d−k)² / (d²(d−1)(d+2))``. Pair overlaps are pairwise uncorrelated under the null (given layer i,
+    its overlaps with j and with l are independent and their law does not depend on layer i), so the mean
+    over pairs has that variance divided by the number of pairs. Closed form, because a Monte Carlo at the
+    size of a large model would cost a teraflop; ``tests/test_weights_null.py`` checks it by one at small d.
+    """
+    if layers < 2:
+        raise ValueError(f"need at least 2 layers to compare; got {layers}")
+    chance = random_overlap(k, d)
+    pair_variance = 2 * (d - k) ** 2 / (d**2 * (d - 1) * (d + 2))
+    return RotationNull(mean=chance, sd=math.sqrt(pair_variance / (layers * (layers - 1) / 2)))
+
+
+@dataclass(frozen=True)
 class OverlapSummary:
     """Overlap between layers against chance: ``ratio`` well above 1 means
-    layers share directions beyond what random subspaces would."""
+    layers share directions beyond what random subspaces would, and ``null_z``
+    says by how many standard deviations of the rotation null (:func:`rotation_null`)
+    the mean overlap exceeds chance; with few layers or a small ``d_model`` a
+    large ratio can still be within chance's reach."""
 
     mean_offdiag: float
     mean_adjacent: float
     chance: float
     ratio: float
+    null_sd: float
+    null_z: float
 
 
 def summarize_overlap(matrix: np.ndarray, k: int, d: int) -> OverlapSummary:
@@ -85,16 +118,20 @@ def summarize_overlap(matrix: np.ndarray, k: int, d: int) -> OverlapSummary:
 
     Adjacent layers are reported apart because shared directions between
     neighbours alone would point to a local rather than a global structure.
+    ``null_z`` is NaN when ``k = d`` (every subspace is the whole space: no
+    null to stand out from), so a threshold on it fails rather than passes.
     """
     matrix = np.asarray(matrix, dtype=np.float64)
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] < 2:
         raise ValueError(f"need a square overlap matrix of at least 2 layers; got {matrix.shape}")
     offdiag = ~np.eye(matrix.shape[0], dtype=bool)
-    chance = random_overlap(k, d)
+    null = rotation_null(k, d, matrix.shape[0])
     mean_offdiag = float(matrix[offdiag].mean())
     return OverlapSummary(
         mean_offdiag=mean_offdiag,
         mean_adjacent=float(np.diagonal(matrix, offset=1).mean()),
-        chance=chance,
-        ratio=mean_offdiag / chance,
+        chance=null.mean,
+        ratio=mean_offdiag / null.mean,
+        null_sd=null.sd,
+        null_z=(mean_offdiag - null.mean) / null.sd if null.sd > 0 else math.nan,
     )

@@ -95,8 +95,8 @@ def test_cosine_falls_fails_when_the_cosine_rises_naming_rho_and_slope():
     assert "(need ≤ -0.5)" in failure and "(need < 0.0)" in failure and "at layer 7" in failure
 
 
-def overlap(offdiag: float, k: int = 4, d: int = 64) -> WeightOverlap:
-    matrix = np.full((LAYERS, LAYERS), offdiag)
+def overlap(offdiag: float, k: int = 4, d: int = 64, layers: int = LAYERS) -> WeightOverlap:
+    matrix = np.full((layers, layers), offdiag)
     np.fill_diagonal(matrix, 1.0)
     return WeightOverlap(matrices={"attn_out": matrix, "mlp_out": matrix}, k=k, d_model=d)
 
@@ -104,11 +104,21 @@ def overlap(offdiag: float, k: int = 4, d: int = 64) -> WeightOverlap:
 def test_weights_share_directions_passes_well_above_chance():
     recorded, failure = verdict(weights_share_directions.test_weights_share_directions, overlap(0.5), SHIPPED["weights_share_directions"])
     assert failure is None
-    assert recorded[0].startswith("attn_out 0.500 = 8.0× chance")
+    assert recorded[0].startswith("attn_out 0.500 = 8.0× chance k/d = 4/64; rotation null 0.0625 ± 0.0039, z = 112.6 (adjacent 0.500)")
 
 
 def test_weights_share_directions_fails_at_chance_naming_the_matrix_and_chance_level():
     _, failure = verdict(weights_share_directions.test_weights_share_directions, overlap(4 / 64), SHIPPED["weights_share_directions"])
     assert failure is not None
     assert "attn_out: mean overlap of top-4 directions between layers is 0.0625, 1.00× the chance level 0.0625 (need ≥ 1.5×)" in failure
+    assert "attn_out: mean overlap 0.0625 is z = 0.00 standard deviations above the rotation null 0.0625 ± 0.0039" in failure
     assert "mlp_out:" in failure
+
+
+def test_weights_share_directions_fails_above_min_ratio_when_the_rotation_null_reaches_it():
+    """3 layers of R^8, top-2: overlap 0.4 is 1.6× chance 0.25, but the rotation null's sd over 3 pairs is
+    0.073, so chance reaches it (z = 2.05 < 3)."""
+    _, failure = verdict(weights_share_directions.test_weights_share_directions, overlap(0.4, k=2, d=8, layers=3), SHIPPED["weights_share_directions"])
+    assert failure is not None and "need ≥ 1.5×" not in failure
+    assert ("attn_out: mean overlap 0.4000 is z = 2.05 standard deviations above the rotation null 0.2500 ± 0.073 "
+            "of 3 layers with random top-2 subspaces of R^8 (need z ≥ 3.0)") in failure

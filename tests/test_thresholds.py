@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from geomcheck import thresholds
+from geomcheck.options import OptionError
 
 
 def test_merge_keeps_what_the_override_does_not_name():
@@ -34,3 +37,12 @@ def test_a_project_without_settings_gets_the_shipped_thresholds(tmp_path: Path):
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
     assert thresholds.load(thresholds.project_file(tmp_path)) == thresholds.shipped()
     assert thresholds.project_file(tmp_path / "none") is None
+
+
+def test_the_rotation_null_threshold_is_overridden_and_validated_like_the_others(tmp_path: Path):
+    (tmp_path / "pyproject.toml").write_text("[tool.geomcheck.thresholds.weights_share_directions]\nmin_null_z = 5.0\n")
+    loaded = thresholds.load(thresholds.project_file(tmp_path))
+    assert loaded["weights_share_directions"] == {"min_ratio": 1.5, "min_null_z": 5.0}
+    (tmp_path / "pyproject.toml").write_text("[tool.geomcheck.thresholds.weights_share_directions]\nmin_null_z = 'high'\n")
+    with pytest.raises(OptionError, match="min_null_z = 'high' must be a number"):
+        thresholds.load(thresholds.project_file(tmp_path))
