@@ -47,10 +47,13 @@ class BaselineFileError(ValueError):
 
 def baseline_payload(geometry: Geometry, meta: Mapping[str, Any]) -> dict[str, Any]:
     """A geometry's per-layer curves with intervals, and the run's metadata, as stored in a baseline."""
+    from geomcheck.geometry import INTERVALS
+
     info = {key: _plain(value) for key, value in meta.items()}
     info.setdefault("name", baseline_name(str(info.get("model", "?"))))
     info.setdefault("geomcheck", geomcheck.__version__)
     info["n_boot"] = int(geometry.n_boot)
+    info["intervals"] = INTERVALS
     info["n_layers"] = int(geometry.n_layers)
     info["streams"] = list(geometry.streams)
     statistics: dict[str, list[dict[str, Any]]] = {}

@@ -22,7 +22,7 @@ SE_PER_95 = 3.92  # a normal 95% interval is 2 x 1.96 standard errors wide
 # Metadata that changes what the numbers mean: a difference is warned about, since drift may then reflect
 # the setup rather than the model. Device is left out on purpose: another device only adds rounding noise.
 # What the checkpoint is (weights, tokenizer, revision, source) is not a setup: identity_summary reports it.
-WARNED_META = ("dtype", "prompts_hash", "geomcheck", "position", "chat_template", "template_date")
+WARNED_META = ("dtype", "prompts_hash", "geomcheck", "position", "chat_template", "template_date", "intervals")
 ENVIRONMENT = ("torch", "transformers", "attn_implementation", "device", "dtype")  # meta["environment"]
 # Machine epsilon of each dtype the plugin runs in: rounding noise scales with it (see Tolerance).
 DTYPE_EPS = {"float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}

@@ -38,7 +38,11 @@ from geomcheck.stats import (
 )
 from geomcheck.trends import GrowthFit, Separation, Trend, cosine_trend, growth_fit, mean_log_ratio, separation
 
-__all__ = ["SETS", "Geometry", "bootstrap_samples", "geometry_from_samples"]
+__all__ = ["INTERVALS", "SETS", "Geometry", "bootstrap_samples", "geometry_from_samples"]
+
+# How the intervals are made (see geometry_from_samples), recorded in a baseline: the widths a drift is
+# measured against depend on it, so a baseline made another way is warned about and rewritten on update.
+INTERVALS = "bootstrap in the debiased world: cosines studentized, the rest basic"
 
 Samples = Mapping[str, Mapping[str, np.ndarray]]  # set -> stream -> (samples, layers, features)
 Values = Mapping[str, np.ndarray]

@@ -6,8 +6,18 @@ import math
 import numpy as np
 import pytest
 
-from geomcheck.resampling import basic_interval, bootstrap, permutation_null
-from geomcheck.stats import STAT_NAMES, Interval, mean_cosine, statistics_from_moments, statistics_from_samples
+from geomcheck.resampling import basic_interval, bootstrap, debiased_world, permutation_null, studentized_interval
+from geomcheck.stats import (
+    STAT_NAMES,
+    Interval,
+    cosine_standard_error,
+    debiased_cosine,
+    debiased_norm2,
+    mean_cosine,
+    moments,
+    statistics_from_moments,
+    statistics_from_samples,
+)
 from geomcheck.trends import GrowthFit, cosine_trend, growth_fit, separation
 from geomcheck.weights import (
     overlap_matrix,
@@ -149,6 +159,41 @@ def test_basic_interval_always_holds_the_estimate():
     # A degenerate resampling (every replicate on one side of the centre) still brackets the estimate.
     interval = basic_interval(-0.5, np.full(50, 3.0), center=0.0)
     assert interval.low <= -0.5 <= interval.high
+
+
+def test_studentized_interval_scales_the_replicates_pivots_by_the_estimates_error():
+    # Replicates (draw − centre) / error spread ±2 evenly: the interval is the estimate ∓ 2 × 0.95 errors.
+    draws = np.linspace(-1.0, 1.0, 2001)
+    interval = studentized_interval(0.3, 0.1, draws, np.full(2001, 0.5), center=0.0)
+    assert interval.low == pytest.approx(0.3 - 0.1 * 1.9, abs=1e-9)
+    assert interval.high == pytest.approx(0.3 + 0.1 * 1.9, abs=1e-9)
+
+
+def test_debiased_world_moves_the_means_to_the_debiased_geometry_and_keeps_the_spread():
+    rng = np.random.default_rng(4)
+    harmful = rng.normal(size=(30, 3, 12)) + np.r_[1.0, 1.0, np.zeros(10)]
+    harmless = rng.normal(size=(40, 3, 12)) + np.r_[1.0, 0.0, 1.0, np.zeros(9)]
+    shifts = debiased_world(harmful, harmless)
+    (mean_h, var_h), (mean_n, var_n) = moments(harmful), moments(harmless)
+    moved_h, moved_n = mean_h + shifts[0], mean_n + shifts[1]
+    np.testing.assert_allclose(np.sum(moved_h**2, axis=-1), debiased_norm2(mean_h, var_h, 30))
+    np.testing.assert_allclose(np.sum(moved_n**2, axis=-1), debiased_norm2(mean_n, var_n, 40))
+    np.testing.assert_allclose(np.sum(moved_h * moved_n, axis=-1), np.sum(mean_h * mean_n, axis=-1))
+    # so the world's plain cosine is the debiased estimate, which its replicates are centred on
+    np.testing.assert_allclose(mean_cosine(moved_h, moved_n), debiased_cosine(mean_h, var_h, 30, mean_n, var_n, 40))
+
+
+def test_cosine_standard_error_matches_the_spread_of_the_debiased_cosine_over_draws():
+    rng = np.random.default_rng(5)
+    sd = np.sqrt(np.geomspace(0.5, 4.0, 8))
+    mean_h, mean_n = np.r_[1.0, 1.0, np.zeros(6)], np.r_[1.0, 0.5, 0.5, np.zeros(5)]
+    # 1,000 independent layers = draws; many prompts, where a first-order (delta-method) error is exact
+    # enough (at 100 prompts it overstates the spread by ~15%, which studentizing cancels)
+    harmful = mean_h + sd * rng.normal(size=(1500, 1000, 8))
+    harmless = mean_n + sd * rng.normal(size=(1600, 1000, 8))
+    estimates = statistics_from_samples(harmful, harmless)["cosine_debiased"]
+    errors = cosine_standard_error(harmful, harmless)
+    assert np.median(errors) == pytest.approx(np.std(estimates), rel=0.08)  # the std of 1,000 draws: ±2.2%
 
 
 def test_bootstrap_intervals_cover_every_statistic_per_layer():
