@@ -57,7 +57,7 @@ class Geometry:
     """Flat ``"<stream>/<statistic>"`` values and their intervals (empty when not bootstrapped).
 
     ``replicates`` holds each value over the ``n_boot`` resamples and ``centers`` its plug-in value (the
-    statistic of the empirical distribution, which the basic bootstrap interval pivots on).
+    statistic of the distribution resampled, the debiased world, which the basic bootstrap interval pivots on).
     """
 
     streams: tuple[str, ...]
@@ -212,7 +212,7 @@ def geometry_from_samples(samples: Samples, n_boot: int = 200, seed: int = 0) ->
         return Geometry(streams, _all_statistics(*observed, sizes, streams, {}), {}, 0, seed)
     null = _cosine_null(harmful, harmless, streams, n_boot, seed)
     values = _all_statistics(*observed, sizes, streams, null)
-    shifts = debiased_world(harmful, harmless)
+    shifts = debiased_world(*observed, sizes)
 
     def in_world(one: np.ndarray, other: np.ndarray) -> dict[str, np.ndarray]:
         (mean_one, var_one), (mean_other, var_other) = moments(one), moments(other)
@@ -225,8 +225,9 @@ def geometry_from_samples(samples: Samples, n_boot: int = 200, seed: int = 0) ->
     draws = replicates(harmful, harmless, in_world, n_boot=n_boot, seed=seed)
     errors = cosine_standard_error(harmful, harmless, *observed)
     debiased = {stream: f"{stream}/cosine_debiased" for stream in streams}
+    draw_errors = {stream: draws.pop(f"{stream}/cosine_se") for stream in streams}  # not values: not kept
     true_cosine = {
-        stream: studentized_interval(values[key], errors[i], draws[key], draws.pop(f"{stream}/cosine_se"), centers[key])
+        stream: studentized_interval(values[key], errors[i], draws[key], draw_errors[stream], centers[key])
         for i, (stream, key) in enumerate(debiased.items())
     }
     intervals: dict[str, Interval] = {}

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from geomcheck.stats import Interval, debiased_norm2
+from geomcheck.stats import Interval, Moments, debiased_norm2
 
 Statistic = Callable[[np.ndarray, np.ndarray], Mapping[str, "np.ndarray | float"]]
 
@@ -36,6 +36,25 @@ def replicates(
     return {key: np.stack(values) for key, values in draws.items()}
 
 
+def _tail_quantiles(draws: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """The replicates' lower and upper ``(1 − level) / 2`` quantiles, ignoring nan replicates."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be strictly between 0 and 1; got {level}")
+    tail = 100.0 * (1.0 - level) / 2.0
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"All-NaN slice", RuntimeWarning)
+        low, high = np.nanpercentile(draws, [tail, 100.0 - tail], axis=0)
+    return low, high
+
+
+def _holding(point: np.ndarray, low: np.ndarray, high: np.ndarray) -> Interval:
+    """An interval widened to hold its estimate (nan bounds become the estimate), scalar for a scalar."""
+    low, high = np.fmin(low, point), np.fmax(high, point)
+    if point.ndim == 0:
+        return Interval(float(low), float(high))
+    return Interval(low, high)
+
+
 def basic_interval(
     estimate: np.ndarray | float,
     draws: np.ndarray,
@@ -55,8 +74,6 @@ def basic_interval(
     replicates that are nan are ignored; where all are, the interval collapses to the estimate. ``bounds``
     is the statistic's range (e.g. -1 to 1 for a correlation), which the interval is clipped to.
     """
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be strictly between 0 and 1; got {level}")
     point = np.asarray(estimate, dtype=np.float64)
     pivot = point if center is None else np.asarray(center, dtype=np.float64)
     draws = np.asarray(draws, dtype=np.float64)
@@ -64,19 +81,13 @@ def basic_interval(
     positive = (point > 0) & (pivot > 0) & np.all((draws > 0) | np.isnan(draws), axis=0)
     log = lambda x: np.log(np.where(positive, x, 1.0))  # noqa: E731
     scale = lambda x, like: np.where(positive, log(x), like)  # noqa: E731
-    tail = 100.0 * (1.0 - level) / 2.0
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", r"All-NaN slice", RuntimeWarning)
-        q_low, q_high = np.nanpercentile(scale(draws, draws), [tail, 100.0 - tail], axis=0)
+    q_low, q_high = _tail_quantiles(scale(draws, draws), level)
     point_s, pivot_s = scale(point, point), scale(pivot, pivot)
     low_s, high_s = point_s - (q_high - pivot_s), point_s - (q_low - pivot_s)
     with np.errstate(over="ignore"):  # a bound beyond float range is an infinite bound
         low = np.where(positive, np.exp(np.where(positive, low_s, 0.0)), low_s)
         high = np.where(positive, np.exp(np.where(positive, high_s, 0.0)), high_s)
-    low, high = np.fmin(np.clip(low, *bounds), point), np.fmax(np.clip(high, *bounds), point)
-    if point.ndim == 0:
-        return Interval(float(low), float(high))
-    return Interval(low, high)
+    return _holding(point, np.clip(low, *bounds), np.clip(high, *bounds))
 
 
 def _symmetric_power(matrices: np.ndarray, power: float) -> np.ndarray:
@@ -87,9 +98,10 @@ def _symmetric_power(matrices: np.ndarray, power: float) -> np.ndarray:
     return (vectors * powered[..., None, :]) @ np.swapaxes(vectors, -1, -2)
 
 
-def debiased_world(harmful: np.ndarray, harmless: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Shifts of each set's mean (``(..., d)``, to add to its samples ``(n, ..., d)``) after which the two
-    sample means have the debiased geometry: squared norms corrected by ``tr(Σ̂)/n``, the same dot product.
+def debiased_world(harmful: Moments, harmless: Moments, sizes: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Shifts of each set's mean (``(..., d)``, to add to its samples) after which the two sample means
+    have the debiased geometry: squared norms corrected by ``tr(Σ̂)/n``, the same dot product. Takes each
+    set's :func:`geomcheck.stats.moments` and the sets' sizes.
 
     The bootstrap resamples an empirical distribution as if it were the truth, and there the sample
     means lie further apart than the true ones (noise adds ``tr(Σ)/n`` to each squared norm), so the
@@ -97,15 +109,13 @@ def debiased_world(harmful: np.ndarray, harmless: np.ndarray) -> tuple[np.ndarra
     the means within their own plane (a 2 x 2 Gram matrix ``G`` mapped to ``G − diag(tr(Σ̂)/n)`` by
     ``G^{-1/2} (G − diag)^{1/2}``); where noise swamps the difference, the means become parallel.
     """
-    means = [np.asarray(x, dtype=np.float64).mean(axis=0) for x in (harmful, harmless)]
-    plane = np.stack(means, axis=-1)  # (..., d, 2)
+    plane = np.stack([harmful[0], harmless[0]], axis=-1)  # (..., d, 2)
     gram = np.swapaxes(plane, -1, -2) @ plane
     corrected = gram.copy()
-    for index, samples in enumerate((harmful, harmless)):
-        samples = np.asarray(samples, dtype=np.float64)
-        corrected[..., index, index] = debiased_norm2(means[index], samples.var(axis=0, ddof=1), len(samples))
+    for index, ((mean, var), size) in enumerate(zip((harmful, harmless), sizes)):
+        corrected[..., index, index] = debiased_norm2(mean, var, size)
     moved = plane @ (_symmetric_power(gram, -0.5) @ _symmetric_power(corrected, 0.5))
-    return moved[..., 0] - means[0], moved[..., 1] - means[1]
+    return moved[..., 0] - harmful[0], moved[..., 1] - harmless[0]
 
 
 def studentized_interval(
@@ -123,20 +133,12 @@ def studentized_interval(
     closes) dividing by each replicate's standard error makes the replicates comparable where the basic
     interval is not. Widened to hold the estimate; nan replicates are ignored.
     """
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be strictly between 0 and 1; got {level}")
     point = np.asarray(estimate, dtype=np.float64)
     error = np.asarray(standard_error, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):  # a replicate whose means are unresolved: nan
         pivots = (np.asarray(draws, np.float64) - np.asarray(center, np.float64)) / np.asarray(draw_errors, np.float64)
-    tail = 100.0 * (1.0 - level) / 2.0
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", r"All-NaN slice", RuntimeWarning)
-        t_low, t_high = np.nanpercentile(pivots, [tail, 100.0 - tail], axis=0)
-    low, high = np.fmin(point - t_high * error, point), np.fmax(point - t_low * error, point)
-    if point.ndim == 0:
-        return Interval(float(low), float(high))
-    return Interval(low, high)
+    t_low, t_high = _tail_quantiles(pivots, level)
+    return _holding(point, point - t_high * error, point - t_low * error)
 
 
 def bootstrap(

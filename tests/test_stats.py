@@ -173,8 +173,8 @@ def test_debiased_world_moves_the_means_to_the_debiased_geometry_and_keeps_the_s
     rng = np.random.default_rng(4)
     harmful = rng.normal(size=(30, 3, 12)) + np.r_[1.0, 1.0, np.zeros(10)]
     harmless = rng.normal(size=(40, 3, 12)) + np.r_[1.0, 0.0, 1.0, np.zeros(9)]
-    shifts = debiased_world(harmful, harmless)
     (mean_h, var_h), (mean_n, var_n) = moments(harmful), moments(harmless)
+    shifts = debiased_world((mean_h, var_h), (mean_n, var_n), (30, 40))
     moved_h, moved_n = mean_h + shifts[0], mean_n + shifts[1]
     np.testing.assert_allclose(np.sum(moved_h**2, axis=-1), debiased_norm2(mean_h, var_h, 30))
     np.testing.assert_allclose(np.sum(moved_n**2, axis=-1), debiased_norm2(mean_n, var_n, 40))
