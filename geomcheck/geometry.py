@@ -227,7 +227,7 @@ def geometry_from_samples(samples: Samples, n_boot: int = 200, seed: int = 0) ->
     debiased = {stream: f"{stream}/cosine_debiased" for stream in streams}
     draw_errors = {stream: draws.pop(f"{stream}/cosine_se") for stream in streams}  # not values: not kept
     true_cosine = {
-        stream: studentized_interval(values[key], errors[i], draws[key], draw_errors[stream], centers[key])
+        stream: studentized_interval(values[key], errors[i], draws[key], draw_errors[stream], centers[key], bounds=RANGES["cosine"])
         for i, (stream, key) in enumerate(debiased.items())
     }
     intervals: dict[str, Interval] = {}
@@ -236,8 +236,7 @@ def geometry_from_samples(samples: Samples, n_boot: int = 200, seed: int = 0) ->
         if key in null or statistic in NO_INTERVAL:
             continue
         if statistic in ("cosine", "cosine_debiased"):  # two estimates of one truth, with one interval
-            low, high = (np.clip(bound, *RANGES["cosine"]) for bound in (true_cosine[stream].low, true_cosine[stream].high))
-            intervals[key] = Interval(np.fmin(low, value), np.fmax(high, value))
+            intervals[key] = Interval(np.fmin(true_cosine[stream].low, value), np.fmax(true_cosine[stream].high, value))
         else:
             intervals[key] = basic_interval(value, draws[key], centers[key], bounds=RANGES.get(statistic, (-np.inf, np.inf)))
     return Geometry(streams, values, intervals, n_boot, seed, draws, centers)

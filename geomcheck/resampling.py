@@ -125,20 +125,22 @@ def studentized_interval(
     draw_errors: np.ndarray,
     center: np.ndarray | float,
     level: float = 0.95,
+    bounds: tuple[float, float] = (-np.inf, np.inf),
 ) -> Interval:
     """The studentized (bootstrap-t) interval: ``estimate − t_high · se, estimate − t_low · se``, where
     ``t`` are the quantiles of ``(draw − center) / draw_error`` over the replicates.
 
     For a statistic whose spread depends on its own value (the cosine of the means narrows as the angle
     closes) dividing by each replicate's standard error makes the replicates comparable where the basic
-    interval is not. Widened to hold the estimate; nan replicates are ignored.
+    interval is not. Widened to hold the estimate; nan replicates are ignored; clipped to ``bounds`` as
+    :func:`basic_interval` is.
     """
     point = np.asarray(estimate, dtype=np.float64)
     error = np.asarray(standard_error, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):  # a replicate whose means are unresolved: nan
         pivots = (np.asarray(draws, np.float64) - np.asarray(center, np.float64)) / np.asarray(draw_errors, np.float64)
     t_low, t_high = _tail_quantiles(pivots, level)
-    return _holding(point, point - t_high * error, point - t_low * error)
+    return _holding(point, np.clip(point - t_high * error, *bounds), np.clip(point - t_low * error, *bounds))
 
 
 def bootstrap(
