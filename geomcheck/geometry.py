@@ -11,6 +11,7 @@ without a bootstrap of its own. Pure numpy: the arrays may come from a fresh cap
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -19,8 +20,8 @@ import numpy as np
 from geomcheck.resampling import (
     basic_interval,
     debiased_world,
-    permutation_null,
-    replicates,
+    permutation_masks,
+    resample_counts,
     resample_indices,
     studentized_interval,
 )
@@ -31,9 +32,8 @@ from geomcheck.stats import (
     Interval,
     Moments,
     check_sizes,
-    cosine_standard_error,
+    cosine_gradients,
     mean_cosine,
-    moments,
     statistics_from_moments,
 )
 from geomcheck.trends import GrowthFit, Separation, Trend, cosine_trend, growth_fit, mean_log_ratio, separation
@@ -42,7 +42,7 @@ __all__ = ["INTERVALS", "SETS", "Geometry", "bootstrap_samples", "geometry_from_
 
 # How the intervals are made (see geometry_from_samples), recorded in a baseline: the widths a drift is
 # measured against depend on it, so a baseline made another way is warned about and rewritten on update.
-INTERVALS = "bootstrap in the debiased world: cosines studentized, the rest basic"
+INTERVALS = "bootstrap in the debiased world: cosines studentized, var_mean and var_max studentized on the log scale (fourth-moment errors), the rest basic"
 
 Samples = Mapping[str, Mapping[str, np.ndarray]]  # set -> stream -> (samples, layers, features)
 Values = Mapping[str, np.ndarray]
@@ -169,30 +169,129 @@ def _all_statistics(
     return values
 
 
-def _cosine_null(
-    harmful: np.ndarray, harmless: np.ndarray, streams: Sequence[str], n_perm: int, seed: int
-) -> dict[str, np.ndarray]:
-    """Per stream, the mean cosine of the means of label-shuffled sets, and a permutation p-value of the
-    observed last-layer cosine (the share of shufflings whose cosine is as low)."""
-
-    def cosines(one: np.ndarray, other: np.ndarray) -> dict[str, np.ndarray]:
-        return {stream: mean_cosine(one[:, i].mean(axis=0), other[:, i].mean(axis=0)) for i, stream in enumerate(streams)}
-
-    draws = permutation_null(harmful, harmless, cosines, n_perm, seed)
-    observed = cosines(harmful, harmless)
-    out: dict[str, np.ndarray] = {}
-    for stream in streams:
-        out[f"{stream}/cosine_null"] = np.nanmean(draws[stream], axis=0)
-        as_low = int(np.sum(draws[stream][:, -1] <= observed[stream][-1]))
-        out[f"{stream}/cosine_null_p"] = np.float64((as_low + 1) / (n_perm + 1))
-    return out
+# Working memory of one block of layers, at least (see _layer_blocks); more where the samples are large.
+BLOCK_BYTES = 16 * 2**20
+_BLOCK_ARRAYS = 16  # (rows x features) float64 arrays alive at once per layer of a block, counted in _Block
 
 
-def _stack(samples: Samples) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+def _layer_blocks(n_layers: int, n_features: int, rows: int, samples_bytes: int) -> list[slice]:
+    """Ranges of layers whose replicate arrays fit one eighth of the samples' size (or BLOCK_BYTES):
+    the extra memory stays a fraction of the samples, while a block stays large enough for BLAS."""
+    per_layer = _BLOCK_ARRAYS * rows * n_features * 8
+    step = max(1, int(max(BLOCK_BYTES, samples_bytes // 8) // per_layer))
+    return [slice(first, min(first + step, n_layers)) for first in range(0, n_layers, step)]
+
+
+@dataclass
+class _SetBlock:
+    """One set's samples over a block of layers, centred (float64), and every replicate's moments.
+
+    The replicates are the resample-count matrix times the centred samples and their powers: sums over
+    each replicate's prompts as one matrix product (BLAS), instead of a copy of the prompts per replicate.
+    Centring first keeps ``E x² − (E x)²`` free of cancellation beside massive activations.
+    """
+
+    centred: np.ndarray  # (n, k, d)
+    observed: Moments  # mean and variance (ddof=1), (k, d)
+    replicate: Moments  # (B, k, d)
+    squares: np.ndarray  # replicates' mean of squared centred values, (B, k, d)
+    fourths: np.ndarray  # and of their fourth powers
+
+    @classmethod
+    def of(cls, block: np.ndarray, counts: np.ndarray) -> _SetBlock:
+        n, rows = len(block), len(counts)
+        mean = block.mean(axis=0)
+        centred = block - mean
+        squared = (centred * centred).reshape(n, -1)
+        shape = (rows, *block.shape[1:])
+        shift = (counts @ centred.reshape(n, -1) / n).reshape(shape)
+        squares = (counts @ squared / n).reshape(shape)
+        fourths = (counts @ (squared * squared) / n).reshape(shape)
+        variance = squared.reshape(block.shape).sum(axis=0) / (n - 1)
+        return cls(centred, (mean, variance), (mean + shift, (squares - shift * shift) * (n / (n - 1))), squares, fourths)
+
+    def spread(self, counts: np.ndarray, projected: np.ndarray) -> np.ndarray:
+        """Each replicate's variance (ddof=1) of per-prompt values ``(n, k, B)``, over its own prompts."""
+        n = len(counts[0])
+        first = np.einsum("bi,ikb->bk", counts, projected) / n
+        second = np.einsum("bi,ikb->bk", counts, projected * projected) / n
+        return np.maximum(second - first * first, 0.0) * (n / (n - 1))
+
+    def variance_errors(self, counts: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Standard errors of ``var_mean`` and ``var_max`` (observed ``(k,)``, replicates ``(B, k)``) from
+        the fourth moments: each is a mean over prompts of squared deviations (averaged over features, or
+        of the top feature), whose variance over the prompts is its error. It studentizes the variances'
+        bootstrap, which heavy tails otherwise make far too narrow (see tests/test_coverage.py)."""
+        n = len(self.centred)
+        squared = self.centred * self.centred  # (n, k, d)
+        per_prompt = squared.mean(axis=-1)  # (n, k): var_mean is its mean, up to ddof
+        top = self.observed[1].argmax(axis=-1)
+        top_squares = np.take_along_axis(squared, top[None, :, None], axis=-1)[..., 0]
+        picked = self.replicate[1].argmax(axis=-1)[..., None]
+        second = np.take_along_axis(self.squares, picked, axis=-1)[..., 0]
+        fourth = np.take_along_axis(self.fourths, picked, axis=-1)[..., 0]
+        return {
+            "var_mean": (np.sqrt(per_prompt.var(axis=0, ddof=1) / n), np.sqrt(self.spread(counts, per_prompt[..., None]) / n)),
+            "var_max": (np.sqrt(top_squares.var(axis=0, ddof=1) / n), np.sqrt(np.maximum(fourth - second * second, 0.0) / (n - 1))),
+        }
+
+    def kurtosis(self) -> np.ndarray:
+        """Per layer, the median over features of the excess kurtosis across prompts (nan for a constant)."""
+        squared = self.centred * self.centred
+        second, fourth = squared.mean(axis=0), (squared * squared).mean(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r"All-NaN slice", RuntimeWarning)  # a layer every prompt shares
+            return np.nanmedian(np.where(second > 0, fourth / (second * second) - 3.0, np.nan), axis=-1)
+
+
+def _flat(replicate: Moments) -> Moments:
+    """Replicate moments ``(B, k, d)`` as rows ``(B·k, d)``, the layout statistics_from_moments takes."""
+    return replicate[0].reshape(-1, replicate[0].shape[-1]), replicate[1].reshape(-1, replicate[1].shape[-1])
+
+
+def _cosine_errors(
+    blocks: tuple[_SetBlock, _SetBlock], counts: tuple[np.ndarray, np.ndarray], shifts: tuple[np.ndarray, np.ndarray], sizes: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`geomcheck.stats.cosine_standard_error` of the observed sets and of every replicate (in the
+    debiased world): the prompts' projections on each replicate's gradient are one batched matrix product
+    per set, their spread over each replicate's prompts a count-weighted sum."""
+    observed = [(block.observed[0] + shift, block.observed[1]) for block, shift in zip(blocks, shifts)]
+    replicate = [(block.replicate[0] + shift, block.replicate[1]) for block, shift in zip(blocks, shifts)]
+    cosine, *gradients = cosine_gradients(*observed, sizes)
+    spread = sum(np.einsum("nkd,kd->nk", b.centred, g).var(axis=0, ddof=1) / n for b, g, n in zip(blocks, gradients, sizes))
+    errors = np.where(np.isfinite(cosine), np.sqrt(spread), np.nan)
+    cosine_b, *gradients_b = cosine_gradients(*replicate, sizes)
+    spread_b = 0.0
+    for block, gradient, count, size in zip(blocks, gradients_b, counts, sizes):
+        projected = np.matmul(block.centred.transpose(1, 0, 2), gradient.transpose(1, 2, 0)).transpose(1, 0, 2)  # (n, k, B)
+        spread_b = spread_b + block.spread(count, projected) / size
+    return errors, np.where(np.isfinite(cosine_b), np.sqrt(spread_b), np.nan)
+
+
+def _null_cosines(harmful: np.ndarray, harmless: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Cosine of the means of each label shuffling ``(P, k)``: the pooled prompts times the 0/1 masks."""
+    pooled = np.concatenate([harmful, harmless]).reshape(len(harmful) + len(harmless), -1)
+    first = masks @ pooled
+    second = pooled.sum(axis=0) - first
+    shape = (len(masks), *harmful.shape[1:])
+    return mean_cosine((first / len(harmful)).reshape(shape), (second / len(harmless)).reshape(shape))
+
+
+def _check_samples(samples: Samples) -> tuple[tuple[str, ...], tuple[int, int], tuple[int, int]]:
+    """Streams, set sizes and (layers, features), refusing samples the statistics cannot read."""
+    if set(samples) != set(SETS):
+        raise ValueError(f"samples must map exactly {SETS} to their streams; got {sorted(samples)}")
     streams = tuple(samples["harmful"])
-    harmful = np.stack([samples["harmful"][s] for s in streams], axis=1)
-    harmless = np.stack([samples["harmless"][s] for s in streams], axis=1)
-    return streams, harmful, harmless
+    if tuple(samples["harmless"]) != streams or not streams:
+        raise ValueError(f"both sets need the same streams; got {streams} and {tuple(samples['harmless'])}")
+    shapes = {(s, st): np.shape(samples[s][st]) for s in SETS for st in streams}
+    if any(len(shape) != 3 for shape in shapes.values()) or len({shape[1:] for shape in shapes.values()}) != 1 or any(
+        shapes[(s, st)][0] != shapes[(s, streams[0])][0] for s in SETS for st in streams
+    ):
+        raise ValueError(f"every stream must be (prompts, layers, features), alike within a set; got {shapes}")
+    sizes = shapes[("harmful", streams[0])][0], shapes[("harmless", streams[0])][0]
+    check_sizes(*sizes)
+    return streams, sizes, shapes[("harmful", streams[0])][1:]
 
 
 def geometry_from_samples(samples: Samples, n_boot: int = 200, seed: int = 0) -> Geometry:
@@ -200,46 +299,108 @@ def geometry_from_samples(samples: Samples, n_boot: int = 200, seed: int = 0) ->
     shuffled-label null of the cosine from as many permutations (same seed).
 
     The resampling runs in the debiased world (:func:`geomcheck.resampling.debiased_world`), where the
-    means lie as far apart as the debiased estimate says; every interval is basic but the cosines', which
-    are studentized and are intervals of the true cosine of the means (so the plain cosine's is widened
-    to hold its biased point). Measured coverage: tests/test_coverage.py.
+    means lie as far apart as the debiased estimate says. The cosines' intervals are studentized and are
+    intervals of the true cosine of the means (so the plain cosine's is widened to hold its biased point,
+    and is undefined where the debiased one is); ``var_mean`` and ``var_max`` are studentized on the log
+    scale by their fourth-moment errors; the rest are basic. Measured coverage: tests/test_coverage.py.
+
+    Every replicate comes from matrix products of the resample counts with the samples and their powers,
+    a block of layers of one stream at a time, accumulated in float64 (the samples may be float32): no
+    copy of the samples, and working memory a fraction of their size.
     """
-    streams, harmful, harmless = _stack(samples)
-    sizes = (len(harmful), len(harmless))
-    check_sizes(*sizes)
-    observed = moments(harmful), moments(harmless)
+    streams, sizes, (n_layers, n_features) = _check_samples(samples)
+    rows = max(n_boot, 1)
+    counts = resample_counts(sizes, n_boot, seed) if n_boot else (np.ones((1, sizes[0])), np.ones((1, sizes[1])))
+    masks = permutation_masks(sizes, n_boot, seed) if n_boot else None
+    samples_bytes = sum(np.asarray(samples[s][st]).nbytes for s in SETS for st in streams)
+    blocks = _layer_blocks(n_layers, n_features, rows, samples_bytes)
+    observed: dict[str, list[np.ndarray]] = {}  # "<set>/<mean|var>" -> per stream (L, d)
+    world: dict[str, list[np.ndarray]] = {}
+    curves: dict[str, np.ndarray] = {}  # "<stream>/<statistic>" -> (B, L); "…/<statistic>_se" for the errors
+    point: dict[str, np.ndarray] = {}  # observed errors, kurtosis and null cosines per layer
+    for stream in streams:
+        for key in ("harmful/mean", "harmful/var", "harmless/mean", "harmless/var"):
+            observed.setdefault(key, []).append(np.empty((n_layers, n_features)))
+            world.setdefault(key, []).append(np.empty((n_layers, n_features)))
+        for layers in blocks:
+            raw = [np.asarray(samples[s][stream][:, layers], dtype=np.float64) for s in SETS]
+            pair = _SetBlock.of(raw[0], counts[0]), _SetBlock.of(raw[1], counts[1])
+            shifts = debiased_world(pair[0].observed, pair[1].observed, sizes)
+            for prompt_set, block, shift in zip(SETS, pair, shifts):
+                observed[f"{prompt_set}/mean"][-1][layers], observed[f"{prompt_set}/var"][-1][layers] = block.observed
+                world[f"{prompt_set}/mean"][-1][layers], world[f"{prompt_set}/var"][-1][layers] = block.observed[0] + shift, block.observed[1]
+                _put(point, f"{stream}/kurtosis/{prompt_set}", block.kurtosis(), layers, n_layers)
+            if not n_boot:
+                continue
+            moved = [(block.replicate[0] + shift, block.replicate[1]) for block, shift in zip(pair, shifts)]
+            width = layers.stop - layers.start
+            for name, curve in statistics_from_moments(*_flat(moved[0]), *_flat(moved[1]), sizes).items():
+                _put(curves, f"{stream}/{name}", curve.reshape(n_boot, width), layers, n_layers)
+            errors, draw_errors = _cosine_errors(pair, counts, shifts, sizes)
+            _put(point, f"{stream}/cosine_se", errors, layers, n_layers)
+            _put(curves, f"{stream}/cosine_se", draw_errors, layers, n_layers)
+            for prompt_set, block, count in zip(SETS, pair, counts):
+                for name, (error, draw_error) in block.variance_errors(count).items():
+                    _put(point, f"{stream}/{name}/{prompt_set}_se", error, layers, n_layers)
+                    _put(curves, f"{stream}/{name}/{prompt_set}_se", draw_error, layers, n_layers)
+            _put(point, f"{stream}/null", _null_cosines(raw[0], raw[1], masks), layers, n_layers)
+    moments_of = lambda source, s: (source[f"{s}/mean"], source[f"{s}/var"])  # noqa: E731
+    kurtosis = {key: _median(point.pop(key)) for key in [k for k in point if "/kurtosis/" in k]}
     if not n_boot:
-        return Geometry(streams, _all_statistics(*observed, sizes, streams, {}), {}, 0, seed)
-    null = _cosine_null(harmful, harmless, streams, n_boot, seed)
-    values = _all_statistics(*observed, sizes, streams, null)
-    shifts = debiased_world(*observed, sizes)
+        return Geometry(streams, {**_all_statistics(*(moments_of(observed, s) for s in SETS), sizes, streams, {}), **kurtosis}, {}, 0, seed)
+    null: dict[str, np.ndarray] = {}
+    for index, stream in enumerate(streams):
+        shuffled = point.pop(f"{stream}/null")  # (P, L)
+        last = mean_cosine(observed["harmful/mean"][index][-1], observed["harmless/mean"][index][-1])
+        null[f"{stream}/cosine_null"] = np.nanmean(shuffled, axis=0)
+        null[f"{stream}/cosine_null_p"] = np.float64((int(np.sum(shuffled[:, -1] <= last)) + 1) / (n_boot + 1))
+    values = {**_all_statistics(*(moments_of(observed, s) for s in SETS), sizes, streams, null), **kurtosis}
+    centers = _all_statistics(*(moments_of(world, s) for s in SETS), sizes, streams, null, plug_in=True)
+    errors = {key: curves.pop(key) for key in [k for k in curves if k.endswith("_se")]}  # not values: not kept
+    draws = _replicate_values(curves, null, streams, n_boot)
+    intervals = _intervals(values, centers, draws, point, errors, null, streams)
+    return Geometry(streams, values, intervals, n_boot, seed, draws, centers)
 
-    def in_world(one: np.ndarray, other: np.ndarray) -> dict[str, np.ndarray]:
-        (mean_one, var_one), (mean_other, var_other) = moments(one), moments(other)
-        moved = (mean_one + shifts[0], var_one), (mean_other + shifts[1], var_other)
-        errors = cosine_standard_error(one, other, *moved)
-        return {**_all_statistics(*moved, sizes, streams, null), **{f"{s}/cosine_se": errors[i] for i, s in enumerate(streams)}}
 
-    world = [(mean + shift, var) for (mean, var), shift in zip(observed, shifts)]
-    centers = _all_statistics(*world, sizes, streams, null, plug_in=True)
-    draws = replicates(harmful, harmless, in_world, n_boot=n_boot, seed=seed)
-    errors = cosine_standard_error(harmful, harmless, *observed)
-    debiased = {stream: f"{stream}/cosine_debiased" for stream in streams}
-    draw_errors = {stream: draws.pop(f"{stream}/cosine_se") for stream in streams}  # not values: not kept
-    true_cosine = {
-        stream: studentized_interval(values[key], errors[i], draws[key], draw_errors[stream], centers[key], bounds=RANGES["cosine"])
-        for i, (stream, key) in enumerate(debiased.items())
-    }
+def _median(values: np.ndarray) -> np.float64:
+    """Median of the finite values, nan where there is none (a constant layer has no kurtosis)."""
+    finite = values[np.isfinite(values)]
+    return np.float64(np.median(finite)) if finite.size else np.float64(np.nan)
+
+
+def _put(store: dict[str, np.ndarray], key: str, value: np.ndarray, layers: slice, n_layers: int) -> None:
+    """Write one block's layers (the last axis) of a per-layer array, creating it at its full length."""
+    if key not in store:
+        store[key] = np.full((*value.shape[:-1], n_layers), np.nan)
+    store[key][..., layers] = value
+
+
+def _replicate_values(curves: dict[str, np.ndarray], null: Values, streams: Sequence[str], n_boot: int) -> dict[str, np.ndarray]:
+    """Every value of each replicate: its curves, the null held fixed, and the summaries derived from them."""
+    fixed = {key: np.broadcast_to(value, (n_boot, *np.shape(value))).copy() for key, value in null.items()}
+    derived = [_derived({**{k: v[b] for k, v in curves.items()}, **null}, streams) for b in range(n_boot)]
+    return {**curves, **fixed, **{key: np.stack([d[key] for d in derived]) for key in derived[0]}}
+
+
+def _intervals(values: Values, centers: Values, draws: Values, point: Values, errors: Values, null: Values, streams: Sequence[str]) -> dict[str, Interval]:
+    """Every value's interval: the cosines' studentized (one interval of the true cosine, undefined where
+    the debiased estimate is), the variances' studentized on the log scale, the rest basic."""
     intervals: dict[str, Interval] = {}
     for key, value in values.items():
         stream, statistic = key.split("/", 1)
         if key in null or statistic in NO_INTERVAL:
             continue
-        if statistic in ("cosine", "cosine_debiased"):  # two estimates of one truth, with one interval
-            intervals[key] = Interval(np.fmin(true_cosine[stream].low, value), np.fmax(true_cosine[stream].high, value))
+        bounds = RANGES.get(statistic, (-np.inf, np.inf))
+        if statistic in ("cosine", "cosine_debiased"):
+            debiased = f"{stream}/cosine_debiased"
+            truth = studentized_interval(values[debiased], point[f"{stream}/cosine_se"], draws[debiased], errors[f"{stream}/cosine_se"], centers[debiased], bounds=RANGES["cosine"])
+            undefined = np.isnan(values[debiased])
+            intervals[key] = Interval(np.where(undefined, np.nan, np.fmin(truth.low, value)), np.where(undefined, np.nan, np.fmax(truth.high, value)))
+        elif f"{key}_se" in errors:
+            intervals[key] = studentized_interval(value, point[f"{key}_se"], draws[key], errors[f"{key}_se"], centers[key], bounds=bounds, log=True)
         else:
-            intervals[key] = basic_interval(value, draws[key], centers[key], bounds=RANGES.get(statistic, (-np.inf, np.inf)))
-    return Geometry(streams, values, intervals, n_boot, seed, draws, centers)
+            intervals[key] = basic_interval(value, draws[key], centers[key], bounds=bounds)
+    return intervals
 
 
 def bootstrap_samples(

@@ -1,7 +1,10 @@
 """Resampling the prompts: basic and studentized bootstrap intervals, and label-permutation nulls.
 
 Both resample the prompts of two sets (harmful, harmless) laid out as ``samples x layers x features``; a
-statistic is any function of the two sets that returns named numbers or arrays. Plain numpy.
+statistic is any function of the two sets that returns named numbers or arrays. The draws also come as
+matrices (:func:`resample_counts`, :func:`permutation_masks`), whose products with the samples and their
+powers give every replicate's moments at once (:mod:`geomcheck.geometry` computes its statistics so).
+Plain numpy.
 """
 
 from __future__ import annotations
@@ -23,6 +26,28 @@ def resample_indices(sizes: tuple[int, int], n_boot: int, seed: int) -> list[tup
         raise ValueError(f"n_boot must be at least 1; got {n_boot}")
     rng = np.random.default_rng(seed)
     return [(rng.integers(0, sizes[0], size=sizes[0]), rng.integers(0, sizes[1], size=sizes[1])) for _ in range(n_boot)]
+
+
+def resample_counts(sizes: tuple[int, int], n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`resample_indices` as ``(n_boot, size)`` matrices of how often each prompt is drawn (float64,
+    for BLAS): a replicate's sum of anything over its prompts is a row times that thing."""
+    counts = np.zeros((n_boot, sizes[0])), np.zeros((n_boot, sizes[1]))
+    for row, draws in enumerate(resample_indices(sizes, n_boot, seed)):
+        for matrix, drawn in zip(counts, draws):
+            matrix[row] = np.bincount(drawn, minlength=len(matrix[row]))
+    return counts
+
+
+def permutation_masks(sizes: tuple[int, int], n_perm: int, seed: int) -> np.ndarray:
+    """The label shufflings of :func:`permutation_null` as an ``(n_perm, n + m)`` 0/1 matrix: 1 where a pooled
+    prompt falls in the first set (same seed, same shufflings)."""
+    if n_perm < 1:
+        raise ValueError(f"n_perm must be at least 1; got {n_perm}")
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((n_perm, sum(sizes)))
+    for row in range(n_perm):
+        masks[row, rng.permutation(sum(sizes))[: sizes[0]]] = 1.0
+    return masks
 
 
 def replicates(
@@ -48,8 +73,9 @@ def _tail_quantiles(draws: np.ndarray, level: float) -> tuple[np.ndarray, np.nda
 
 
 def _holding(point: np.ndarray, low: np.ndarray, high: np.ndarray) -> Interval:
-    """An interval widened to hold its estimate (nan bounds become the estimate), scalar for a scalar."""
-    low, high = np.fmin(low, point), np.fmax(high, point)
+    """An interval widened to hold its estimate, scalar for a scalar. A nan bound (every replicate
+    undefined) stays nan: an undefined interval, never a zero-width one at the estimate."""
+    low, high = np.minimum(low, point), np.maximum(high, point)
     if point.ndim == 0:
         return Interval(float(low), float(high))
     return Interval(low, high)
@@ -71,7 +97,7 @@ def basic_interval(
     statistic pivots on the log scale. Measured coverage: tests/test_coverage.py and the README.
 
     The interval is widened to hold the estimate where it would not (a degenerate resampling), and
-    replicates that are nan are ignored; where all are, the interval collapses to the estimate. ``bounds``
+    replicates that are nan are ignored; where all are, the interval is nan (undefined). ``bounds``
     is the statistic's range (e.g. -1 to 1 for a correlation), which the interval is clipped to.
     """
     point = np.asarray(estimate, dtype=np.float64)
@@ -126,21 +152,37 @@ def studentized_interval(
     center: np.ndarray | float,
     level: float = 0.95,
     bounds: tuple[float, float] = (-np.inf, np.inf),
+    log: bool = False,
 ) -> Interval:
     """The studentized (bootstrap-t) interval: ``estimate − t_high · se, estimate − t_low · se``, where
     ``t`` are the quantiles of ``(draw − center) / draw_error`` over the replicates.
 
     For a statistic whose spread depends on its own value (the cosine of the means narrows as the angle
-    closes) dividing by each replicate's standard error makes the replicates comparable where the basic
-    interval is not. Widened to hold the estimate; nan replicates are ignored; clipped to ``bounds`` as
-    :func:`basic_interval` is.
+    closes; a variance widens with the fourth moment of the sample it is made of) dividing by each
+    replicate's standard error makes the replicates comparable where the basic interval is not.
+    ``log=True`` pivots a positive statistic on the log scale (error ``se / value`` by the delta method),
+    where heavy tails skew it less; entries that are not positive stay on the linear scale. Widened to
+    hold the estimate; nan replicates are ignored; nan where all are; clipped to ``bounds``.
     """
     point = np.asarray(estimate, dtype=np.float64)
     error = np.asarray(standard_error, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):  # a replicate whose means are unresolved: nan
-        pivots = (np.asarray(draws, np.float64) - np.asarray(center, np.float64)) / np.asarray(draw_errors, np.float64)
-    t_low, t_high = _tail_quantiles(pivots, level)
-    return _holding(point, np.clip(point - t_high * error, *bounds), np.clip(point - t_low * error, *bounds))
+    draws, draw_errors = np.asarray(draws, np.float64), np.asarray(draw_errors, np.float64)
+    pivot = np.asarray(center, np.float64)
+    positive = (point > 0) & (pivot > 0) & np.all((draws > 0) | np.isnan(draws), axis=0) if log else np.zeros(point.shape, bool)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a replicate whose statistic is undefined: nan
+        if log:
+            safe = lambda x: np.where(positive, x, 1.0)  # noqa: E731
+            draw_errors = np.where(positive, draw_errors / safe(draws), draw_errors)
+            draws, pivot = np.where(positive, np.log(safe(draws)), draws), np.where(positive, np.log(safe(pivot)), pivot)
+            error = np.where(positive, error / safe(point), error)
+        scaled = np.where(positive, np.log(np.where(positive, point, 1.0)), point)
+        pivots = np.where((draw_errors == 0) & (draws == pivot), 0.0, (draws - pivot) / draw_errors)  # a constant: 0, not 0/0
+        t_low, t_high = _tail_quantiles(pivots, level)
+        low, high = scaled - t_high * error, scaled - t_low * error
+    with np.errstate(over="ignore"):
+        low = np.where(positive, np.exp(np.where(positive, low, 0.0)), low)
+        high = np.where(positive, np.exp(np.where(positive, high, 0.0)), high)
+    return _holding(point, np.clip(low, *bounds), np.clip(high, *bounds))
 
 
 def bootstrap(

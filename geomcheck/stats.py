@@ -36,6 +36,7 @@ SUMMARIES: dict[str, str] = {
     "cosine_null_ratio": "1 − cosine at the last layer over 1 − cosine_null there: the fall against shuffled labels",
     "cosine_null_p": "share of label shufflings whose last-layer cosine is as low as the observed (no interval)",
     "log_ratio_to_pre/{set}": "mean over layers of log(var_mean / var_mean of pre); mid and post only",
+    "kurtosis/{set}": "median over layers and features of the excess kurtosis across prompts: 0 Gaussian, ≫ 0 heavy tails (no interval)",
 }
 QUANTILE = 0.99
 # Statistics confined to a range: a basic interval (a reflection) may leave it, and is clipped back, which
@@ -43,11 +44,12 @@ QUANTILE = 0.99
 RANGES: dict[str, tuple[float, float]] = {
     "cosine": (-1.0, 1.0),
     "cosine_spearman": (-1.0, 1.0),
-    "top_share/harmful": (0.0, 1.0),
-    "top_share/harmless": (0.0, 1.0),
+    "cosine_null_ratio": (0.0, np.inf),  # a ratio of two falls from 1
+    **{f"{name}/{s}": (0.0, np.inf) for name in ("var_mean", "var_max", "var_q99", "growth_rate") for s in SETS},
+    **{f"{name}/{s}": (0.0, 1.0) for name in ("top_share", "growth_r2") for s in SETS},
 }
-# Point values only: an interval of an index means nothing.
-NO_INTERVAL = ("top_feature/harmful", "top_feature/harmless")
+# Point values only: an interval of an index means nothing, nor one of a description of the tails.
+NO_INTERVAL = ("top_feature/harmful", "top_feature/harmless", "kurtosis/harmful", "kurtosis/harmless")
 
 
 def expand(names: Mapping[str, str]) -> tuple[str, ...]:
@@ -113,30 +115,42 @@ def moments(samples: np.ndarray) -> Moments:
     return samples.mean(axis=0, dtype=np.float64), samples.var(axis=0, ddof=1, dtype=np.float64)
 
 
+def cosine_gradients(harmful: Moments, harmless: Moments, sizes: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`debiased_cosine` of two sets' moments ``(..., d)`` and its gradients in each set's mean.
+
+    A sample's projection on its set's gradient is its influence on the cosine, so the cosine's variance
+    needs no d x d covariance. Gradients are finite everywhere (0-safe norms); the cosine is nan where the
+    means are not resolved, and so is any error made from it."""
+    (mean_h, var_h), (mean_n, var_n) = harmful, harmless
+    cosine = debiased_cosine(mean_h, var_h, sizes[0], mean_n, var_n, sizes[1])
+    resolved = np.isfinite(cosine)
+    norm_h, norm_n = (np.where(resolved, debiased_norm2(*m), 1.0) for m in ((mean_h, var_h, sizes[0]), (mean_n, var_n, sizes[1])))
+    scale = np.sqrt(norm_h) * np.sqrt(norm_n)
+    safe = np.where(resolved, cosine, 0.0)
+    gradient_h = mean_n / scale[..., None] - (safe / norm_h)[..., None] * mean_h
+    gradient_n = mean_h / scale[..., None] - (safe / norm_n)[..., None] * mean_n
+    return cosine, gradient_h, gradient_n
+
+
 def cosine_standard_error(
     harmful: np.ndarray, harmless: np.ndarray, harmful_moments: Moments | None = None, harmless_moments: Moments | None = None
 ) -> np.ndarray:
     """Delta-method standard error of :func:`debiased_cosine`, per layer, from samples ``(n, ..., d)``.
 
-    The cosine's gradient in each set's mean, projected on that set's samples, gives its variance without
-    a d x d covariance. It studentizes the cosine's bootstrap (see
-    :func:`geomcheck.resampling.studentized_interval`): the cosine's spread depends on the angle itself,
-    so its replicates are only comparable once divided by it. ``*_moments`` are the sets' moments where
-    already at hand, or moved (the bootstrap's debiased world moves the means, never the spread). nan
-    where the means are not resolved.
+    The variance of the samples' projections on :func:`cosine_gradients`, over each set's size. It
+    studentizes the cosine's bootstrap (see :func:`geomcheck.resampling.studentized_interval`): the
+    cosine's spread depends on the angle itself, so its replicates are only comparable once divided by
+    it. ``*_moments`` are the sets' moments where already at hand, or moved (the bootstrap's debiased
+    world moves the means, never the spread). nan where the means are not resolved.
     """
-    (mean_h, var_h), (mean_n, var_n) = harmful_moments or moments(harmful), harmless_moments or moments(harmless)
+    observed = harmful_moments or moments(harmful), harmless_moments or moments(harmless)
     sizes = (len(harmful), len(harmless))
-    cosine = debiased_cosine(mean_h, var_h, sizes[0], mean_n, var_n, sizes[1])
-    resolved = np.isfinite(cosine)
-    norm_h, norm_n = (np.where(resolved, debiased_norm2(*m), 1.0) for m in ((mean_h, var_h, sizes[0]), (mean_n, var_n, sizes[1])))
-    scale = np.sqrt(norm_h) * np.sqrt(norm_n)
-    gradients = (mean_n / scale[..., None] - (cosine / norm_h)[..., None] * mean_h, mean_h / scale[..., None] - (cosine / norm_n)[..., None] * mean_n)
+    cosine, *gradients = cosine_gradients(*observed, sizes)
     spread = sum(
         np.einsum("n...d,...d->n...", samples, gradient).var(axis=0, ddof=1) / size
         for samples, gradient, size in zip((harmful, harmless), gradients, sizes)
     )
-    return np.where(resolved, np.sqrt(spread), np.nan)
+    return np.where(np.isfinite(cosine), np.sqrt(spread), np.nan)
 
 
 def _variance_profile(var: np.ndarray) -> dict[str, np.ndarray]:

@@ -387,3 +387,69 @@ def test_basic_interval_is_clipped_to_the_range_of_the_statistic():
     # replicates piled at the bottom of the range reflect above its top; a correlation stays ≤ 1
     interval = basic_interval(0.99, np.linspace(0.5, 1.0, 101), center=0.98, bounds=(-1.0, 1.0))
     assert interval.high == 1.0 and interval.low < 0.99
+
+
+def _loop_geometry(samples, n_boot, seed):
+    """The per-replicate loop that geometry_from_samples replaced (main at 51455f5), kept here only to hold
+    the matrix-product engine to it: values, replicates and plug-in centres."""
+    from geomcheck.geometry import _all_statistics
+    from geomcheck.resampling import replicates
+
+    streams = tuple(samples["harmful"])
+    harmful = np.stack([samples["harmful"][s] for s in streams], axis=1)
+    harmless = np.stack([samples["harmless"][s] for s in streams], axis=1)
+    sizes = (len(harmful), len(harmless))
+    observed = moments(harmful), moments(harmless)
+
+    def cosines(one, other):
+        return {stream: mean_cosine(one[:, i].mean(axis=0), other[:, i].mean(axis=0)) for i, stream in enumerate(streams)}
+
+    shuffled, seen = permutation_null(harmful, harmless, cosines, n_boot, seed), cosines(harmful, harmless)
+    null = {}
+    for stream in streams:
+        null[f"{stream}/cosine_null"] = np.nanmean(shuffled[stream], axis=0)
+        null[f"{stream}/cosine_null_p"] = np.float64((np.sum(shuffled[stream][:, -1] <= seen[stream][-1]) + 1) / (n_boot + 1))
+    values = _all_statistics(*observed, sizes, streams, null)
+    shifts = debiased_world(*observed, sizes)
+
+    def in_world(one, other):
+        (mean_one, var_one), (mean_other, var_other) = moments(one), moments(other)
+        moved = (mean_one + shifts[0], var_one), (mean_other + shifts[1], var_other)
+        errors = cosine_standard_error(one, other, *moved)
+        return {**_all_statistics(*moved, sizes, streams, null), **{f"{s}/cosine_se": errors[i] for i, s in enumerate(streams)}}
+
+    world = [(mean + shift, var) for (mean, var), shift in zip(observed, shifts)]
+    centers = _all_statistics(*world, sizes, streams, null, plug_in=True)
+    draws = replicates(harmful, harmless, in_world, n_boot=n_boot, seed=seed)
+    errors = cosine_standard_error(harmful, harmless, *observed)
+    return values, draws, centers, errors
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_matrix_product_engine_equals_the_per_replicate_loop(dtype):
+    """Same seed, same resamples: every value, replicate and centre of the old loop to 1e-5 relative, and
+    every interval but the variances' (which are now studentized on the log scale) equal to it. Data with
+    growing variance, a massive feature and means close enough that some replicates are unresolved."""
+    from geomcheck.geometry import geometry_from_samples
+
+    rng = np.random.default_rng(11)
+    layers, d = 6, 24
+    scale = np.sqrt(np.geomspace(0.5, 2.0, d)) * 1.3 ** np.arange(layers)[:, None]
+    scale[:, 0] *= 30.0  # a massive activation
+    base = np.zeros(d)
+    base[:6] = 1.0
+    samples = {
+        name: {stream: (shift + base + scale * rng.normal(size=(n, layers, d))).astype(dtype) for stream in ("pre", "mid", "post")}
+        for name, shift, n in (("harmful", 0.0, 23), ("harmless", 0.4, 19))
+    }
+    values, draws, centers, _ = _loop_geometry(samples, n_boot=40, seed=5)
+    geometry = geometry_from_samples(samples, n_boot=40, seed=5)
+    draws.pop("pre/cosine_se"), draws.pop("mid/cosine_se"), draws.pop("post/cosine_se")
+    null_keys = [k for k in values if "cosine_null" in k]
+    rtol = 1e-5 if dtype == np.float64 else 2e-4  # the loop's null took float32 means of float32 samples
+    for key, value in values.items():
+        np.testing.assert_allclose(geometry.values[key], value, rtol=rtol if key in null_keys else 1e-5, err_msg=key)
+    assert geometry.replicates.keys() == draws.keys()
+    for key, draw in draws.items():
+        np.testing.assert_allclose(geometry.replicates[key], draw, rtol=rtol if key in null_keys else 1e-5, atol=1e-12, err_msg=key)
+        np.testing.assert_allclose(geometry.centers[key], centers[key], rtol=rtol if key in null_keys else 1e-5, err_msg=key)
