@@ -252,12 +252,11 @@ def _flat(replicate: Moments) -> Moments:
 def _cosine_errors(
     blocks: tuple[_SetBlock, _SetBlock], counts: tuple[np.ndarray, np.ndarray], shifts: tuple[np.ndarray, np.ndarray], sizes: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`geomcheck.stats.cosine_standard_error` of the observed sets and of every replicate (in the
-    debiased world): the prompts' projections on each replicate's gradient are one batched matrix product
+    """:func:`geomcheck.stats.cosine_standard_error` of the observed sets and of every replicate (moved by
+    ``shifts`` into the debiased world): the prompts' projections on each replicate's gradient are one batched matrix product
     per set, their spread over each replicate's prompts a count-weighted sum."""
-    observed = [(block.observed[0] + shift, block.observed[1]) for block, shift in zip(blocks, shifts)]
     replicate = [(block.replicate[0] + shift, block.replicate[1]) for block, shift in zip(blocks, shifts)]
-    cosine, *gradients = cosine_gradients(*observed, sizes)
+    cosine, *gradients = cosine_gradients(blocks[0].observed, blocks[1].observed, sizes)
     spread = sum(np.einsum("nkd,kd->nk", b.centred, g).var(axis=0, ddof=1) / n for b, g, n in zip(blocks, gradients, sizes))
     errors = np.where(np.isfinite(cosine), np.sqrt(spread), np.nan)
     cosine_b, *gradients_b = cosine_gradients(*replicate, sizes)

@@ -8,6 +8,7 @@ import pytest
 
 from geomcheck.resampling import basic_interval, bootstrap, debiased_world, permutation_null, studentized_interval
 from geomcheck.stats import (
+    RANGES,
     STAT_NAMES,
     Interval,
     cosine_standard_error,
@@ -442,7 +443,7 @@ def test_the_matrix_product_engine_equals_the_per_replicate_loop(dtype):
         name: {stream: (shift + base + scale * rng.normal(size=(n, layers, d))).astype(dtype) for stream in ("pre", "mid", "post")}
         for name, shift, n in (("harmful", 0.0, 23), ("harmless", 0.4, 19))
     }
-    values, draws, centers, _ = _loop_geometry(samples, n_boot=40, seed=5)
+    values, draws, centers, errors = _loop_geometry(samples, n_boot=40, seed=5)
     geometry = geometry_from_samples(samples, n_boot=40, seed=5)
     draws.pop("pre/cosine_se"), draws.pop("mid/cosine_se"), draws.pop("post/cosine_se")
     null_keys = [k for k in values if "cosine_null" in k]
@@ -453,3 +454,14 @@ def test_the_matrix_product_engine_equals_the_per_replicate_loop(dtype):
     for key, draw in draws.items():
         np.testing.assert_allclose(geometry.replicates[key], draw, rtol=rtol if key in null_keys else 1e-5, atol=1e-12, err_msg=key)
         np.testing.assert_allclose(geometry.centers[key], centers[key], rtol=rtol if key in null_keys else 1e-5, err_msg=key)
+    draw_errors = {s: _loop_geometry(samples, 40, 5)[1][f"{s}/cosine_se"] for s in ("mid",)}
+    for stream, draw_error in draw_errors.items():  # the cosine's studentized interval, as the loop made it
+        key = f"{stream}/cosine_debiased"
+        old = studentized_interval(values[key], errors[1], draws[key], draw_error, centers[key], bounds=(-1.0, 1.0))
+        defined = np.isfinite(values[key])
+        np.testing.assert_allclose(geometry.interval(key).low[defined], old.low[defined], rtol=1e-5)
+        np.testing.assert_allclose(geometry.interval(key).high[defined], old.high[defined], rtol=1e-5)
+    for key in ("mid/var_q99/harmful", "mid/top_share/harmless", "mid/growth_rate/harmful"):  # basic intervals
+        old = basic_interval(values[key], draws[key], centers[key], bounds=RANGES[key.split("/", 1)[1]])
+        np.testing.assert_allclose(geometry.interval(key).low, old.low, rtol=1e-5)
+        np.testing.assert_allclose(geometry.interval(key).high, old.high, rtol=1e-5)
