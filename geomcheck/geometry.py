@@ -402,18 +402,33 @@ def _intervals(values: Values, centers: Values, draws: Values, point: Values, er
     return intervals
 
 
+UserStatistic = Callable[[Samples], "np.ndarray | float"]
+
+
 def bootstrap_samples(
-    samples: Samples, statistic: Callable[[Samples], np.ndarray | float], n_boot: int = 200, seed: int = 0, level: float = 0.95
-) -> tuple[np.ndarray, Interval]:
+    samples: Samples,
+    statistic: UserStatistic | Mapping[str, UserStatistic],
+    n_boot: int = 200,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[np.ndarray, Interval] | dict[str, tuple[np.ndarray, Interval]]:
     """A user's statistic of the raw activations (the ``activations`` fixture), with its basic bootstrap
     interval from the same prompt resamples as the geometry of that ``n_boot`` and ``seed``.
 
-    ``statistic`` takes ``{set: {stream: (prompts, layers, features)}}`` and returns a number or an
-    array; it is taken to be its own plug-in value (a mean over prompts is)."""
+    ``statistic`` takes ``{set: {stream: (prompts, layers, features)}}`` and returns a number or an array
+    of any shape (a per-layer curve: one interval per entry); it is taken to be its own plug-in value (a
+    mean over prompts is). Pass several as ``{name: statistic}`` to get ``{name: (value, interval)}`` from
+    one pass: each resample is gathered once and every statistic read from it."""
+    named = statistic if isinstance(statistic, Mapping) else {"": statistic}
     sizes = (len(next(iter(samples["harmful"].values()))), len(next(iter(samples["harmless"].values()))))
-    value = np.asarray(statistic(samples), dtype=np.float64)
-    draws = np.stack([np.asarray(statistic(_resampled(samples, *rows)), np.float64) for rows in resample_indices(sizes, n_boot, seed)])
-    return value, basic_interval(value, draws, level=level)
+    values = {name: np.asarray(function(samples), dtype=np.float64) for name, function in named.items()}
+    draws: dict[str, list[np.ndarray]] = {name: [] for name in named}
+    for rows in resample_indices(sizes, n_boot, seed):
+        resampled = _resampled(samples, *rows)
+        for name, function in named.items():
+            draws[name].append(np.asarray(function(resampled), np.float64))
+    out = {name: (values[name], basic_interval(values[name], np.stack(draws[name]), level=level)) for name in named}
+    return out if isinstance(statistic, Mapping) else out[""]
 
 
 def _resampled(samples: Samples, harmful_rows: np.ndarray, harmless_rows: np.ndarray) -> dict[str, dict[str, np.ndarray]]:

@@ -99,3 +99,21 @@ def test_readme_user_statistic_example_runs_as_written(pytester: pytest.Pytester
     text = result.stdout.str()
     assert re.search(r"largest/smallest step [\d.e+-]+ \[[\d.e+-]+, [\d.e+-]+\]", text), text
     assert re.search(r"growth of max / growth of mean variance: [\d.e+-]+ \[", text), text
+
+
+def test_bootstrap_samples_takes_several_statistics_in_one_pass(geometry):
+    calls = []
+
+    def mean_variance(s):
+        calls.append(1)
+        return s["harmful"]["mid"].var(axis=0, ddof=1).mean(axis=-1)
+
+    last_norm = lambda s: float(np.linalg.norm(s["harmless"]["post"][:, -1].mean(axis=0)))  # noqa: E731
+    both = bootstrap_samples(_samples(), {"var": mean_variance, "norm": last_norm}, n_boot=20, seed=3)
+    assert len(calls) == 21  # the estimate and one call per resample
+    alone_value, alone = bootstrap_samples(_samples(), mean_variance, n_boot=20, seed=3)
+    value, interval = both["var"]
+    np.testing.assert_array_equal(value, alone_value)
+    np.testing.assert_array_equal(interval.low, alone.low)
+    assert value.shape == (5,) and np.ndim(both["norm"][0]) == 0
+    assert both["norm"][1].low <= both["norm"][0] <= both["norm"][1].high

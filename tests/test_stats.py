@@ -465,3 +465,46 @@ def test_the_matrix_product_engine_equals_the_per_replicate_loop(dtype):
         old = basic_interval(values[key], draws[key], centers[key], bounds=RANGES[key.split("/", 1)[1]])
         np.testing.assert_allclose(geometry.interval(key).low, old.low, rtol=1e-5)
         np.testing.assert_allclose(geometry.interval(key).high, old.high, rtol=1e-5)
+
+
+def test_an_undefined_statistic_has_an_undefined_interval_never_a_zero_width_one():
+    """Means not resolved from noise: the debiased cosine is nan, and so are both cosines' intervals
+    (the plain cosine's used to collapse onto its biased point); a variance stays defined and wide."""
+    from geomcheck.geometry import geometry_from_samples
+
+    rng = np.random.default_rng(3)
+    samples = {name: {"mid": 0.01 + rng.normal(size=(30, 8, 40))} for name in ("harmful", "harmless")}
+    geometry = geometry_from_samples(samples, n_boot=50, seed=0)
+    undefined = np.isnan(geometry.value("mid/cosine_debiased"))
+    assert undefined.sum() >= 6
+    for key in ("mid/cosine", "mid/cosine_debiased"):
+        interval = geometry.interval(key)
+        assert np.isnan(interval.low[undefined]).all() and np.isnan(interval.high[undefined]).all(), key
+        defined = ~np.isnan(interval.low)
+        assert np.all(interval.high[defined] > interval.low[defined]), key
+    variance = geometry.interval("mid/var_mean/harmful")
+    assert np.all(variance.high > variance.low)
+
+
+def test_intervals_of_bounded_statistics_lie_in_their_range_and_hold_the_estimate():
+    from geomcheck.geometry import geometry_from_samples
+
+    rng = np.random.default_rng(8)
+    samples = {name: {"pre": shift + rng.normal(size=(12, 6, 5)) * 1.5 ** np.arange(6)[:, None]} for name, shift in (("harmful", 0.3), ("harmless", 0.2))}
+    geometry = geometry_from_samples(samples, n_boot=40, seed=2)
+    for key, interval in geometry.intervals.items():
+        low_bound, high_bound = RANGES.get(key.split("/", 1)[1], (-np.inf, np.inf))
+        value = np.asarray(geometry.values[key])
+        finite = np.isfinite(np.asarray(interval.low))
+        assert np.all(np.asarray(interval.low)[finite] >= low_bound) and np.all(np.asarray(interval.high)[finite] <= high_bound), key
+        assert np.all(np.asarray(interval.low)[finite] <= value[finite]) and np.all(value[finite] <= np.asarray(interval.high)[finite]), key
+
+
+def test_studentized_interval_on_the_log_scale_stays_positive_and_is_nan_when_every_replicate_is():
+    draws = np.exp(np.linspace(-1.0, 1.0, 2001))
+    interval = studentized_interval(2.0, 0.2, draws, 0.1 * draws, center=1.0, log=True)
+    # pivots (log draw − 0) / 0.1 spread ±10: the interval is 2 · exp(∓10 · 0.95 · 0.2 / 2)
+    assert interval.low == pytest.approx(2.0 * math.exp(-0.95), rel=1e-6)
+    assert interval.high == pytest.approx(2.0 * math.exp(0.95), rel=1e-6)
+    undefined = studentized_interval(2.0, 0.2, np.full(10, np.nan), np.full(10, np.nan), center=1.0, log=True)
+    assert math.isnan(undefined.low) and math.isnan(undefined.high)
