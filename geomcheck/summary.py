@@ -122,6 +122,9 @@ class Summary:
                 terminalreporter.write_line(f"{model}: figure {path}")
         for model, loads in self.loads.items():
             terminalreporter.write_line(f"{model}: model loaded {loads}×" + (" (all from cache)" if loads == 0 else ""))
+        for digest in self.digests.values():
+            if digest.geometry is not None and "kurtosis" in "".join(digest.geometry.values):
+                terminalreporter.write_line(f"{digest.model}: {digest.geometry.tails()}")
         for line in self.comparison:
             terminalreporter.write_line(line)
         if self.models_figure is not None:

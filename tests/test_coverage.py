@@ -39,7 +39,8 @@ def _sets(n: int, apart: float, seed: int, noise: str = "gaussian", massive: boo
 
 def _coverage(samples, truth, label):
     geometry = geometry_from_samples(samples, n_boot=200, seed=1)
-    out = {}
+    out = {"kurtosis": float(geometry.value("mid/kurtosis/harmful"))}
+    print(f"{label} kurtosis/harmful: {out['kurtosis']:.2f} (the summary's feature kurtosis of this regime)")
     for statistic, true_value in truth.items():
         interval = geometry.interval(f"mid/{statistic}")
         out[statistic] = float(np.mean((interval.low <= true_value) & (true_value <= interval.high)))
@@ -51,6 +52,8 @@ def _coverage(samples, truth, label):
 def test_intervals_cover_the_truth_95_percent_of_the_time(n, apart):
     covered = _coverage(*_sets(n, apart, seed=n), f"gaussian massive n={n} apart={apart}")
     for statistic, value in covered.items():
+        if statistic == "kurtosis":
+            continue
         assert 0.92 <= value <= 0.97, f"{statistic} at n={n}: coverage {value:.3f}"
 
 
