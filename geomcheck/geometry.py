@@ -175,17 +175,32 @@ def _all_statistics(
     return values
 
 
-# Working memory of one block of layers, at least (see _layer_blocks); more where the samples are large.
-BLOCK_BYTES = 16 * 2**20
-_BLOCK_ARRAYS = 16  # (rows x features) float64 arrays alive at once per layer of a block, counted in _Block
+# Working memory of one block (layers x replicates): below the trim threshold _reuse_freed_blocks sets, so
+# the freed arrays are reused, and a small fraction of any real model's samples.
+BLOCK_BYTES = 24 * 2**20
+_BLOCK_ARRAYS = 16  # (replicates x layers x features) float64 arrays alive at once in a block
 
 
-def _layer_blocks(n_layers: int, n_features: int, rows: int, samples_bytes: int) -> list[slice]:
-    """Ranges of layers whose replicate arrays fit one eighth of the samples' size (or BLOCK_BYTES):
-    the extra memory stays a fraction of the samples, while a block stays large enough for BLAS."""
-    per_layer = _BLOCK_ARRAYS * rows * n_features * 8
-    step = max(1, int(max(BLOCK_BYTES, samples_bytes // 8) // per_layer))
-    return [slice(first, min(first + step, n_layers)) for first in range(0, n_layers, step)]
+def _reuse_freed_blocks() -> None:
+    """Allocate and free one 30 MiB array, so that glibc's malloc keeps freed arrays of up to that size
+    for reuse instead of unmapping them (its mmap threshold rises to the largest block freed, and the trim
+    threshold to twice that: mallopt(3)). Each block of layers allocates and frees the same few arrays of
+    a few MiB; mapped afresh, every page of them faults again: measured 3× the statistics' CPU time at
+    28 × 3072. Elsewhere than glibc this is one short-lived allocation."""
+    scratch = np.empty(30 * 2**20, np.uint8)
+    scratch[::4096] = 0
+    del scratch
+
+
+def _blocks(n_layers: int, n_features: int, n_rows: int) -> tuple[list[slice], list[slice]]:
+    """Ranges of layers and of replicates whose arrays fit BLOCK_BYTES: whole layers' replicates where
+    they fit, else one layer's replicates in chunks (large enough still for BLAS)."""
+    per_row_layer = _BLOCK_ARRAYS * n_features * 8
+    if per_row_layer * n_rows <= BLOCK_BYTES:
+        step, chunk = max(1, BLOCK_BYTES // (per_row_layer * n_rows)), n_rows
+    else:
+        step, chunk = 1, max(1, BLOCK_BYTES // per_row_layer)
+    return [slice(i, min(i + step, n_layers)) for i in range(0, n_layers, step)], [slice(i, min(i + chunk, n_rows)) for i in range(0, n_rows, chunk)]
 
 
 @dataclass
@@ -201,7 +216,6 @@ class _SetBlock:
     observed: Moments  # mean and variance (ddof=1), (k, d)
     replicate: Moments  # (B, k, d)
     squares: np.ndarray  # replicates' mean of squared centred values, (B, k, d)
-    fourths: np.ndarray  # and of their fourth powers
 
     @classmethod
     def of(cls, block: np.ndarray, counts: np.ndarray) -> _SetBlock:
@@ -212,9 +226,8 @@ class _SetBlock:
         shape = (rows, *block.shape[1:])
         shift = (counts @ centred.reshape(n, -1) / n).reshape(shape)
         squares = (counts @ squared / n).reshape(shape)
-        fourths = (counts @ (squared * squared) / n).reshape(shape)
         variance = squared.reshape(block.shape).sum(axis=0) / (n - 1)
-        return cls(centred, (mean, variance), (mean + shift, (squares - shift * shift) * (n / (n - 1))), squares, fourths)
+        return cls(centred, (mean, variance), (mean + shift, (squares - shift * shift) * (n / (n - 1))), squares)
 
     def spread(self, counts: np.ndarray, projected: np.ndarray) -> np.ndarray:
         """Each replicate's variance (ddof=1) of per-prompt values ``(n, k, B)``, over its own prompts."""
@@ -233,9 +246,10 @@ class _SetBlock:
         per_prompt = squared.mean(axis=-1)  # (n, k): var_mean is its mean, up to ddof
         top = self.observed[1].argmax(axis=-1)
         top_squares = np.take_along_axis(squared, top[None, :, None], axis=-1)[..., 0]
-        picked = self.replicate[1].argmax(axis=-1)[..., None]
-        second = np.take_along_axis(self.squares, picked, axis=-1)[..., 0]
-        fourth = np.take_along_axis(self.fourths, picked, axis=-1)[..., 0]
+        picked = self.replicate[1].argmax(axis=-1)  # (B, k): each replicate's top feature
+        top_squared = np.take_along_axis(squared, picked.T[None], axis=-1)  # (n, k, B): only those features' fourth moments
+        second = np.take_along_axis(self.squares, picked[..., None], axis=-1)[..., 0]
+        fourth = np.einsum("bi,ikb->bk", counts, top_squared * top_squared) / n
         return {
             "var_mean": (np.sqrt(per_prompt.var(axis=0, ddof=1) / n), np.sqrt(self.spread(counts, per_prompt[..., None]) / n)),
             "var_max": (np.sqrt(top_squares.var(axis=0, ddof=1) / n), np.sqrt(np.maximum(fourth - second * second, 0.0) / (n - 1))),
@@ -314,11 +328,11 @@ def geometry_from_samples(samples: Samples, n_boot: int = 200, seed: int = 0) ->
     copy of the samples, and working memory a fraction of their size.
     """
     streams, sizes, (n_layers, n_features) = _check_samples(samples)
+    _reuse_freed_blocks()
     rows = max(n_boot, 1)
     counts = resample_counts(sizes, n_boot, seed) if n_boot else (np.ones((1, sizes[0])), np.ones((1, sizes[1])))
     masks = permutation_masks(sizes, n_boot, seed) if n_boot else None
-    samples_bytes = sum(np.asarray(samples[s][st]).nbytes for s in SETS for st in streams)
-    blocks = _layer_blocks(n_layers, n_features, rows, samples_bytes)
+    layer_blocks, row_blocks = _blocks(n_layers, n_features, rows)
     observed: dict[str, list[np.ndarray]] = {}  # "<set>/<mean|var>" -> per stream (L, d)
     world: dict[str, list[np.ndarray]] = {}
     curves: dict[str, np.ndarray] = {}  # "<stream>/<statistic>" -> (B, L); "…/<statistic>_se" for the errors
@@ -327,28 +341,20 @@ def geometry_from_samples(samples: Samples, n_boot: int = 200, seed: int = 0) ->
         for key in ("harmful/mean", "harmful/var", "harmless/mean", "harmless/var"):
             observed.setdefault(key, []).append(np.empty((n_layers, n_features)))
             world.setdefault(key, []).append(np.empty((n_layers, n_features)))
-        for layers in blocks:
+        for layers in layer_blocks:
             raw = [np.asarray(samples[s][stream][:, layers], dtype=np.float64) for s in SETS]
-            pair = _SetBlock.of(raw[0], counts[0]), _SetBlock.of(raw[1], counts[1])
-            shifts = debiased_world(pair[0].observed, pair[1].observed, sizes)
-            for prompt_set, block, shift in zip(SETS, pair, shifts):
-                observed[f"{prompt_set}/mean"][-1][layers], observed[f"{prompt_set}/var"][-1][layers] = block.observed
-                world[f"{prompt_set}/mean"][-1][layers], world[f"{prompt_set}/var"][-1][layers] = block.observed[0] + shift, block.observed[1]
-                _put(point, f"{stream}/kurtosis/{prompt_set}", block.kurtosis(), layers, n_layers)
-            if not n_boot:
-                continue
-            moved = [(block.replicate[0] + shift, block.replicate[1]) for block, shift in zip(pair, shifts)]
-            width = layers.stop - layers.start
-            for name, curve in statistics_from_moments(*_flat(moved[0]), *_flat(moved[1]), sizes).items():
-                _put(curves, f"{stream}/{name}", curve.reshape(n_boot, width), layers, n_layers)
-            errors, draw_errors = _cosine_errors(pair, counts, shifts, sizes)
-            _put(point, f"{stream}/cosine_se", errors, layers, n_layers)
-            _put(curves, f"{stream}/cosine_se", draw_errors, layers, n_layers)
-            for prompt_set, block, count in zip(SETS, pair, counts):
-                for name, (error, draw_error) in block.variance_errors(count).items():
-                    _put(point, f"{stream}/{name}/{prompt_set}_se", error, layers, n_layers)
-                    _put(curves, f"{stream}/{name}/{prompt_set}_se", draw_error, layers, n_layers)
-            _put(point, f"{stream}/null", _null_cosines(raw[0], raw[1], masks), layers, n_layers)
+            for chunk in row_blocks if n_boot else row_blocks[:1]:
+                count = counts[0][chunk], counts[1][chunk]
+                pair = _SetBlock.of(raw[0], count[0]), _SetBlock.of(raw[1], count[1])
+                shifts = debiased_world(pair[0].observed, pair[1].observed, sizes)
+                if chunk.start == 0:
+                    for prompt_set, block, shift in zip(SETS, pair, shifts):
+                        observed[f"{prompt_set}/mean"][-1][layers], observed[f"{prompt_set}/var"][-1][layers] = block.observed
+                        world[f"{prompt_set}/mean"][-1][layers], world[f"{prompt_set}/var"][-1][layers] = block.observed[0] + shift, block.observed[1]
+                        _put(point, f"{stream}/kurtosis/{prompt_set}", block.kurtosis(), (layers,), (n_layers,))
+                if n_boot:
+                    _replicate_block(pair, count, shifts, sizes, stream, (chunk, layers), (n_boot, n_layers), curves, point)
+                    _put(point, f"{stream}/null", _null_cosines(raw[0], raw[1], masks[chunk]), (chunk, layers), (n_boot, n_layers))
     moments_of = lambda source, s: (source[f"{s}/mean"], source[f"{s}/var"])  # noqa: E731
     kurtosis = {key: _median(point.pop(key)) for key in [k for k in point if "/kurtosis/" in k]}
     if not n_boot:
@@ -373,11 +379,36 @@ def _median(values: np.ndarray) -> np.float64:
     return np.float64(np.median(finite)) if finite.size else np.float64(np.nan)
 
 
-def _put(store: dict[str, np.ndarray], key: str, value: np.ndarray, layers: slice, n_layers: int) -> None:
-    """Write one block's layers (the last axis) of a per-layer array, creating it at its full length."""
+def _put(store: dict[str, np.ndarray], key: str, value: np.ndarray, index: tuple[slice, ...], shape: tuple[int, ...]) -> None:
+    """Write one block (``index`` into replicates and/or layers) of an array, creating it at its full ``shape``."""
     if key not in store:
-        store[key] = np.full((*value.shape[:-1], n_layers), np.nan)
-    store[key][..., layers] = value
+        store[key] = np.full(shape, np.nan)
+    store[key][index] = value
+
+
+def _replicate_block(
+    pair: tuple[_SetBlock, _SetBlock],
+    counts: tuple[np.ndarray, np.ndarray],
+    shifts: tuple[np.ndarray, np.ndarray],
+    sizes: tuple[int, int],
+    stream: str,
+    index: tuple[slice, slice],
+    shape: tuple[int, int],
+    curves: dict[str, np.ndarray],
+    point: dict[str, np.ndarray],
+) -> None:
+    """One block's replicate curves (in the debiased world) and the standard errors that studentize them."""
+    rows, width = index[0].stop - index[0].start, index[1].stop - index[1].start
+    moved = [(block.replicate[0] + shift, block.replicate[1]) for block, shift in zip(pair, shifts)]
+    for name, curve in statistics_from_moments(*_flat(moved[0]), *_flat(moved[1]), sizes).items():
+        _put(curves, f"{stream}/{name}", curve.reshape(rows, width), index, shape)
+    errors, draw_errors = _cosine_errors(pair, counts, shifts, sizes)
+    _put(point, f"{stream}/cosine_se", errors, index[1:], shape[1:])
+    _put(curves, f"{stream}/cosine_se", draw_errors, index, shape)
+    for prompt_set, block, count in zip(SETS, pair, counts):
+        for name, (error, draw_error) in block.variance_errors(count).items():
+            _put(point, f"{stream}/{name}/{prompt_set}_se", error, index[1:], shape[1:])
+            _put(curves, f"{stream}/{name}/{prompt_set}_se", draw_error, index, shape)
 
 
 def _replicate_values(curves: dict[str, np.ndarray], null: Values, streams: Sequence[str], n_boot: int) -> dict[str, np.ndarray]:

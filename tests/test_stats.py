@@ -426,8 +426,8 @@ def _loop_geometry(samples, n_boot, seed):
     return values, draws, centers, errors
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_the_matrix_product_engine_equals_the_per_replicate_loop(dtype):
+@pytest.mark.parametrize(("dtype", "block_bytes"), [(np.float64, None), (np.float32, None), (np.float64, 20_000)], ids=["float64", "float32", "chunked"])
+def test_the_matrix_product_engine_equals_the_per_replicate_loop(dtype, block_bytes, monkeypatch):
     """Same seed, same resamples: every value, replicate and centre of the old loop to 1e-5 relative, and
     every interval but the variances' (which are now studentized on the log scale) equal to it. Data with
     growing variance, a massive feature and means close enough that some replicates are unresolved."""
@@ -443,6 +443,8 @@ def test_the_matrix_product_engine_equals_the_per_replicate_loop(dtype):
         name: {stream: (shift + base + scale * rng.normal(size=(n, layers, d))).astype(dtype) for stream in ("pre", "mid", "post")}
         for name, shift, n in (("harmful", 0.0, 23), ("harmless", 0.4, 19))
     }
+    if block_bytes:  # one layer and 6 replicates per block: the chunked path real model sizes take
+        monkeypatch.setattr("geomcheck.geometry.BLOCK_BYTES", block_bytes)
     values, draws, centers, errors = _loop_geometry(samples, n_boot=40, seed=5)
     geometry = geometry_from_samples(samples, n_boot=40, seed=5)
     draws.pop("pre/cosine_se"), draws.pop("mid/cosine_se"), draws.pop("post/cosine_se")
