@@ -28,9 +28,11 @@ BENCH_ARGS ?= --model smollm2-135m --model minilm-l6 --threads 1
 
 bench: $(STAMP)
 	PYTHONPATH=benchmarks $(BIN)/python -m geomcheck_bench $(BENCH_ARGS)
+	PYTHONPATH=benchmarks OPENBLAS_NUM_THREADS=1 $(BIN)/python -m geomcheck_bench.statistics
 
 bench-readme: $(STAMP)
 	PYTHONPATH=benchmarks $(BIN)/python -m geomcheck_bench $(BENCH_ARGS) --write-readme README.md
+	PYTHONPATH=benchmarks OPENBLAS_NUM_THREADS=1 $(BIN)/python -m geomcheck_bench.statistics --write-readme README.md
 
 clean:
 	rm -rf $(VENV) geomcheck-artifacts

@@ -149,9 +149,11 @@ def _derived(values: dict[str, np.ndarray], streams: Sequence[str]) -> dict[str,
                 out[f"{stream}/growth_rate/{prompt_set}"] = np.float64(np.nan)
                 out[f"{stream}/growth_r2/{prompt_set}"] = np.float64(np.nan)
         cosine = values[f"{stream}/cosine"]
-        trend = cosine_trend(cosine)
-        out[f"{stream}/cosine_spearman"] = np.float64(trend.spearman)
-        out[f"{stream}/cosine_slope"] = np.float64(trend.slope)
+        try:
+            trend = cosine_trend(cosine)
+            out[f"{stream}/cosine_spearman"], out[f"{stream}/cosine_slope"] = np.float64(trend.spearman), np.float64(trend.slope)
+        except ValueError:  # fewer than 2 layers with a defined cosine (means at 0 in this replicate): no trend
+            out[f"{stream}/cosine_spearman"], out[f"{stream}/cosine_slope"] = np.float64(np.nan), np.float64(np.nan)
         if f"{stream}/cosine_null" in values:
             null_fall = 1.0 - values[f"{stream}/cosine_null"][-1]
             out[f"{stream}/cosine_null_ratio"] = np.float64((1.0 - cosine[-1]) / null_fall if null_fall > 0 else np.nan)

@@ -117,3 +117,19 @@ def test_bootstrap_samples_takes_several_statistics_in_one_pass(geometry):
     np.testing.assert_array_equal(interval.low, alone.low)
     assert value.shape == (5,) and np.ndim(both["norm"][0]) == 0
     assert both["norm"][1].low <= both["norm"][0] <= both["norm"][1].high
+
+
+def test_the_statistics_bench_tables_the_engine_beside_its_floor(monkeypatch, tmp_path):
+    """The bench's statistics table on a tiny shape: one row per model, the ratio and the memory columns
+    filled from what was measured, and the README block replaced between its markers (no timing asserted)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from geomcheck_bench import statistics as bench
+
+    row = bench.measure(3, 16, n_boot=10)
+    assert row["floor"] > 0 and row["seconds"] > 0 and row["samples_mb"] == pytest.approx((139 + 136) * 3 * 3 * 16 * 4 / 2**20)
+    lines = bench.table({"tiny": row}).splitlines()
+    assert lines[2].startswith("| tiny | 3 × 16 |") and lines[2].count("|") == 9
+    readme = tmp_path / "README.md"
+    readme.write_text(f"a\n{bench.BEGIN}\nold\n{bench.END}\nb\n", encoding="utf-8")
+    bench.write_readme(readme, "new")
+    assert readme.read_text(encoding="utf-8") == f"a\n{bench.BEGIN}\nnew\n{bench.END}\nb\n"
