@@ -3,7 +3,7 @@ under Gaussian and Student-t(3) noise, with and without a massive feature, at th
 
 Each layer is an independent trial (its own draw of both sets), so one bootstrap run measures coverage
 over ``LAYERS`` trials: a binomial standard error of 0.5–0.7 points around 95%–90%.
-``pytest tests/test_coverage.py -rP`` prints the table the README quotes.
+``pytest tests/test_coverage.py -s -q`` prints every row of the table the README quotes.
 """
 
 import numpy as np
