@@ -189,8 +189,7 @@ def _reuse_freed_blocks() -> None:
     threshold to twice that: mallopt(3)). Each block of layers allocates and frees the same few arrays of
     a few MiB; mapped afresh, every page of them faults again: measured 3× the statistics' CPU time at
     28 × 3072. Elsewhere than glibc this is one short-lived allocation."""
-    scratch = np.empty(30 * 2**20, np.uint8)
-    scratch[::4096] = 0
+    scratch = np.empty(30 * 2**20, np.uint8)  # never touched: mapped, unmapped, no page faulted
     del scratch
 
 
@@ -215,21 +214,25 @@ class _SetBlock:
     """
 
     centred: np.ndarray  # (n, k, d)
+    squared: np.ndarray  # its squares
     observed: Moments  # mean and variance (ddof=1), (k, d)
-    replicate: Moments  # (B, k, d)
-    squares: np.ndarray  # replicates' mean of squared centred values, (B, k, d)
+    replicate: Moments = (np.empty(0), np.empty(0))  # (B, k, d), once resampled
+    squares: np.ndarray = field(default_factory=lambda: np.empty(0))  # replicates' mean of squared centred values
 
     @classmethod
-    def of(cls, block: np.ndarray, counts: np.ndarray) -> _SetBlock:
-        n, rows = len(block), len(counts)
+    def of(cls, block: np.ndarray) -> _SetBlock:
         mean = block.mean(axis=0)
         centred = block - mean
-        squared = (centred * centred).reshape(n, -1)
-        shape = (rows, *block.shape[1:])
-        shift = (counts @ centred.reshape(n, -1) / n).reshape(shape)
-        squares = (counts @ squared / n).reshape(shape)
-        variance = squared.reshape(block.shape).sum(axis=0) / (n - 1)
-        return cls(centred, (mean, variance), (mean + shift, (squares - shift * shift) * (n / (n - 1))), squares)
+        squared = centred * centred
+        return cls(centred, squared, (mean, squared.sum(axis=0) / (len(block) - 1)))
+
+    def resampled(self, counts: np.ndarray) -> _SetBlock:
+        """The same block with the replicates of ``counts`` (a chunk of the resamples)."""
+        n, shape = len(self.centred), (len(counts), *self.centred.shape[1:])
+        shift = (counts @ self.centred.reshape(n, -1) / n).reshape(shape)
+        squares = (counts @ self.squared.reshape(n, -1) / n).reshape(shape)
+        replicate = (self.observed[0] + shift, (squares - shift * shift) * (n / (n - 1)))
+        return _SetBlock(self.centred, self.squared, self.observed, replicate, squares)
 
     def spread(self, counts: np.ndarray, projected: np.ndarray) -> np.ndarray:
         """Each replicate's variance (ddof=1) of per-prompt values ``(n, k, B)``, over its own prompts."""
@@ -243,8 +246,7 @@ class _SetBlock:
         the fourth moments: each is a mean over prompts of squared deviations (averaged over features, or
         of the top feature), whose variance over the prompts is its error. It studentizes the variances'
         bootstrap, which heavy tails otherwise make far too narrow (see tests/test_coverage.py)."""
-        n = len(self.centred)
-        squared = self.centred * self.centred  # (n, k, d)
+        n, squared = len(self.centred), self.squared  # (n, k, d)
         per_prompt = squared.mean(axis=-1)  # (n, k): var_mean is its mean, up to ddof
         top = self.observed[1].argmax(axis=-1)
         top_squares = np.take_along_axis(squared, top[None, :, None], axis=-1)[..., 0]
@@ -259,8 +261,7 @@ class _SetBlock:
 
     def kurtosis(self) -> np.ndarray:
         """Per layer, the median over features of the excess kurtosis across prompts (nan for a constant)."""
-        squared = self.centred * self.centred
-        second, fourth = squared.mean(axis=0), (squared * squared).mean(axis=0)
+        second, fourth = self.squared.mean(axis=0), (self.squared * self.squared).mean(axis=0)
         with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
             warnings.filterwarnings("ignore", r"All-NaN slice", RuntimeWarning)  # a layer every prompt shares
             return np.nanmedian(np.where(second > 0, fourth / (second * second) - 3.0, np.nan), axis=-1)
@@ -331,10 +332,9 @@ def geometry_from_samples(samples: Samples, n_boot: int = 200, seed: int = 0) ->
     """
     streams, sizes, (n_layers, n_features) = _check_samples(samples)
     _reuse_freed_blocks()
-    rows = max(n_boot, 1)
-    counts = resample_counts(sizes, n_boot, seed) if n_boot else (np.ones((1, sizes[0])), np.ones((1, sizes[1])))
+    counts = resample_counts(sizes, n_boot, seed) if n_boot else (np.empty((0, sizes[0])), np.empty((0, sizes[1])))
     masks = permutation_masks(sizes, n_boot, seed) if n_boot else None
-    layer_blocks, row_blocks = _blocks(n_layers, n_features, rows)
+    layer_blocks, row_blocks = _blocks(n_layers, n_features, max(n_boot, 1))
     observed: dict[str, list[np.ndarray]] = {}  # "<set>/<mean|var>" -> per stream (L, d)
     world: dict[str, list[np.ndarray]] = {}
     curves: dict[str, np.ndarray] = {}  # "<stream>/<statistic>" -> (B, L); "…/<statistic>_se" for the errors
@@ -345,18 +345,17 @@ def geometry_from_samples(samples: Samples, n_boot: int = 200, seed: int = 0) ->
             world.setdefault(key, []).append(np.empty((n_layers, n_features)))
         for layers in layer_blocks:
             raw = [np.asarray(samples[s][stream][:, layers], dtype=np.float64) for s in SETS]
-            for chunk in row_blocks if n_boot else row_blocks[:1]:
+            whole = _SetBlock.of(raw[0]), _SetBlock.of(raw[1])
+            shifts = debiased_world(whole[0].observed, whole[1].observed, sizes)
+            for prompt_set, block, shift in zip(SETS, whole, shifts):
+                observed[f"{prompt_set}/mean"][-1][layers], observed[f"{prompt_set}/var"][-1][layers] = block.observed
+                world[f"{prompt_set}/mean"][-1][layers], world[f"{prompt_set}/var"][-1][layers] = block.observed[0] + shift, block.observed[1]
+                _put(point, f"{stream}/kurtosis/{prompt_set}", block.kurtosis(), (layers,), (n_layers,))
+            for chunk in row_blocks if n_boot else ():
                 count = counts[0][chunk], counts[1][chunk]
-                pair = _SetBlock.of(raw[0], count[0]), _SetBlock.of(raw[1], count[1])
-                shifts = debiased_world(pair[0].observed, pair[1].observed, sizes)
-                if chunk.start == 0:
-                    for prompt_set, block, shift in zip(SETS, pair, shifts):
-                        observed[f"{prompt_set}/mean"][-1][layers], observed[f"{prompt_set}/var"][-1][layers] = block.observed
-                        world[f"{prompt_set}/mean"][-1][layers], world[f"{prompt_set}/var"][-1][layers] = block.observed[0] + shift, block.observed[1]
-                        _put(point, f"{stream}/kurtosis/{prompt_set}", block.kurtosis(), (layers,), (n_layers,))
-                if n_boot:
-                    _replicate_block(pair, count, shifts, sizes, stream, (chunk, layers), (n_boot, n_layers), curves, point)
-                    _put(point, f"{stream}/null", _null_cosines(raw[0], raw[1], masks[chunk]), (chunk, layers), (n_boot, n_layers))
+                pair = whole[0].resampled(count[0]), whole[1].resampled(count[1])
+                _replicate_block(pair, count, shifts, sizes, stream, (chunk, layers), (n_boot, n_layers), curves, point)
+                _put(point, f"{stream}/null", _null_cosines(raw[0], raw[1], masks[chunk]), (chunk, layers), (n_boot, n_layers))
     moments_of = lambda source, s: (source[f"{s}/mean"], source[f"{s}/var"])  # noqa: E731
     kurtosis = {key: _median(point.pop(key)) for key in [k for k in point if "/kurtosis/" in k]}
     if not n_boot:

@@ -3,8 +3,8 @@
 ``PYTHONPATH=benchmarks python -m geomcheck_bench.statistics`` (``make bench`` runs it). For each seed model
 of the registry that publishes its dimensions (``[<name>.config]`` in ``geomcheck/data/models.toml``):
 synthetic float32 samples of 139 + 136 prompts (the built-in sets' sizes), 3 streams, every layer, its
-hidden size; then the process CPU time and the extra peak memory (tracemalloc: what the call allocates
-above the samples) of ``geometry_from_samples`` with 200 resamples, and, in the same run, the floor: only
+hidden size; then the process CPU time and, in a second call, the extra peak memory (tracemalloc: what the
+call allocates above the samples) of ``geometry_from_samples`` with 200 resamples, and, in the same run, the floor: only
 the products of the resample-count matrices with the samples and their squares (float64, the same blocks
 of layers), which any bootstrap of means and variances must compute. Run it with
 ``OPENBLAS_NUM_THREADS=1`` for one-thread figures (the README's are). ``--write-readme`` puts the table
@@ -75,10 +75,11 @@ def measure(layers: int, d: int, n_boot: int = 200, seed: int = 0) -> dict[str, 
     samples = synthetic(layers, d, seed)
     nbytes = sum(a.nbytes for s in samples.values() for a in s.values())
     floor = floor_seconds(samples, n_boot, seed)
-    tracemalloc.start()
     start = time.process_time()
     geometry_from_samples(samples, n_boot=n_boot, seed=seed)
     seconds = time.process_time() - start
+    tracemalloc.start()  # a second run: tracing every allocation costs ~30% more CPU, not to be timed
+    geometry_from_samples(samples, n_boot=n_boot, seed=seed)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     return {"layers": layers, "d": d, "samples_mb": nbytes / 2**20, "seconds": seconds, "floor": floor, "peak_mb": peak / 2**20}
