@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     block = (
         f"Measured on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, OPENBLAS_NUM_THREADS={threads}, "
         f"numpy {np.__version__}; {SIZES[0]} + {SIZES[1]} synthetic float32 prompts, {len(STREAMS)} streams, {args.n_boot} resamples. "
-        f"Command: `PYTHONPATH=benchmarks python -m geomcheck_bench.statistics {shown}`.\n\n" + table(rows)
+        f"Command: `PYTHONPATH=benchmarks python -m geomcheck_bench.statistics{' ' + shown if shown else ''}`.\n\n" + table(rows)
     )
     print(block)
     if args.write_readme:
