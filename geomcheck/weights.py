@@ -32,7 +32,8 @@ def top_left_singular_vectors(weight: np.ndarray, k: int) -> np.ndarray:
     randomized sketches (``torch.svd_lowrank``) recover only 50-75% of the
     subspace of trained weights, whose spectra decay slowly. Matches a float64
     full SVD to an overlap of 0.9999 or better (``tests/test_weights_topk.py``).
-    A matrix too small for Lanczos (``k`` ≥ its smaller side − 1) gets a full SVD.
+    A matrix too small for Lanczos (``k`` ≥ its smaller side − 1) gets a full SVD. The basis is
+    re-orthonormalised in float64 (QR; the span is unchanged).
     """
     from scipy.sparse.linalg import svds
 
@@ -48,7 +49,9 @@ def top_left_singular_vectors(weight: np.ndarray, k: int) -> np.ndarray:
         return u[:, :k]
     start = np.random.default_rng(0).standard_normal(min(weight.shape)).astype(np.float32)  # fixed: reproducible
     u, singular, _ = svds(weight, k=k, v0=start)
-    return u[:, np.argsort(singular)[::-1]].astype(np.float64)
+    # orthonormal in float64 (float32 Lanczos vectors are so to ~1e-7), so overlaps are exact for the span found
+    basis, _ = np.linalg.qr(u[:, np.argsort(singular)[::-1]].astype(np.float64))
+    return basis
 
 
 def subspace_overlap(u: np.ndarray, v: np.ndarray) -> float:
