@@ -22,6 +22,10 @@ import numpy as np
 from geomcheck.families import BY_MODEL_TYPE, GENERIC, WRITERS, Family
 
 
+# What transformers' classes put before the block list in tensor names, as the gguf package's table spells them.
+HF_PREFIXES = ("", "model.", "transformer.")
+
+
 class CheckpointError(ValueError):
     """The checkpoint's files do not hold the writer matrices its family names."""
 
@@ -134,13 +138,14 @@ def gguf_writers(path: Path) -> Iterator[tuple[int, str, np.ndarray]]:
     tensors = {tensor.name: tensor for tensor in reader.tensors}
     for layer in range(n_blocks):
         for kind, writer in zip(WRITERS, family.writers):
-            hf_name = f"model.{family.layers}.{layer}.{writer.path}.weight"
-            name = table.get_name(hf_name, try_suffixes=(".weight",))
-            if name not in tensors:
-                raise CheckpointError(f"{path} has no tensor for {hf_name} (GGUF name {name}); is it a {family.name} model?")
+            hf_name = f"{family.layers}.{layer}.{writer.path}.weight"
+            names = (table.get_name(prefix + hf_name, try_suffixes=(".weight",)) for prefix in HF_PREFIXES)
+            name = next((n for n in names if n in tensors), None)
+            if name is None:
+                raise CheckpointError(f"{path} has no GGUF tensor for {hf_name}; is it a {family.name} model?")
             tensor = tensors[name]
-            matrix = gguf.quants.dequantize(tensor.data, tensor.tensor_type)  # numpy (rows = d_out, cols = d_in)
-            yield layer, kind, _as_matrix(matrix, writer.transposed)
+            # GGUF stores every linear layer as (d_out, d_in), GPT-2's Conv1D too (llama.cpp's converter turns it)
+            yield layer, kind, _as_matrix(gguf.quants.dequantize(tensor.data, tensor.tensor_type), transposed=False)
 
 
 def checkpoint_writers(location: Path) -> Iterator[tuple[int, str, np.ndarray]]:
