@@ -12,7 +12,6 @@ compared: their subspace overlap must be ≥ 0.9999, or the row says so.
 from __future__ import annotations
 
 import resource
-import time
 from dataclasses import dataclass
 
 import numpy as np
