@@ -24,7 +24,8 @@ test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/pytest tests/ -n 2
 
 # the README's Speed numbers: one torch thread, so other processes on a shared machine stall it least
-BENCH_ARGS ?= --model smollm2-135m --model minilm-l6 --threads 1
+# and the weights check's top-k at the five seed models' writer shapes (a few minutes of one core)
+BENCH_ARGS ?= --model smollm2-135m --model minilm-l6 --threads 1 --topk llama-3.2-3b,qwen2.5-7b,qwen3-8b,mistral-nemo-12b,qwen2.5-32b
 
 bench: $(STAMP)
 	PYTHONPATH=benchmarks $(BIN)/python -m geomcheck_bench $(BENCH_ARGS)

@@ -1,21 +1,27 @@
 """The research note's figures, drawn from a Geometry and a WeightOverlap, for a person to look at.
 
 The checks decide pass or fail; these pictures show *why*, and, with a baseline overlaid, what moved.
+Each file is drawn once: it carries the digest of what it shows (the data, the title, this module's code and
+matplotlib's version) in a PNG text field, and a write whose digest matches the file's is skipped, as a
+cache entry is reused, so a fully cached re-run draws nothing.
 Figures are built on ``matplotlib.figure.Figure`` with an Agg canvas rather than pyplot, so drawing needs
 no display, touches no global figure registry, and is safe inside a pytest run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import matplotlib
 from matplotlib import colormaps
 from matplotlib.artist import Artist
 from matplotlib.axes import Axes
@@ -25,7 +31,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from geomcheck.geometry import SETS, Geometry
+from geomcheck.geometry import SETS, Geometry, geometry_to_arrays
 from geomcheck.weights import random_overlap, summarize_overlap
 
 if TYPE_CHECKING:  # the pipeline pulls in torch, the baseline syrupy; drawing a figure needs neither
@@ -46,6 +52,7 @@ BASELINE_COLOUR = "0.55"
 BASELINE_PREFIX = "baseline "
 BAND_ALPHA = 0.12  # six overlapping bands must stay see-through
 PNG_METADATA = {"Software": None}  # no version stamp: the same figure is the same bytes on any matplotlib
+KEY_FIELD = "geomcheck-content"  # PNG text field: the digest of what the figure shows (see _drawn_once)
 DRIFT_CLIP = 3.0  # the drift map's colour saturates at this many tolerances
 DRIFT_MARK = {"marker": "o", "markersize": 7, "markerfacecolor": "none", "markeredgecolor": "black", "linestyle": "none"}
 
@@ -274,19 +281,74 @@ def drift_figure(drift: DriftMatrix, title: str) -> Figure:
     return fig
 
 
-def save_figure(fig: Figure, path: Path) -> Path:
-    """Write ``fig`` as a PNG via a temp file and ``os.replace``, so a reader never sees half a file."""
+def save_figure(fig: Figure, path: Path, key: str | None = None) -> Path:
+    """Write ``fig`` as a PNG via a temp file and ``os.replace``, so a reader never sees half a file;
+    ``key`` (see :func:`_drawn_once`) goes into its text field :data:`KEY_FIELD`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    metadata = PNG_METADATA if key is None else {**PNG_METADATA, KEY_FIELD: key}
     try:
         with os.fdopen(handle, "wb") as stream:
-            fig.savefig(stream, format="png", metadata=PNG_METADATA)
+            fig.savefig(stream, format="png", metadata=metadata)
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
     return path
+
+
+@cache
+def _code_digest() -> str:
+    """This module's source: a change to how figures are drawn redraws every figure."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
+def content_key(*parts: object) -> str:
+    """Digest of what a figure shows: arrays by dtype, shape and bytes, mappings by sorted key, anything
+    else by ``repr``; with this module's code and matplotlib's version, which change the pixels too."""
+    digest = hashlib.sha256(f"{_code_digest()}|{matplotlib.__version__}".encode())
+
+    def add(part: object) -> None:
+        if isinstance(part, np.ndarray):
+            array = np.ascontiguousarray(part)
+            digest.update(f"|a{array.dtype.str}{array.shape}|".encode())
+            digest.update(array.tobytes())
+        elif isinstance(part, Mapping):
+            for name in sorted(part):
+                digest.update(f"|k{name!r}".encode())
+                add(part[name])
+        elif isinstance(part, (list, tuple)):
+            digest.update(f"|l{len(part)}".encode())
+            for item in part:
+                add(item)
+        else:
+            digest.update(f"|r{part!r}".encode())
+
+    add(parts)
+    return digest.hexdigest()
+
+
+def stored_key(path: Path) -> str | None:
+    """The :data:`KEY_FIELD` of a PNG written by :func:`save_figure`; None for a missing or unreadable file."""
+    from PIL import Image, UnidentifiedImageError  # Pillow: a dependency of matplotlib
+
+    try:
+        with Image.open(path) as image:
+            return image.text.get(KEY_FIELD)  # type: ignore[attr-defined]
+    except (OSError, UnidentifiedImageError, AttributeError):
+        return None
+
+
+def _drawn_once(path: Path, key: str, build: Callable[[], Figure]) -> Path:
+    """``path``, drawn by ``build`` only when the file does not already show ``key``'s content."""
+    if stored_key(path) == key:
+        return path
+    return save_figure(build(), path, key)
+
+
+def _geometry_parts(geometry: Geometry | None) -> object:
+    return None if geometry is None else geometry_to_arrays(geometry)
 
 
 def _folder_name(model: str) -> str:
@@ -301,20 +363,28 @@ def write_geometry(
     (and, with ``drift``, the values beyond tolerance circled)."""
     folder = Path(out_dir) / _folder_name(model)
     if baseline is None:
-        return save_figure(geometry_figure(geometry, f"{model}: residual-stream geometry"), folder / "geometry.png")
-    fig = geometry_figure(geometry, f"{model}: geometry (colour) vs baseline (grey)", baseline=baseline, drift=drift)
-    return save_figure(fig, folder / "geometry-vs-baseline.png")
+        title = f"{model}: residual-stream geometry"
+        return _drawn_once(folder / "geometry.png", content_key(title, _geometry_parts(geometry)), lambda: geometry_figure(geometry, title))
+    title = f"{model}: geometry (colour) vs baseline (grey)"
+    key = content_key(title, _geometry_parts(geometry), _geometry_parts(baseline), _drift_parts(drift))
+    return _drawn_once(folder / "geometry-vs-baseline.png", key, lambda: geometry_figure(geometry, title, baseline=baseline, drift=drift))
+
+
+def _drift_parts(drift: DriftMatrix | None) -> object:
+    return None if drift is None else (drift.rows, drift.scores, drift.exceeded)
 
 
 def write_drift_map(model: str, drift: DriftMatrix, out_dir: Path) -> Path:
     """``<out_dir>/<model>/drift-map.png``: where the run left its baseline, statistic by layer."""
-    return save_figure(drift_figure(drift, f"{model}: drift from baseline"), Path(out_dir) / _folder_name(model) / "drift-map.png")
+    title = f"{model}: drift from baseline"
+    return _drawn_once(Path(out_dir) / _folder_name(model) / "drift-map.png", content_key(title, _drift_parts(drift)), lambda: drift_figure(drift, title))
 
 
 def write_overlap(model: str, weights: WeightOverlap, out_dir: Path) -> Path:
     """``<out_dir>/<model>/weight-overlap.png``: the layers × layers heatmaps."""
-    fig = overlap_figure(weights, f"{model}: overlap of top-{weights.k} written directions across layers")
-    return save_figure(fig, Path(out_dir) / _folder_name(model) / "weight-overlap.png")
+    title = f"{model}: overlap of top-{weights.k} written directions across layers"
+    key = content_key(title, weights.matrices, weights.k, weights.d_model)
+    return _drawn_once(Path(out_dir) / _folder_name(model) / "weight-overlap.png", key, lambda: overlap_figure(weights, title))
 
 
 MODEL_STREAMS = {"mid": "-", "pre": "--"}  # models.png: the note's two streams, told apart by line style
@@ -361,4 +431,5 @@ def models_figure(geometries: dict[str, Geometry], title: str = "models compared
 
 def write_models(geometries: dict[str, Geometry], out_dir: Path) -> Path:
     """``<out_dir>/models.png``: every model's curves on one relative-depth axis."""
-    return save_figure(models_figure(geometries), Path(out_dir) / "models.png")
+    key = content_key([(model, _geometry_parts(geometry)) for model, geometry in geometries.items()])
+    return _drawn_once(Path(out_dir) / "models.png", key, lambda: models_figure(geometries))

@@ -151,9 +151,11 @@ def converted_copy(spec: ModelSpec, root: Path, cache_dir: Path) -> Path:
 
     transformers refuses ``save_pretrained`` on a GGUF-loaded model, so the state dict goes into a
     freshly built model of the same config. Written to a temporary folder and renamed, under a lock,
-    so parallel workers never see half a copy.
+    so parallel workers never see half a copy. The config is the loaded model's own: each
+    ``from_pretrained(gguf_file=...)`` re-parses the whole file (the ``gguf`` package's pure-Python metadata
+    reader is most of the conversion's time), so a separate ``AutoConfig`` call would cost one parse more.
     """
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoModel, AutoTokenizer
 
     target = cache_dir / "converted" / _converted_name(spec, root)
     if (target / "config.json").is_file():
@@ -166,7 +168,7 @@ def converted_copy(spec: ModelSpec, root: Path, cache_dir: Path) -> Path:
         assert spec.gguf_file is not None
         tokenizer = AutoTokenizer.from_pretrained(root, gguf_file=spec.gguf_file, trust_remote_code=False)
         quantised = AutoModel.from_pretrained(root, gguf_file=spec.gguf_file, dtype=torch.float32, trust_remote_code=False)
-        config = AutoConfig.from_pretrained(root, gguf_file=spec.gguf_file, trust_remote_code=False)
+        config = quantised.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config
         with torch.device("meta"):

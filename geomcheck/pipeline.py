@@ -7,14 +7,17 @@ cache keys hold the checkpoint's fingerprint (:mod:`geomcheck.fingerprint`), not
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
+import os
 import sys
+import time
 import warnings
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,7 +31,7 @@ from geomcheck.fingerprint import Fingerprint, FingerprintError, of_model
 from geomcheck.geometry import Geometry, geometry_from_arrays, geometry_from_samples, geometry_to_arrays
 from geomcheck.prompts import prompts_hash, resolve_prompts
 from geomcheck.rendering import TEMPLATE_DATE, text_digest, token_ids_digest
-from geomcheck.weights import overlap_matrix, top_left_singular_vectors
+from geomcheck.weights import TOPK_METHOD, overlap_matrix, top_left_singular_vectors
 
 if TYPE_CHECKING:
     from geomcheck.models import LoadedModel
@@ -40,6 +43,9 @@ MEASURED = "measured"  # entry array holding, as JSON bytes, what the run that c
 # attention implementation and the device are not: they change rounding only, which the baseline
 # tolerance absorbs, and keying by them would recompute for nothing. They are recorded (ModelRun.measured).
 KEYED_SOFTWARE = ("transformers", "tokenizers")
+# Where a model's run spends its time, in the terminal summary's order; "load/convert" includes a GGUF's
+# one-time de-quantisation, "baseline" the gate's comparison (its figures count under "figures").
+PHASES = ("fingerprint", "load/convert", "capture", "statistics", "weights", "figures", "baseline")
 
 
 class PromptSetWarning(UserWarning):
@@ -79,7 +85,27 @@ class ModelRun:
         self.spec = registry.resolve(name)
         self.options = options
         self.loads = 0
+        self.phases: dict[str, float] = dict.fromkeys(PHASES, 0.0)  # wall seconds, each phase's own (see timed)
+        self._timing: list[str] = []  # the phases running now, innermost last
         self._measured: dict[str, Any] | None = None
+
+    @contextlib.contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Add the block's wall time to ``phase``, less the time of phases nested inside it (the capture
+        that first needs the model does not count the load), so the phases add up to the run's time."""
+        if phase not in self.phases:
+            raise ValueError(f"unknown phase '{phase}'; phases are {', '.join(PHASES)}")
+        outer = self._timing[-1] if self._timing else None
+        self._timing.append(phase)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            self._timing.pop()
+            self.phases[phase] += elapsed
+            if outer is not None:
+                self.phases[outer] -= elapsed
 
     @cached_property
     def prompts(self) -> dict[str, list[str]]:
@@ -117,7 +143,8 @@ class ModelRun:
     @cached_property
     def fingerprint(self) -> Fingerprint:
         """What the checkpoint is, by content; computed before any model loads, without torch."""
-        return of_model(self.spec, Path(self.options.cache_dir))
+        with self.timed("fingerprint"):
+            return of_model(self.spec, Path(self.options.cache_dir))
 
     @cached_property
     def loaded(self) -> LoadedModel:
@@ -125,21 +152,24 @@ class ModelRun:
 
         A hub model is loaded at the fingerprinted commit, not at its branch; a checkpoint that changed
         while it was loading is refused, since its activations would be stored under the old fingerprint."""
-        from geomcheck import models
-
         expected = self.fingerprint
-        self.check_memory()
-        self.loads += 1
-        loaded = models.load(
-            replace(self.spec, revision=expected.revision) if expected.revision else self.spec,
-            device=self.options.device,
-            dtype=self.options.dtype,
-            device_map=self.options.device_map,
-            trust_remote_code=self.options.trust_remote_code,
-            cache_dir=Path(self.options.cache_dir),
-        )
+        with self.timed("load/convert"):
+            from geomcheck import models
+
+            self.check_memory()
+            self.loads += 1
+            loaded = models.load(
+                replace(self.spec, revision=expected.revision) if expected.revision else self.spec,
+                device=self.options.device,
+                dtype=self.options.dtype,
+                device_map=self.options.device_map,
+                trust_remote_code=self.options.trust_remote_code,
+                cache_dir=Path(self.options.cache_dir),
+            )
         commit = getattr(loaded.model.config, "_commit_hash", None) if expected.revision else None
-        if (commit and commit != expected.revision) or of_model(self.spec, Path(self.options.cache_dir)) != expected:
+        with self.timed("fingerprint"):
+            changed = of_model(self.spec, Path(self.options.cache_dir)) != expected
+        if (commit and commit != expected.revision) or changed:
             raise FingerprintError(
                 f"{self.name} changed while it was loading (fingerprinted {expected.revision or expected.weights}, "
                 f"loaded {commit or 'other files'}); re-run once the checkpoint is no longer being written."
@@ -238,9 +268,11 @@ class ModelRun:
             check_complete(result, {name: len(prompts) for name, prompts in self.prompts.items()})
             return {**activations.to_arrays(result), MEASURED: pack_measured(measured)}
 
-        arrays = self._cached("activations", self._activations_key, compute, self._run_meta)
-        self._measured = unpack_measured(arrays)
-        return activations.from_arrays(arrays)
+        key, meta = self._activations_key, self._run_meta
+        with self.timed("capture"):
+            arrays = self._cached("activations", key, compute, meta)
+            self._measured = unpack_measured(arrays)
+            return activations.from_arrays(arrays)
 
     def _capture(self, loaded: LoadedModel) -> tuple[Capture, dict[str, Any]]:
         """The capture, and what it measured (see :attr:`measured`)."""
@@ -289,29 +321,56 @@ class ModelRun:
             return {**geometry_to_arrays(geometry), MEASURED: pack_measured(self.measured)}
 
         key = {"format": GEOMETRY_FORMAT, "activations": self._activations_key, "n_boot": self.options.n_boot, "seed": self.options.seed}
-        arrays = self._cached("geometry", key, compute, self._run_meta)
-        self._measured = unpack_measured(arrays)
-        return geometry_from_arrays(arrays)
+        meta = self._run_meta
+        with self.timed("statistics"):
+            arrays = self._cached("geometry", key, compute, meta)
+            self._measured = unpack_measured(arrays)
+            return geometry_from_arrays(arrays)
 
     @cached_property
     def weights(self) -> WeightOverlap:
-        """Layers × layers overlap of the top-k output directions, per kind of writing matrix."""
+        """Layers × layers overlap of the top-k output directions, per kind of writing matrix, read from the
+        checkpoint's files tensor by tensor: the model is never loaded for it (:mod:`geomcheck.checkpoint`)."""
 
         def compute() -> Arrays:
-            from geomcheck.families import residual_writers
+            from geomcheck.checkpoint import checkpoint_writers
 
             bases: dict[str, list[np.ndarray]] = {}
-            for _, kind, weight in residual_writers(self.loaded.model):
+            for _, kind, weight in checkpoint_writers(self.checkpoint_location()):
                 bases.setdefault(kind, []).append(top_left_singular_vectors(weight, self.options.top_k))
             arrays = {kind: overlap_matrix(b) for kind, b in bases.items()}
             first = next(iter(bases.values()))[0]
             arrays["shape"] = np.array(first.shape, dtype=np.int64)
             return arrays
 
-        key = {k: v for k, v in self.identity.items() if k != "tokenizer"}  # a new chat template changes no weight
-        arrays = self._cached("weights", {**key, "top_k": self.options.top_k}, compute, self.identity)
+        # the stored weights alone decide: no tokenizer (a new chat template changes no weight), no --dtype
+        # (the files are read as stored)
+        key = {k: v for k, v in self.identity.items() if k not in ("tokenizer", "dtype")}
+        key = {**key, "top_k": self.options.top_k, "method": TOPK_METHOD}
+        identity = self.identity
+        with self.timed("weights"):
+            arrays = self._cached("weights", key, compute, identity)
         d_model, k = (int(x) for x in arrays.pop("shape"))
         return WeightOverlap(arrays, k=k, d_model=d_model)
+
+    def checkpoint_location(self) -> Path:
+        """The checkpoint's weights as files: its directory, or its GGUF file. A hub model not in the local
+        cache has its weight files (not the model) fetched at the fingerprinted commit."""
+        from geomcheck import models
+
+        spec = self.spec
+        if spec.local_path or spec.snapshot:
+            return Path(spec.local_path or spec.snapshot)  # type: ignore[arg-type]
+        if spec.gguf_file:  # a shipped GGUF, or a user's (hub_id is then its path)
+            root = models.package_dir(spec) if spec.package else Path(spec.hub_id).parent
+            return root / spec.gguf_file
+        if spec.package:
+            root = models.package_dir(spec)
+            return root / spec.subdir if spec.subdir else root
+        from huggingface_hub import snapshot_download
+
+        patterns = ["config.json", "*.safetensors", "*.safetensors.index.json"]
+        return Path(snapshot_download(spec.hub_id, revision=self.fingerprint.revision, allow_patterns=patterns, cache_dir=os.environ.get("HF_HUB_CACHE") or None))
 
 
 @dataclass(frozen=True)

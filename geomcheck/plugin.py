@@ -158,7 +158,9 @@ def _computed_and_drawn(
     ``draw(model, value, artifacts_dir)`` and listed as ``kind`` (default: ``what``)."""
     with _live(request.config):
         value = session.computed(model_arg, what)
-    session.add_figure(model_arg, kind or what, draw(session.display_names[model_arg], value, session.artifacts_dir))
+    with session.run(model_arg).timed("figures"):
+        path = draw(session.display_names[model_arg], value, session.artifacts_dir)
+    session.add_figure(model_arg, kind or what, path)
     return value
 
 
@@ -206,10 +208,11 @@ def geomcheck_overlay(geometry: Geometry, model_name: str, geomcheck_session: Ge
         from geomcheck import figures
 
         model, out_dir = geomcheck_session.display_names[model_name], geomcheck_session.artifacts_dir
-        path = figures.write_geometry(model, geometry, out_dir, baseline=baseline, drift=drift)
-        geomcheck_session.add_figure(model_name, "geometry-vs-baseline", path)
-        if drift is not None:
-            geomcheck_session.add_figure(model_name, "drift-map", figures.write_drift_map(model, drift, out_dir))
+        with geomcheck_session.run(model_name).timed("figures"):
+            path = figures.write_geometry(model, geometry, out_dir, baseline=baseline, drift=drift)
+            geomcheck_session.add_figure(model_name, "geometry-vs-baseline", path)
+            if drift is not None:
+                geomcheck_session.add_figure(model_name, "drift-map", figures.write_drift_map(model, drift, out_dir))
         return path
 
     return draw
@@ -238,9 +241,23 @@ def geomcheck_record(request: pytest.FixtureRequest):
     return record
 
 
+BASELINE_CHECK = "matches_baseline"  # its call is the "baseline" phase (its figures count under "figures")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    """Time the baseline gate's comparison as its model's "baseline" phase."""
+    session = item.config.stash.get(SESSION_KEY, None)
+    model_arg = getattr(getattr(item, "callspec", None), "params", {}).get("model_name")
+    if session is None or check_name(item) != BASELINE_CHECK or model_arg not in session.runs or item.get_closest_marker("geomcheck_check") is None:
+        return (yield)
+    with session.runs[model_arg].timed("baseline"):
+        return (yield)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    """Attach the model's figures and load count to each check's call report (JUnit properties, summary);
+    """Attach the model's figures, load count and time per phase so far to each check's call report (JUnit properties, summary);
     embed the figures in pytest-html's report, when pytest-html is installed."""
     model_arg = getattr(getattr(item, "callspec", None), "params", {}).get("model_name")
     session = item.config.stash.get(SESSION_KEY, None)
@@ -249,6 +266,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             item.user_properties.append((f"geomcheck_figure_{kind}", str(path)))
         if model_arg in session.runs:
             item.user_properties.append(("geomcheck_loads", session.runs[model_arg].loads))
+            item.user_properties.append(("geomcheck_phases", dict(session.runs[model_arg].phases)))
     report = yield
     if report.failed and call.excinfo is not None and session is not None:
         session.show_once(item.nodeid, call.excinfo.value, report)

@@ -40,6 +40,7 @@ class Summary:
         self.results: dict[str, CheckResult] = {}  # by node id
         self.figures: dict[str, dict[str, Path]] = {}  # model -> figure kind -> file
         self.loads: dict[str, int] = {}
+        self.phases: dict[str, dict[str, float]] = {}  # model -> phase -> seconds, as of its latest check
         self.digests: dict[str, ModelDigest] = {}  # model -> what was measured (from every worker)
         self.failures: list[Failure] = []
         self.models_figure: Path | None = None
@@ -101,6 +102,8 @@ class Summary:
                 self.figures.setdefault(model, {})[key.removeprefix("geomcheck_figure_")] = Path(value)
         if "geomcheck_loads" in properties:
             self.loads[model] = properties["geomcheck_loads"]
+        if "geomcheck_phases" in properties:
+            self.phases[model] = properties["geomcheck_phases"]
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         from geomcheck import ci
@@ -125,11 +128,19 @@ class Summary:
         for digest in self.digests.values():
             if digest.geometry is not None and "kurtosis" in "".join(digest.geometry.values):
                 terminalreporter.write_line(f"{digest.model}: {digest.geometry.tails()}")
+        for model, phases in self.phases.items():
+            terminalreporter.write_line(phase_line(model, phases))
         for line in self.comparison:
             terminalreporter.write_line(line)
         if self.models_figure is not None:
             terminalreporter.write_line(f"all models: figure {self.models_figure}")
         cache_line(terminalreporter)
+
+
+def phase_line(model: str, phases: dict[str, float]) -> str:
+    """Where a model's run spent its wall time, phase by phase (:data:`geomcheck.pipeline.PHASES`)."""
+    parts = " · ".join(f"{phase} {seconds:.1f} s" for phase, seconds in phases.items())
+    return f"{model}: time {parts} (total {sum(phases.values()):.1f} s)"
 
 
 def cache_line(terminalreporter) -> None:

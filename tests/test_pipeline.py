@@ -124,3 +124,24 @@ def test_streams_come_back_from_the_cache_in_forward_order(tmp_path, tiny_llama_
     cached = ModelRun(str(tiny_llama_dir), options(tmp_path))
     assert list(cached.capture.samples["harmful"]) == ["pre", "mid", "post"]
     assert cached.geometry.streams == ("pre", "mid", "post") and cached.loads == 0
+
+
+def test_phases_count_their_own_time_not_the_phases_nested_inside(tmp_path):
+    """A capture that first needs the model does not count the load: the phases add up to the wall time."""
+    import time
+
+    from geomcheck.pipeline import PHASES, ModelRun, RunOptions
+
+    run = ModelRun("smollm2-135m", RunOptions(cache_dir=tmp_path))
+    start = time.perf_counter()
+    with run.timed("capture"):
+        time.sleep(0.02)
+        with run.timed("load/convert"):
+            time.sleep(0.05)
+    wall = time.perf_counter() - start
+    assert tuple(run.phases) == PHASES
+    assert run.phases["load/convert"] >= 0.05 and 0.02 <= run.phases["capture"] < 0.05
+    assert sum(run.phases.values()) == pytest.approx(wall, abs=0.005)
+    with pytest.raises(ValueError, match="unknown phase 'loading'"):
+        with run.timed("loading"):
+            pass

@@ -16,7 +16,7 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from geomcheck_bench import agree, measure, report  # noqa: E402
+from geomcheck_bench import agree, measure, report, topk  # noqa: E402
 from geomcheck_bench.peers import METHODS, Context, NotApplicable  # noqa: E402
 from geomcheck_bench.subject import RANDOM_SUFFIX, load_subject  # noqa: E402
 
@@ -45,6 +45,10 @@ def parser() -> argparse.ArgumentParser:
                     help="prompt counts for the samples-memory runs, or 'none' (always none for *-random models)")
     ap.add_argument("--extra-site", action="append", default=[], metavar="DIR",
                     help="site-packages appended to sys.path, for nnsight and transformer-lens installed apart")
+    ap.add_argument("--topk", default="none", metavar="MODELS",
+                    help="comma list of registry models whose writer shapes get the top-k vs full SVD table, or 'none'")
+    ap.add_argument("--topk-reference", default="3072x3072", metavar="MxN",
+                    help="shape where the float64 full SVD is measured (scaled by flops elsewhere); default 3072x3072")
     ap.add_argument("--write-readme", type=Path, default=None, metavar="README.md",
                     help="replace the block between the bench markers in this file")
     return ap
@@ -123,6 +127,10 @@ def run(argv: list[str]) -> tuple[list[report.ModelResult], str]:
         "repeats": args.repeats,
     }
     block = report.readme_block(results, measure.machine_info(), setup)
+    if args.topk != "none":
+        reference = tuple(int(x) for x in args.topk_reference.lower().split("x"))
+        rows, overlap = topk.measure({name: topk.writer_shapes(name) for name in args.topk.split(",")}, reference, log)
+        block += "\n\n" + topk.table(rows, overlap, reference)
     print("## README block\n")
     print(block)
     if args.write_readme:
