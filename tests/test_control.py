@@ -59,3 +59,20 @@ def test_the_summary_shows_the_twin_beside_each_figure(pytester: pytest.Pytester
     text = result.stdout.str()
     assert "[failed] || untrained twin: harmful exponential ×" in text  # H1: the tiny random Llama grows as a power law
     assert "|| untrained twin: harmful attention's share " in text
+
+
+def test_a_threshold_can_ask_that_the_effect_exceed_the_twins():
+    """With the twin equal to the checkpoint (no effect of training), the over-control thresholds fail
+    both checks; off (0, the shipped default), the twin is only reported."""
+    from geomcheck import thresholds
+    from geomcheck.checks.test_streams_separate import test_streams_separate
+    from geomcheck.checks.test_variance_grows import test_variance_grows
+    from test_check_verdicts import crafted, verdict
+
+    geometry, shipped = crafted(growth=1.3, mid_over_pre=1.5), thresholds.shipped()
+    recorded, failure = verdict(test_variance_grows, geometry, "mid", shipped["variance_grows"], geometry)
+    assert failure is None
+    _, failure = verdict(test_variance_grows, geometry, "mid", {**shipped["variance_grows"], "min_rate_over_control": 1.1}, geometry)
+    assert failure is not None and "the growth holds for any network of this shape" in failure
+    _, failure = verdict(test_streams_separate, geometry, {**shipped["streams_separate"], "min_share_over_control": 0.1}, geometry)
+    assert failure is not None and "it holds for any network of this shape" in failure
