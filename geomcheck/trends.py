@@ -148,6 +148,7 @@ class GrowthShape:
 
     exponential: GrowthFit
     power: float
+    power_intercept: float
     power_r2: float
     delta_aic: float
     degenerate: tuple[int, ...]
@@ -156,6 +157,11 @@ class GrowthShape:
     def excluded(self) -> tuple[int, ...]:
         """Every layer left out: degenerate, or zero / non-finite further on."""
         return tuple(sorted(set(self.degenerate) | set(self.exponential.excluded)))
+
+    def curves(self, layers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Both fitted curves at ``layers``, in the curve's own units (for the figure)."""
+        fit = self.exponential
+        return np.exp(fit.intercept + fit.slope * layers), np.exp(self.power_intercept + self.power * np.log1p(layers))
 
     def describe(self) -> str:
         return f"exponential ×{self.exponential.rate:.3g}/layer R²={self.exponential.r2:.2f}, power law (l+1)^{self.power:.2f} R²={self.power_r2:.2f}, ΔAIC {self.delta_aic:+.1f}"
@@ -182,6 +188,7 @@ def growth_shape(values: np.ndarray, degenerate_jump: float) -> GrowthShape:
     return GrowthShape(
         exponential=exponential,
         power=power,
+        power_intercept=intercept,
         power_r2=1.0 - power_rss / ss_tot if ss_tot > floor else 1.0,
         delta_aic=y.size * float(np.log(max(exponential_rss, floor) / max(power_rss, floor))),
         degenerate=degenerate,
