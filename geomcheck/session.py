@@ -59,10 +59,10 @@ class GeomcheckSession:
 
     def control_geometry(self, model_arg: str) -> Any:
         """The untrained twin's Geometry (``--geomcheck-control``), or None when no twin is asked for."""
-        from geomcheck.pipeline import ModelRun
-
         if self.options.control is None:
             return None
+        from geomcheck.pipeline import ModelRun
+
         if model_arg not in self.controls:
             self.controls[model_arg] = ModelRun(model_arg, self.options, control=self.options.control)
         return self.controls[model_arg].geometry
