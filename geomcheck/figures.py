@@ -148,6 +148,29 @@ def _mark_massive(ax: Axes, geometry: Geometry, stream: str, key: str, layers: n
     ax.plot(layers[massive], y[massive], linestyle="none", marker="v", color=colour, label=label)
 
 
+def _draw_fits(ax: Axes, geometry: Geometry, stream: str) -> None:
+    """Hypothesis 1's two fits to ``stream``'s mean variance, over the layers its check keeps (the shipped
+    ``degenerate_jump``): thin solid the exponential, dash-dot the power law, in each set's colour, named
+    in a note inside the panel (lines labelled ``_fit …`` stay out of the figure's one legend)."""
+    from geomcheck import thresholds
+    from geomcheck.trends import growth_shape
+
+    jump = thresholds.shipped()["variance_grows"]["degenerate_jump"]
+    notes: list[str] = []
+    for which, colour in SET_COLOURS.items():
+        try:
+            shape = growth_shape(geometry.curve(stream, "var_mean", which), jump)
+        except ValueError:  # fewer than 3 usable layers: nothing to fit
+            continue
+        layers = np.arange(geometry.n_layers)[np.isfinite(shape.exponential.residuals)].astype(np.float64)
+        exponential, power = shape.curves(layers)
+        ax.plot(layers, exponential, "-", color=colour, linewidth=0.8, alpha=0.7, label=f"_fit exponential {stream} {which}")
+        ax.plot(layers, power, "-.", color=colour, linewidth=0.8, alpha=0.7, label=f"_fit power law {stream} {which}")
+        notes.append(f"{stream} {which}: exp ×{shape.exponential.rate:.3g}/layer (thin) vs (l+1)^{shape.power:.2f} (dash-dot), ΔAIC {shape.delta_aic:+.1f}")
+    if notes:
+        ax.text(0.01, 0.98, "\n".join(notes), transform=ax.transAxes, fontsize="x-small", va="top")
+
+
 def _layer_axis(ax: Axes) -> None:
     ax.set_xlabel("layer")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole numbers
@@ -178,6 +201,8 @@ def geometry_figure(geometry: Geometry, title: str, baseline: Geometry | None = 
             _draw(ax, geometry, statistic, streams, log, baseline=False, bands=baseline is None)
             if drift is not None:
                 _mark_drift(ax, geometry, statistic, streams[0], drift, log)
+            if statistic == "var_mean" and baseline is None and "mid" in streams:
+                _draw_fits(ax, geometry, "mid")
             ax.set_title(panel_title if baseline is None else f"{streams[0]}: {panel_title}", fontsize="medium")
             ax.grid(True, which="major", alpha=0.3)
     for ax in axes[-1]:

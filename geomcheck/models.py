@@ -123,6 +123,39 @@ def load(
     return LoadedModel(spec=spec, model=model, tokenizer=tokenizer, dtype=torch_dtype, device=device)
 
 
+def load_random_init(
+    spec: ModelSpec,
+    *,
+    seed: int,
+    device: str = "cpu",
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+    cache_dir: Path | None = None,
+) -> LoadedModel:
+    """The model's untrained twin: its config and tokenizer, and weights freshly initialised by the
+    architecture's own init, seeded, built on ``device``; no weight file is read (a shipped GGUF is
+    converted once, as for :func:`load`, to read its config). What the checks see on it holds for any
+    network of this shape, not because of training."""
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
+
+    torch_dtype = parse_dtype(dtype, spec)
+    check_dtype_on_device(torch_dtype, device)
+    location, kwargs = _weights_location(spec, cache_dir or default_cache_dir())
+    kwargs["trust_remote_code"] = spec.trust_remote_code or trust_remote_code
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        supply_chat_template(tokenizer, spec)
+        config = AutoConfig.from_pretrained(location, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not read the config and tokenizer of '{spec.name}' from '{location}' for its random-init twin: {exc}") from exc
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = getattr(transformers, spec.auto_class).from_config(config, trust_remote_code=kwargs["trust_remote_code"])
+    model = model.to(torch_dtype).eval()
+    return LoadedModel(spec=spec, model=model, tokenizer=tokenizer, dtype=torch_dtype, device=device)
+
+
 def supply_chat_template(tokenizer: Any, spec: ModelSpec) -> None:
     """Give a tokenizer that ships no chat template the one its registry entry names (Qwen 1's is remote code
     without one); a tokenizer's own template always wins."""

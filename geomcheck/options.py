@@ -22,6 +22,7 @@ DTYPE_NAMES = ("float32", "bfloat16", "float16")
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 DEVICE_PATTERN = re.compile(r"^(cpu|mps|(cuda|xpu|npu)(:\d+)?)$")
 MIN_PROMPTS = 2  # a variance needs two samples (the pipeline checks the sets again after cutting)
+CONTROLS = ("random-init",)  # --geomcheck-control: untrained twins a run can report beside the checkpoint
 EXPECTED_FAILURES = "expected_failures"
 ENTRY_PATTERN = re.compile(r"^(?P<check>[A-Za-z_][A-Za-z0-9_]*)(\[(?P<stream>[^\]]*)\])?$")
 
@@ -99,6 +100,7 @@ def validate_settings(settings: Mapping[str, Any]) -> None:
     _choice(settings, "position", POSITIONS)
     _choice(settings, "dtype", DTYPE_NAMES)
     _choice(settings, "device-map", DEVICE_MAPS)
+    _choice(settings, "geomcheck-control", CONTROLS)
     for name, check in (("streams", streams), ("device", device)):
         if settings.get(name):  # not given: RunOptions' default
             check(settings[name])

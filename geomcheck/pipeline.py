@@ -71,6 +71,7 @@ class RunOptions:
     device_map: str | None = None
     trust_remote_code: bool = False
     cache_dir: Path = field(default_factory=registry.default_cache_dir)
+    control: str | None = None  # the untrained twin run beside each model (--geomcheck-control), if any
     progress: bool = True
 
 
@@ -80,10 +81,13 @@ class ModelRun:
     torch and transformers are imported only when the model must run: a fully cached re-run never needs them.
     """
 
-    def __init__(self, name: str, options: RunOptions) -> None:
+    def __init__(self, name: str, options: RunOptions, control: str | None = None) -> None:
+        """``control="random-init"``: the model's untrained twin (same architecture and tokenizer, fresh
+        weights seeded by ``options.seed``), cached apart from the checkpoint by its :attr:`identity`."""
         self.name = name
         self.spec = registry.resolve(name)
         self.options = options
+        self.control = control
         self.loads = 0
         self.phases: dict[str, float] = dict.fromkeys(PHASES, 0.0)  # wall seconds, each phase's own (see timed)
         self._timing: list[str] = []  # the phases running now, innermost last
@@ -158,6 +162,15 @@ class ModelRun:
 
             self.check_memory()
             self.loads += 1
+            if self.control is not None:
+                return models.load_random_init(
+                    self.spec,
+                    seed=self.options.seed,
+                    device=self.options.device,
+                    dtype=self.options.dtype,
+                    trust_remote_code=self.options.trust_remote_code,
+                    cache_dir=Path(self.options.cache_dir),
+                )
             loaded = models.load(
                 replace(self.spec, revision=expected.revision) if expected.revision else self.spec,
                 device=self.options.device,
@@ -209,6 +222,8 @@ class ModelRun:
             "tokenizer": fingerprint.tokenizer,
             "dtype": self.dtype,
             "geomcheck": geomcheck.__version__,
+            # the twin's weights are the seed's, drawn by the device's generator (CPU and CUDA draw differently)
+            **({"control": self.control, "control_seed": self.options.seed, "control_device": self.options.device.split(":")[0]} if self.control else {}),
         }
 
     @property
@@ -334,9 +349,12 @@ class ModelRun:
 
         def compute() -> Arrays:
             from geomcheck.checkpoint import checkpoint_writers
+            from geomcheck.families import residual_writers
 
+            # the untrained twin has no files: its writers are the freshly initialised model's
+            writers = residual_writers(self.loaded.model) if self.control else checkpoint_writers(self.checkpoint_location())
             bases: dict[str, list[np.ndarray]] = {}
-            for _, kind, weight in checkpoint_writers(self.checkpoint_location()):
+            for _, kind, weight in writers:
                 bases.setdefault(kind, []).append(top_left_singular_vectors(weight, self.options.top_k))
             arrays = {kind: overlap_matrix(b) for kind, b in bases.items()}
             first = next(iter(bases.values()))[0]

@@ -185,6 +185,14 @@ def geometry(request: pytest.FixtureRequest, model_run: ModelRun, model_name: st
 
 
 @pytest.fixture(scope="session")
+def geomcheck_control(request: pytest.FixtureRequest, model_name: str, geomcheck_session: GeomcheckSession) -> Geometry | None:
+    """The untrained twin's per-layer statistics (``--geomcheck-control random-init``: same architecture and
+    prompts, fresh seeded weights, cached like any model), or None when the option is not given."""
+    with _live(request.config):
+        return geomcheck_session.control_geometry(model_name)
+
+
+@pytest.fixture(scope="session")
 def activations(model_run: ModelRun, geomcheck_session: GeomcheckSession, model_name: str) -> dict[str, dict[str, Any]]:
     """Raw last-token activations: {set: {stream: array (prompts, layers, features)}}."""
     return geomcheck_session.computed(model_name, "capture").samples
@@ -226,17 +234,20 @@ def thresholds(request: pytest.FixtureRequest, geomcheck_session: GeomcheckSessi
 
 @pytest.fixture
 def geomcheck_record(request: pytest.FixtureRequest):
-    """Call with the check's key figure (a string); it goes to the terminal summary and the JUnit XML.
-    A check that records nothing is still listed in the summary with its outcome."""
+    """Call with the check's key figure (a string), and ``control=`` the untrained twin's where one ran;
+    they go to the terminal summary (the twin's in a column of its own) and the JUnit XML. A check that
+    records nothing is still listed in the summary with its outcome."""
     model_arg = getattr(getattr(request.node, "callspec", None), "params", {}).get("model_name")
 
-    def record(text: str) -> None:
+    def record(text: str, control: str | None = None) -> None:
         if model_arg is None:
             raise TypeError("geomcheck_record records a figure of a model: the check must use a model fixture "
                             "(geometry, weights, activations or model_name)")
         # Straight onto the item, as record_property does, minus its warning under junit_family xunit2
         # (pytest's default); properties travel with the report, so the summary also works under xdist.
         request.node.user_properties.append(("geomcheck", text))
+        if control is not None:
+            request.node.user_properties.append(("geomcheck_control", control))
 
     return record
 

@@ -41,6 +41,7 @@ class GeomcheckSession:
     failures: dict[str, BaseException] = field(default_factory=dict)  # model as given -> the error its run raised
     shown: dict[int, tuple[BaseException, str]] = field(default_factory=dict)  # id(error) -> (error, first node id)
     figures: dict[str, dict[str, Path]] = field(default_factory=dict)  # model as given -> figure kind -> file
+    controls: dict[str, ModelRun] = field(default_factory=dict)  # model as given -> its untrained twin's run
 
     def add_figure(self, model_arg: str, kind: str, path: Path) -> None:
         self.figures.setdefault(model_arg, {})[kind] = path
@@ -55,6 +56,16 @@ class GeomcheckSession:
         if model_arg not in self.runs:
             self.runs[model_arg] = ModelRun(model_arg, self.options)
         return self.runs[model_arg]
+
+    def control_geometry(self, model_arg: str) -> Any:
+        """The untrained twin's Geometry (``--geomcheck-control``), or None when no twin is asked for."""
+        if self.options.control is None:
+            return None
+        from geomcheck.pipeline import ModelRun
+
+        if model_arg not in self.controls:
+            self.controls[model_arg] = ModelRun(model_arg, self.options, control=self.options.control)
+        return self.controls[model_arg].geometry
 
     def computed(self, model_arg: str, what: str) -> Any:
         """``run(model_arg).<what>``; a model whose run failed once is not retried (no second load, no second

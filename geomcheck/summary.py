@@ -45,6 +45,7 @@ class Summary:
         self.failures: list[Failure] = []
         self.models_figure: Path | None = None
         self.comparison: list[str] = []
+        self.controls: dict[str, str] = {}  # node id -> the untrained twin's figure (--geomcheck-control)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node, error) -> None:
@@ -96,6 +97,8 @@ class Summary:
             return
         model, check, stream = properties["geomcheck_id"]
         outcome = "xfail" if hasattr(report, "wasxfail") else "error" if report.failed and report.when == "setup" else report.outcome
+        if "geomcheck_control" in properties:
+            self.controls[report.nodeid] = properties["geomcheck_control"]
         self.results[report.nodeid] = CheckResult(model, check, stream, properties.get("geomcheck", "no figure recorded"), outcome)
         for key, value in properties.items():
             if key.startswith("geomcheck_figure_"):
@@ -114,11 +117,11 @@ class Summary:
         if not self.results:
             return
         terminalreporter.section("geomcheck")
-        grouped: dict[tuple[str, str], list[CheckResult]] = {}
-        for result in self.results.values():
-            grouped.setdefault((result.model, result.check), []).append(result)
+        grouped: dict[tuple[str, str], list[tuple[CheckResult, str | None]]] = {}
+        for nodeid, result in self.results.items():
+            grouped.setdefault((result.model, result.check), []).append((result, self.controls.get(nodeid)))
         for (model, check), results in grouped.items():
-            parts = [f"{r.stream + ': ' if r.stream else ''}{r.text} [{r.outcome}]" for r in results]
+            parts = [f"{r.stream + ': ' if r.stream else ''}{r.text} [{r.outcome}]" + (f" || untrained twin: {twin}" if twin else "") for r, twin in results]
             terminalreporter.write_line(f"{model:<18} {check:<26} " + " | ".join(parts))
         for model, paths in self.figures.items():
             for path in paths.values():

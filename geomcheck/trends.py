@@ -1,7 +1,8 @@
 """How a per-layer curve behaves with depth: the tests of shape the hypotheses are phrased in.
 
-A log-linear growth fit (hypothesis 1), the separation of two curves by their intervals (hypothesis 2) and
-a monotone trend (hypothesis 3). Plain numpy.
+A log-linear growth fit and its comparison with a power law (hypothesis 1), the separation of two curves
+by their intervals and attention's share of each layer's step (hypothesis 2) and a monotone trend
+(hypothesis 3). Plain numpy.
 """
 
 from __future__ import annotations
@@ -117,6 +118,83 @@ def growth_fit(values: np.ndarray, outlier_z: float = 3.0) -> GrowthFit:
     )
 
 
+def degenerate_layers(values: np.ndarray, jump: float) -> tuple[int, ...]:
+    """The leading layers that cannot carry a depth trend: each is zero or non-finite, or lies more than
+    ``jump`` times below the next layer's value.
+
+    At the last chat-template token every prompt's input to layer 0 is the same: its variance is 0
+    (``pre``) or whatever little attention mixes in (``mid``, 3.6e-5 on SmolLM2), and in log space that
+    one point decides any fit. Only leading layers qualify: once the prompts' states differ, every later
+    layer sees the difference, so an interior dip is a break in trend (an outlier), not degeneracy."""
+    values = np.asarray(values, dtype=np.float64)
+    leading: list[int] = []
+    for layer in range(values.size - 1):
+        value, following = values[layer], values[layer + 1]
+        if np.isfinite(value) and value > 0 and not (np.isfinite(following) and value * jump < following):
+            break
+        leading.append(layer)
+    return tuple(leading)
+
+
+@dataclass(frozen=True, eq=False)
+class GrowthShape:
+    """Exponential against power-law growth of a per-layer curve, on the layers that can carry a trend.
+
+    ``exponential`` is :func:`growth_fit` (``log v = a + b·l``) with the ``degenerate`` leading layers
+    left out; ``power`` and ``power_r2`` are the power law's ``log v = a + p·log(l+1)``. Both fits have
+    two parameters, so ``delta_aic`` (AIC of the exponential minus the power law's, Gaussian residuals)
+    is ``n·log(RSS_exp / RSS_pow)``: negative where the exponential fits better.
+    """
+
+    exponential: GrowthFit
+    power: float
+    power_intercept: float
+    power_r2: float
+    delta_aic: float
+    degenerate: tuple[int, ...]
+
+    @property
+    def excluded(self) -> tuple[int, ...]:
+        """Every layer left out: degenerate, or zero / non-finite further on."""
+        return tuple(sorted(set(self.degenerate) | set(self.exponential.excluded)))
+
+    def curves(self, layers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Both fitted curves at ``layers``, in the curve's own units (for the figure)."""
+        fit = self.exponential
+        return np.exp(fit.intercept + fit.slope * layers), np.exp(self.power_intercept + self.power * np.log1p(layers))
+
+    def describe(self) -> str:
+        return f"exponential ×{self.exponential.rate:.3g}/layer R²={self.exponential.r2:.2f}, power law (l+1)^{self.power:.2f} R²={self.power_r2:.2f}, ΔAIC {self.delta_aic:+.1f}"
+
+
+def growth_shape(values: np.ndarray, degenerate_jump: float) -> GrowthShape:
+    """Fit the exponential and the power law to ``values`` without its :func:`degenerate_layers`.
+
+    R² alone cannot tell them apart: for v = (l+1)^p, log v = p·log(l+1), whose R² against l does not
+    depend on p (0.85 at 30 layers), so the shape is decided by comparing the two fits."""
+    values = np.asarray(values, dtype=np.float64)
+    degenerate = degenerate_layers(values, degenerate_jump)
+    kept = values.copy()
+    kept[list(degenerate)] = np.nan
+    exponential = growth_fit(kept)
+    usable = np.isfinite(exponential.residuals)
+    y = np.log(kept[usable])
+    x = np.log1p(np.arange(values.size)[usable].astype(np.float64))
+    power, intercept = _ols(x, y)
+    power_rss = float(np.sum((y - intercept - power * x) ** 2))
+    exponential_rss = float(np.nansum(exponential.residuals**2))
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    floor = y.size * (_RESIDUAL_TOLERANCE * max(1.0, float(np.max(np.abs(y))))) ** 2  # an exact fit: rounding only
+    return GrowthShape(
+        exponential=exponential,
+        power=power,
+        power_intercept=intercept,
+        power_r2=1.0 - power_rss / ss_tot if ss_tot > floor else 1.0,
+        delta_aic=y.size * float(np.log(max(exponential_rss, floor) / max(power_rss, floor))),
+        degenerate=degenerate,
+    )
+
+
 def mean_log_ratio(lower: np.ndarray, upper: np.ndarray) -> float:
     """Mean over layers of ``log(upper / lower)``, over the layers where both are finite and positive (nan
     where none is): how far apart two curves are, e.g. a stream's variance over that of ``pre``."""
@@ -170,6 +248,30 @@ def separation(
         separated_layers=tuple(int(i) for i in layers[apart]),
         compared_layers=tuple(int(i) for i in layers[comparable]),
     )
+
+
+# Hypothesis 2's null: on a curve smooth on the scale of one layer (log-linear between ``pre`` at l and
+# ``post`` at l + 1), a stream read half a layer later sits half way, whatever attention does.
+POSITION_SHARE = 0.5
+
+
+def attention_shares(pre: np.ndarray, mid: np.ndarray, post: np.ndarray) -> np.ndarray:
+    """Attention's share of each layer's variance step, ``log(mid/pre) / log(post/pre)``; nan where a
+    value is zero or non-finite or the layer's step is 0 (no step to share)."""
+    pre, mid, post = (np.asarray(a, dtype=np.float64) for a in (pre, mid, post))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shares = np.log(mid / pre) / np.log(post / pre)
+    return np.where(np.isfinite(shares), shares, np.nan)
+
+
+def pooled_attention_share(pre: np.ndarray, mid: np.ndarray, post: np.ndarray) -> float:
+    """Attention's share of the variance growth over all layers, ``Σ log(mid/pre) / Σ log(post/pre)``
+    over the layers where all three are finite and positive: a ratio of sums, because a layer whose step
+    is near 0 would make its own ratio explode."""
+    pre, mid, post = (np.asarray(a, dtype=np.float64) for a in (pre, mid, post))
+    usable = np.isfinite(pre) & np.isfinite(mid) & np.isfinite(post) & (pre > 0) & (mid > 0) & (post > 0)
+    step = float(np.sum(np.log(post[usable] / pre[usable])))
+    return float(np.sum(np.log(mid[usable] / pre[usable]))) / step if usable.any() and step != 0 else float("nan")
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 fails, saying why in the user's terms, where it does not. The checks are called as plain functions.
 
 The prompts are crafted so that every statistic is known exactly: per layer, the centred noise of each set is
-scaled so that the mean variance grows by ``growth`` per layer (``mid`` by ``mid_over_pre`` more), and the two
+scaled so that the mean variance grows by ``growth`` per layer (``mid`` by ``mid_over_pre`` more, ``post`` by
+``growth``: the next layer's ``pre``), and the two
 sets' means separate as ``spread(layer)``, so their cosine falls with depth when ``spread`` increases.
 """
 
@@ -33,7 +34,8 @@ def crafted(growth: float = 1.3, mid_over_pre: float = 1.5, spread=lambda layer:
         means = np.stack([base + sign * spread(layer) * direction[1] for layer in range(LAYERS)])
         scale = growth ** (np.arange(LAYERS) / 2)[None, :, None]
         pre = means + noise * scale
-        samples[which] = {"pre": pre, "mid": means + noise * scale * np.sqrt(mid_over_pre), "post": pre}
+        post = means + noise * scale * np.sqrt(growth)  # the next layer's pre: the layer's whole step
+        samples[which] = {"pre": pre, "mid": means + noise * scale * np.sqrt(mid_over_pre), "post": post}
     return geometry_from_samples(samples, n_boot=20, seed=0)
 
 
@@ -41,34 +43,34 @@ def verdict(check, *args) -> tuple[list[str], str | None]:
     """The figures the check recorded and its failure message (None when it passed)."""
     recorded: list[str] = []
     try:
-        check(*args, recorded.append)
+        check(*args, lambda text, control=None: recorded.append(text))
     except AssertionError as failure:
         return recorded, str(failure)
     return recorded, None
 
 
 def test_variance_grows_passes_on_exponential_growth():
-    recorded, failure = verdict(variance_grows.test_variance_grows, crafted(growth=1.3), "mid", SHIPPED["variance_grows"])
+    recorded, failure = verdict(variance_grows.test_variance_grows, crafted(growth=1.3), "mid", SHIPPED["variance_grows"], None)
     assert failure is None
-    assert recorded[0].startswith("harmful ×1.3") and "R²=1.00" in recorded[0]
+    assert recorded[0].startswith("harmful exponential ×1.3/layer R²=1.00, power law (l+1)^") and "excluded: none" in recorded[0]
 
 
 def test_variance_grows_fails_on_shrinking_variance_naming_rate_and_threshold():
-    _, failure = verdict(variance_grows.test_variance_grows, crafted(growth=0.98), "pre", SHIPPED["variance_grows"])
+    _, failure = verdict(variance_grows.test_variance_grows, crafted(growth=0.98), "pre", SHIPPED["variance_grows"], None)
     assert failure is not None
-    assert "mean variance (harmful) grows ×0.98 [" in failure
-    assert "]/layer (95% interval), R²=1.00 on stream pre (need ≥ 1.05×, R² ≥ 0.8)" in failure
+    assert "mean variance (harmful) on stream pre: exponential ×0.98/layer R²=1.00" in failure
+    assert "(need ≥ 1.05×, R² ≥ 0.8, ΔAIC ≤ 0.0: exponential beats the power law)" in failure
     assert "mean variance (harmless)" in failure
 
 
 def test_streams_separate_passes_when_mid_is_larger():
-    recorded, failure = verdict(streams_separate.test_streams_separate, crafted(mid_over_pre=1.5), SHIPPED["streams_separate"])
+    recorded, failure = verdict(streams_separate.test_streams_separate, crafted(mid_over_pre=1.5), SHIPPED["streams_separate"], None)
     assert failure is None
     assert "harmful mid/pre ×1.50" in recorded[0] and "100% layers apart" in recorded[0]
 
 
 def test_streams_separate_fails_when_the_curves_coincide():
-    _, failure = verdict(streams_separate.test_streams_separate, crafted(mid_over_pre=1.0), SHIPPED["streams_separate"])
+    _, failure = verdict(streams_separate.test_streams_separate, crafted(mid_over_pre=1.0), SHIPPED["streams_separate"], None)
     assert failure is not None
     assert "pre and mid coincide (harmful): mean log(mid/pre) = " in failure
     assert "need |·| ≥ 0.0953 with an interval excluding 0" in failure
@@ -77,8 +79,8 @@ def test_streams_separate_fails_when_the_curves_coincide():
 def test_streams_separate_skips_without_both_streams():
     geometry = crafted()
     geometry.streams = ("pre", "post")
-    with pytest.raises(pytest.skip.Exception, match="needs streams pre and mid"):
-        verdict(streams_separate.test_streams_separate, geometry, SHIPPED["streams_separate"])
+    with pytest.raises(pytest.skip.Exception, match="needs streams pre, mid and post"):
+        verdict(streams_separate.test_streams_separate, geometry, SHIPPED["streams_separate"], None)
 
 
 def test_cosine_falls_passes_when_the_means_separate_with_depth():

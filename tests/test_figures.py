@@ -98,7 +98,9 @@ def test_colour_is_the_prompt_set_and_line_style_the_stream_as_in_the_note(geome
     cosine, var_mean, var_max = geometry_figure(geometry, "synthetic").axes
     assert labels(cosine) == {"pre", "mid"}
     expected = {"pre harmful", "pre harmless", "mid harmful", "mid harmless"}
-    assert labels(var_mean) == expected
+    fits = {f"_fit {kind} mid {which}" for kind in ("exponential", "power law") for which in ("harmful", "harmless")}
+    assert labels(var_mean) == expected | fits  # hypothesis 1's two fits, kept out of the legend
+    assert "mid harmful: exp ×" in var_mean.texts[0].get_text() and "ΔAIC" in var_mean.texts[0].get_text()
     assert {label for label in labels(var_max) if not label.startswith(("one feature", "_"))} == expected  # less the marks
     for ax in (var_mean, var_max):
         for which in ("harmful", "harmless"):

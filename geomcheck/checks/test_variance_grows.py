@@ -1,23 +1,42 @@
-"""Hypothesis 1: the mean over features of the per-feature variance grows near-exponentially with depth."""
+"""Hypothesis 1: the mean over features of the per-feature variance grows near-exponentially with depth.
+
+Null rejected: the curve grows no faster than ``min_rate``× per layer, or polynomially, (l+1)^p (the
+note's own explanation, linearly growing norms, predicts p = 2). R² alone cannot reject the power law
+(it gives the same R² for every p), so the exponential must also fit better than the power law.
+"""
 
 from geomcheck.geometry import SETS
+from geomcheck.trends import describe_layers, growth_shape
 
 
-def test_variance_grows(geometry, stream, thresholds, geomcheck_record):
-    """log(mean variance) is a straight line in the layer index: growth ≥ min_rate× per layer (reported
-    with its 95% bootstrap interval) and
-    R² ≥ min_r2, for both prompt sets. Layers whose variance is exactly 0 (every prompt ends in the same
-    chat-template tokens) cannot be logged; they are left out of the fit and named."""
-    figures, problems = [], []
+def test_variance_grows(geometry, stream, thresholds, geomcheck_control, geomcheck_record):
+    """On the layers that can carry a trend (leading layers with zero variance or ≥ ``degenerate_jump``×
+    below the next, i.e. template-degenerate, are left out and named): log(mean variance) against the
+    layer index grows ≥ min_rate× per layer with R² ≥ min_r2, and ΔAIC of that exponential against the
+    power law log v = a + p·log(l+1) is ≤ max_delta_aic (both have two parameters: the exponential leaves
+    the smaller residuals), for both prompt sets. The untrained twin's fits are reported beside them
+    (``--geomcheck-control``); with ``min_rate_over_control`` > 0 the rate must also exceed the twin's
+    by that factor."""
+    figures, twins, problems = [], [], []
     for prompt_set in SETS:
-        fit = geometry.growth(stream, "var_mean", prompt_set)
-        rate = geometry.describe(f"{stream}/growth_rate/{prompt_set}")
-        figures.append(f"{prompt_set} ×{rate}/layer R²={fit.r2:.2f}")
-        if fit.rate < thresholds["min_rate"] or fit.r2 < thresholds["min_r2"]:
+        shape = growth_shape(geometry.curve(stream, "var_mean", prompt_set), thresholds["degenerate_jump"])
+        fit = shape.exponential
+        excluded = describe_layers(shape.excluded) if shape.excluded else "none"
+        figure = f"{prompt_set} {shape.describe()} (excluded: {excluded}; all layers ×{geometry.describe(f'{stream}/growth_rate/{prompt_set}')})"
+        if geomcheck_control is not None:
+            twin = growth_shape(geomcheck_control.curve(stream, "var_mean", prompt_set), thresholds["degenerate_jump"])
+            twins.append(f"{prompt_set} {twin.describe()}")
+            if thresholds["min_rate_over_control"] > 0 and fit.rate < twin.exponential.rate * thresholds["min_rate_over_control"]:
+                problems.append(
+                    f"mean variance ({prompt_set}) grows ×{fit.rate:.3g}/layer on stream {stream}, not ≥ {thresholds['min_rate_over_control']}× "
+                    f"the untrained twin's ×{twin.exponential.rate:.3g}: the growth holds for any network of this shape"
+                )
+        figures.append(figure)
+        if fit.rate < thresholds["min_rate"] or fit.r2 < thresholds["min_r2"] or shape.delta_aic > thresholds["max_delta_aic"]:
             problems.append(
-                f"mean variance ({prompt_set}) grows ×{rate}/layer (95% interval), R²={fit.r2:.2f} on stream {stream} "
-                f"(need ≥ {thresholds['min_rate']}×, R² ≥ {thresholds['min_r2']}); {fit.describe_outliers()} "
-                f"break the trend; excluded (zero variance): {list(fit.excluded) or 'none'}"
+                f"mean variance ({prompt_set}) on stream {stream}: {shape.describe()} (need ≥ {thresholds['min_rate']}×, "
+                f"R² ≥ {thresholds['min_r2']}, ΔAIC ≤ {thresholds['max_delta_aic']}: exponential beats the power law); "
+                f"{fit.describe_outliers()} break the trend; excluded (zero or template-degenerate variance): {excluded}"
             )
-    geomcheck_record("; ".join(figures))
+    geomcheck_record("; ".join(figures), control="; ".join(twins) if twins else None)
     assert not problems, "\n".join(problems)
