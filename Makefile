@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.geomcheck-installed
 
-.PHONY: check test bench bench-readme clean
+.PHONY: check test bench bench-readme bench-sensitivity clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ bench: $(STAMP)
 
 bench-readme: $(STAMP)
 	PYTHONPATH=benchmarks $(BIN)/python -m geomcheck_bench $(BENCH_ARGS) --write-readme README.md
+
+# the README's "What the gate catches" table: edited copies of smollm2-135m against its baseline (~15 min, 1 thread)
+bench-sensitivity: $(STAMP)
+	OMP_NUM_THREADS=1 PYTHONPATH=benchmarks $(BIN)/python -m geomcheck_bench.sensitivity --threads 1 --write-readme README.md
 
 clean:
 	rm -rf $(VENV) geomcheck-artifacts
