@@ -32,7 +32,7 @@ bench: $(STAMP)
 bench-readme: $(STAMP)
 	PYTHONPATH=benchmarks $(BIN)/python -m geomcheck_bench $(BENCH_ARGS) --write-readme README.md
 
-# the README's "What the gate catches" table: edited copies of smollm2-135m against its baseline (~15 min, 1 thread)
+# the README's "What the gate catches" table: edited copies of smollm2-135m against its baseline (~25 min on 2 shared cores, 1 thread)
 bench-sensitivity: $(STAMP)
 	OMP_NUM_THREADS=1 PYTHONPATH=benchmarks $(BIN)/python -m geomcheck_bench.sensitivity --threads 1 --write-readme README.md
 

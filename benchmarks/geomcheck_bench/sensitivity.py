@@ -148,7 +148,7 @@ def _effect(comparison: Comparison) -> str:
     ]
     if not changes:
         return "–"
-    size, d = max(changes, key=lambda pair: pair[0])
+    _, d = max(changes, key=lambda pair: pair[0])
     return f"{d.difference / d.baseline:+.2%} ({d.stream} layer {d.layer})"
 
 
