@@ -54,6 +54,7 @@ BAND_ALPHA = 0.12  # six overlapping bands must stay see-through
 PNG_METADATA = {"Software": None}  # no version stamp: the same figure is the same bytes on any matplotlib
 KEY_FIELD = "geomcheck-content"  # PNG text field: the digest of what the figure shows (see _drawn_once)
 DRIFT_CLIP = 3.0  # the drift map's colour saturates at this many tolerances
+CHANGE_TITLE = "change from baseline, % (var_mean solid, var_max thin)"
 DRIFT_MARK = {"marker": "o", "markersize": 7, "markerfacecolor": "none", "markeredgecolor": "black", "linestyle": "none"}
 
 
@@ -121,6 +122,20 @@ def _mark_drift(ax: Axes, geometry: Geometry, statistic: str, stream: str, drift
         ax.plot(layers, _positive(y) if log else y, label=f"beyond tolerance {full}", **DRIFT_MARK)
 
 
+def _draw_change(ax: Axes, geometry: Geometry, baseline: Geometry, stream: str) -> None:
+    """The relative change per layer of each set's var_mean (and, thin, var_max) from the baseline, on a
+    linear axis: a step of a few percent that a log axis spanning decades hides is plain here."""
+    layers = np.arange(min(geometry.n_layers, baseline.n_layers))
+    for statistic, width in (("var_mean", 1.6), ("var_max", 0.8)):
+        for key, which, colour in _series(statistic):
+            before = np.asarray(baseline.curve(stream, key), dtype=np.float64)[layers]
+            now = np.asarray(geometry.curve(stream, key), dtype=np.float64)[layers]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                change = np.where(before > 0, 100.0 * (now - before) / before, np.nan)
+            ax.plot(layers, change, color=colour, linestyle=_style(stream), linewidth=width, label=f"change {_label(stream, which)} {statistic}")
+    ax.axhline(0.0, color=BASELINE_COLOUR, linewidth=0.9)
+
+
 def _legend(fig: Figure, streams: Sequence[str], extra: Sequence[Artist] = ()) -> None:
     """One legend for the figure, below the panels: colours name the sets, line styles the streams."""
     handles: list[Artist] = [Line2D([], [], color=COSINE_COLOUR, label="cosine (harmful vs harmless)")]
@@ -182,15 +197,16 @@ def geometry_figure(geometry: Geometry, title: str, baseline: Geometry | None = 
 
     With ``baseline``, one column per stream, so each panel holds only one stream's curves (labelled
     ``"<stream> <set>"``) over its baseline's in thin grey with the baseline's band (``"baseline <stream>
-    <set>"``): a regression is a coloured line leaving the grey band. ``drift`` circles the values beyond
-    tolerance.
+    <set>"``): a regression is a coloured line leaving the grey band. A fourth row shows the relative change
+    of the variances per layer on a linear axis, where a step of a few percent is visible. ``drift``
+    circles the values beyond tolerance.
     """
     if baseline is None:
         columns: list[tuple[str, ...]] = [tuple(geometry.streams)]
     else:
         columns = [(stream,) for stream in geometry.streams]
-    fig = _new_figure(figsize=(7.5, 10) if baseline is None else (3.6 * len(columns) + 1, 9.5))
-    axes = fig.subplots(len(PANELS), len(columns), sharex=True, squeeze=False)
+    fig = _new_figure(figsize=(7.5, 10) if baseline is None else (3.6 * len(columns) + 1, 12))
+    axes = fig.subplots(len(PANELS) + (baseline is not None), len(columns), sharex=True, squeeze=False)
     for row, (statistic, panel_title, scale) in enumerate(PANELS):
         for column, streams in enumerate(columns):
             ax = axes[row, column]
@@ -204,6 +220,13 @@ def geometry_figure(geometry: Geometry, title: str, baseline: Geometry | None = 
             if statistic == "var_mean" and baseline is None and "mid" in streams:
                 _draw_fits(ax, geometry, "mid")
             ax.set_title(panel_title if baseline is None else f"{streams[0]}: {panel_title}", fontsize="medium")
+            ax.grid(True, which="major", alpha=0.3)
+    if baseline is not None:
+        for column, (stream,) in enumerate(columns):
+            ax = axes[len(PANELS), column]
+            if stream in baseline.streams:
+                _draw_change(ax, geometry, baseline, stream)
+            ax.set_title(f"{stream}: {CHANGE_TITLE}", fontsize="medium")
             ax.grid(True, which="major", alpha=0.3)
     for ax in axes[-1]:
         _layer_axis(ax)

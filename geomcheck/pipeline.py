@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,7 +27,8 @@ from geomcheck import STREAMS, registry
 from geomcheck import activations
 from geomcheck.activations import Capture, check_complete
 from geomcheck.cache import Arrays, ArrayCache, cache_key
-from geomcheck.fingerprint import Fingerprint, FingerprintError, of_model
+from geomcheck.drift import Readings
+from geomcheck.fingerprint import Fingerprint, FingerprintError, of_model, short
 from geomcheck.geometry import Geometry, geometry_from_arrays, geometry_from_samples, geometry_to_arrays
 from geomcheck.prompts import prompts_hash, resolve_prompts
 from geomcheck.rendering import TEMPLATE_DATE, text_digest, token_ids_digest
@@ -257,10 +258,29 @@ class ModelRun:
 
     @property
     def _activations_key(self) -> dict[str, Any]:
-        """What the activations depend on (see :data:`KEYED_SOFTWARE` for what is left out, and why)."""
-        fields = {k: v for k, v in self._run_meta.items() if k != "device"}
+        return self._activations_key_of(self._run_meta)
+
+    def _activations_key_of(self, run_meta: Mapping[str, Any]) -> dict[str, Any]:
+        """What the activations of a run described by ``run_meta`` depend on (see :data:`KEYED_SOFTWARE` for
+        what is left out, and why)."""
+        fields = {k: v for k, v in run_meta.items() if k != "device"}
         software = {name: importlib.metadata.version(name) for name in KEYED_SOFTWARE}
         return {**fields, "streams": self.options.streams, "software": software, "format": activations.FORMAT}
+
+    def readings_against(self, meta: Mapping[str, Any]) -> Readings | None:
+        """This run's readings beside those of the run a baseline's ``meta`` describes, when this machine's
+        activation cache holds the latter (nothing is computed for them): what a paired comparison needs.
+        None where the cache lacks them or the prompts differ (no pairing then)."""
+        if meta.get("prompts_hash") != self._run_meta["prompts_hash"]:
+            return None
+        key = self._activations_key_of({name: meta.get(name) for name in self._run_meta})
+        found = ArrayCache(Path(self.options.cache_dir) / "activations").load(cache_key({"kind": "activations", **key}))
+        if found is None:
+            return None
+        arrays = dict(found[0])
+        unpack_measured(arrays)
+        source = f"the activation cache ({meta.get('name') or meta.get('model')}, weights {short(meta.get('weights'))})"
+        return Readings(activations.from_arrays(arrays).samples, self.capture.samples, source)
 
     def _cached(self, kind: str, key: dict[str, Any], compute: Callable[[], Arrays], meta: dict[str, Any]) -> Arrays:
         """Arrays from ``<cache_dir>/<kind>/``, computed (once, under a lock) when no entry matches ``key``."""

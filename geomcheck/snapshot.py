@@ -11,7 +11,8 @@ its hooks are replaced:
   baselines works unchanged, and only the models of the session are ever looked at.
 * ``matches`` compares *numerically* (:func:`geomcheck.drift.compare_payloads`) instead of comparing
   strings, so numerical noise passes and a real change fails, and keeps that one comparison for the
-  check; it also detects a baseline made with another dtype, prompt set or geomcheck version (a
+  check; paired on the same prompts where the reference run's readings are at hand (``readings``),
+  unpaired otherwise; it also detects a baseline made with another dtype, prompt set or geomcheck version (a
   :class:`BaselineMismatchWarning`, issued from the check's line). Under ``--snapshot-update`` a baseline
   is rewritten only if it no longer matches (drift, changed setup, new statistics, broken file): values
   that moved within tolerance are kept, so re-running the update does not churn the committed diff.
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import shlex
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +37,7 @@ from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 
 from geomcheck.activate import model_flag  # the update command says --model only where the project opted in
 from geomcheck.baseline import BaselineFileError, baseline_name, baseline_override, baseline_payload, baselines_root, dumps, parse_baseline
-from geomcheck.drift import Comparison, Coverage, Drift, Tolerance, compare_payloads, identity_summary
+from geomcheck.drift import Comparison, Coverage, Drift, Readings, Tolerance, aliased_layers, compare_payloads, growth_changes, identity_summary
 from geomcheck.fingerprint import short
 from geomcheck.trends import describe_layers
 
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 
 MODEL_PARAM = "model_name"  # the plugin's parametrization over --model
 MAX_REPORTED = 10
+ReadingsLookup = Callable[[Mapping[str, Any]], "Readings | None"]  # a baseline's meta -> both runs' readings
 
 
 class BaselineMismatchWarning(UserWarning):
@@ -73,13 +75,20 @@ class GeometryBaselineExtension(SingleFileSnapshotExtension):
         self.location: str | None = None  # the file last read, for messages
         self.mismatch: str | None = None  # the BaselineMismatchWarning text of the last comparison
         self.comparison: Comparison | None = None  # the last comparison; None: no baseline, or a broken one
+        self.readings: ReadingsLookup | None = None  # the reference's readings for a paired comparison
 
     def configure(
-        self, *, tolerances: Mapping[str, Tolerance] | None = None, updating: bool = False, defer_warnings: bool = False
+        self,
+        *,
+        tolerances: Mapping[str, Tolerance] | None = None,
+        updating: bool = False,
+        defer_warnings: bool = False,
+        readings: ReadingsLookup | None = None,
     ) -> None:
         self.tolerances = tolerances
         self.updating = updating
         self.defer_warnings = defer_warnings
+        self.readings = readings
 
     # -- where ----------------------------------------------------------------------------------------
 
@@ -137,7 +146,8 @@ class GeometryBaselineExtension(SingleFileSnapshotExtension):
         except BaselineFileError:
             return False
         current = parse_baseline(serialized_data, "<current run>")
-        self.comparison = compare_payloads(baseline, current, self.tolerances)
+        readings = self.readings(baseline["meta"]) if self.readings is not None else None
+        self.comparison = compare_payloads(baseline, current, self.tolerances, readings)
         cov = self.comparison.coverage
         model = str(current["meta"].get("name", "?"))
         self.mismatch = None if self.updating else mismatch_warning(cov, model, location)
@@ -175,10 +185,11 @@ def mismatch_warning(cov: Coverage, model: str, location: str) -> str | None:
 
 
 def drift_report(
-    drifts: list[Drift], total: int, *, model: str, location: str, update_command: str, limit: int = MAX_REPORTED
+    comparison: Comparison, *, model: str, location: str, accept: str, limit: int = MAX_REPORTED
 ) -> list[str]:
-    """The failure message for drifts (worst first): at most ``limit`` value lines, then a per-statistic
-    list of drifting layers and how to accept the change."""
+    """The failure message for a comparison's drifts (worst first): at most ``limit`` value lines, which
+    rule ran, then a per-statistic list of drifting layers, the growth rates, and how to accept the change."""
+    drifts, total = comparison.drifts, len(comparison.scored)
     lines = [
         f"the geometry of {model} drifted from its baseline ({location}): {len(drifts)} of {total} values "
         "moved beyond tolerance = max(abs, rel·|baseline|, z·SE); worst first:"
@@ -186,13 +197,19 @@ def drift_report(
     lines += [f"  {d.describe()}" for d in drifts[:limit]]
     if len(drifts) > limit:
         lines.append(f"  … and {len(drifts) - limit} more")
+    lines.append(f"comparison: {comparison.method}")
     by_key: dict[str, list[int]] = {}
     for d in drifts:
         by_key.setdefault(d.key, []).append(d.layer)
     first = min(d.layer for d in drifts)
     summary = "; ".join(f"{key} {describe_layers(tuple(layers))}" for key, layers in sorted(by_key.items()))
     lines.append(f"first drifting layer: {first}. Drifting: {summary}")
-    lines.append(f"If the change is intended, update the baseline: {update_command}")
+    if aliased_layers(comparison.baseline):
+        lines.append("(pre at layer l+1 is post at layer l, the same tensor: compared and counted once, as post)")
+    growth = growth_changes(comparison)
+    if growth:
+        lines.append(f"growth of var_mean: {'; '.join(growth)}")
+    lines.append(accept)
     return lines
 
 
@@ -216,11 +233,13 @@ def failure_lines(
     return comparison_lines(compare_payloads(baseline, current, tolerances), model, location, command)
 
 
-def comparison_lines(comparison: Comparison, model: str, location: str, command: str) -> list[str]:
-    """The drift report of a comparison, and the statistics its baseline lacks."""
+def comparison_lines(comparison: Comparison, model: str, location: str, command: str, accept: str | None = None) -> list[str]:
+    """The drift report of a comparison, and the statistics its baseline lacks. ``command`` rewrites this
+    baseline; ``accept`` (default: run ``command``) tells how to accept a drift that was intended."""
     lines: list[str] = []
     if comparison.drifts:
-        lines += drift_report(comparison.drifts, len(comparison.scored), model=model, location=location, update_command=command)
+        accept = accept or f"If the change is intended, update the baseline: {command}"
+        lines += drift_report(comparison, model=model, location=location, accept=accept)
     newer = comparison.coverage.only_in_current
     if newer:
         lines.append(f"the baseline of {model} ({location}) lacks statistics this run computes: {', '.join(newer)}; add them with: {command}")
@@ -278,7 +297,21 @@ def _update_command(test_location: PyTestLocation, model: str) -> str:
         where = f"{rel}/" if str(rel) != "." else Path(test_location.filepath).name
     except ValueError:
         where = f"{target}/"
-    return f"pytest {where} {model_flag(getattr(test_location.item, 'config', None))} {shlex.quote(model)} --snapshot-update"
+    flag = model_flag(getattr(test_location.item, "config", None))
+    return f"pytest {where} {flag} {shlex.quote(model)} --snapshot-update"
+
+
+def accept_hint(test_location: PyTestLocation, changed: str, reference: str | None) -> str:
+    """How to accept an intended drift of ``changed``, the model that was run. Gated against another
+    model's baseline (``--baseline reference``), it gets a baseline of its own, and the reference's stays."""
+    if reference is None or baseline_name(reference) == baseline_name(changed):
+        return f"If the change is intended, update the baseline: {_update_command(test_location, changed)}"
+    own = baseline_name(changed)
+    return (
+        f"{changed} was compared with {reference}'s baseline (--baseline). If the change is intended, give "
+        f"{changed} a baseline of its own: {_update_command(test_location, changed)} (without --baseline; it writes "
+        f"baselines/{own}/, which later runs of {changed} without --baseline compare against). {reference}'s baseline stays as it is."
+    )
 
 
 def check_baseline(
@@ -286,17 +319,19 @@ def check_baseline(
     data: Geometry | Mapping[str, Any],
     meta: Mapping[str, Any] | None = None,
     tolerances: Mapping[str, Tolerance] | None = None,
+    readings: ReadingsLookup | None = None,
 ) -> BaselineOutcome:
     """Compare a geometry (with its run's ``meta``) or a payload with its committed baseline.
 
     ``assertion`` is ``snapshot.use_extension(GeometryBaselineExtension)``. Syrupy reads the file,
     matches numerically and, under ``--snapshot-update``, writes it; this returns what happened with a
-    message fit for ``pytest.fail``.
+    message fit for ``pytest.fail``. ``readings`` maps the baseline's meta to both runs' per-prompt
+    readings (e.g. :meth:`geomcheck.pipeline.ModelRun.readings_against`): paired drift where it finds them.
     """
     extension = assertion.extension
     if not isinstance(extension, GeometryBaselineExtension):
         raise TypeError("check_baseline needs snapshot.use_extension(GeometryBaselineExtension)")
-    extension.configure(tolerances=tolerances, updating=bool(assertion.update_snapshots), defer_warnings=True)
+    extension.configure(tolerances=tolerances, updating=bool(assertion.update_snapshots), defer_warnings=True, readings=readings)
     extension.mismatch, extension.comparison = None, None
     payload = dict(data) if isinstance(data, Mapping) else baseline_payload(data, meta or {})
     matched = assertion == payload
@@ -308,8 +343,8 @@ def check_baseline(
     if extension.mismatch:
         warnings.warn(extension.mismatch.replace(result.snapshot_location, location), BaselineMismatchWarning, stacklevel=2)
     model = str(payload["meta"].get("name") or baseline_name(str(payload["meta"].get("model", "?"))))
-    owner = baseline_override(config) or str(payload["meta"].get("model", model))
-    command = _update_command(result.test_location, owner)
+    changed, reference = str(payload["meta"].get("model", model)), baseline_override(config)
+    command = _update_command(result.test_location, reference or changed)  # rewrites the file compared with
     written = f"{location} (weights {short(payload['meta'].get('weights'))})"
     if result.created:
         return BaselineOutcome(True, "created", location, f"baseline written: {written}")
@@ -327,7 +362,8 @@ def check_baseline(
     if matched:
         worst = scored[0] if scored else None
         text = (
-            f"{len(scored)} values within tolerance; largest drift {worst.score:.2g}× tolerance at {worst.key} layer {worst.layer}"
+            f"{len(scored)} values within tolerance ({comparison.method.split(':')[0]}); largest drift "
+            f"{worst.score:.2g}× tolerance at {worst.key} layer {worst.layer}"
             if worst is not None
             else "nothing compared"
         )
@@ -335,10 +371,10 @@ def check_baseline(
         if newer:
             text += f"; not in the baseline, so not compared: {', '.join(newer)} (add them with: {command})"
         return BaselineOutcome(True, "matched", location, f"{text}; {identity}", comparison=comparison)
-    lines = comparison_lines(comparison, model, location, command)
+    lines = comparison_lines(comparison, model, location, command, accept_hint(result.test_location, changed, reference))
     lines.append(f"identity: {identity}")
     worst_text = f"; worst {drifts[0].score:.3g}× at {drifts[0].key} layer {drifts[0].layer}" if drifts else ""
-    summary = f"{len(drifts)} of {len(scored)} values drifted{worst_text}; {identity}"
+    summary = f"{len(drifts)} of {len(scored)} values drifted ({comparison.method.split(':')[0]}){worst_text}; {identity}"
     return BaselineOutcome(False, "drifted", location, summary, "\n".join(lines), comparison)
 
 

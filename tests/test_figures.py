@@ -13,6 +13,7 @@ from matplotlib.image import imread
 from geomcheck.baseline import baseline_payload
 from geomcheck.drift import DriftMatrix, compare_all, drift_matrix
 from geomcheck.figures import (
+    CHANGE_TITLE,
     DRIFT_CLIP,
     PNG_METADATA,
     SET_COLOURS,
@@ -128,7 +129,7 @@ def test_bands_are_shaded_only_where_there_are_intervals(geometry):
 
 def test_the_overlay_has_one_column_per_stream_with_the_baseline_in_thin_grey_and_its_band(geometry, baseline):
     fig = geometry_figure(geometry, "vs baseline", baseline=baseline)
-    grid = np.array(fig.axes).reshape(len(PANEL_TITLES), len(STREAMS))
+    grid = np.array(fig.axes).reshape(len(PANEL_TITLES) + 1, len(STREAMS))[: len(PANEL_TITLES)]  # the last row: change
     assert [ax.get_title() for ax in grid[:, 1]] == [f"mid: {title}" for title in PANEL_TITLES]
     assert labels(grid[0, 0]) == {"pre", "baseline pre"}
     for column, stream in enumerate(STREAMS):  # each panel holds one stream's curves and its baseline's
@@ -147,9 +148,26 @@ def test_the_overlay_has_one_column_per_stream_with_the_baseline_in_thin_grey_an
     assert all(ax.get_legend() is None for ax in fig.axes) and len(fig.legends) == 1
 
 
+def test_the_overlay_shows_a_few_percent_step_as_a_relative_change_per_layer(geometry, baseline):
+    """The last row: (now − baseline) / baseline in %, linear, per stream and set: a step that a log axis
+    spanning decades hides is where it is (here: the run's own values against a copy ×1.18 from layer 2)."""
+    stepped = Geometry(geometry.streams, {k: np.asarray(v, dtype=np.float64).copy() for k, v in geometry.values.items()}, {}, 0)
+    for stream in stepped.streams:
+        for which in ("harmful", "harmless"):
+            stepped.values[f"{stream}/var_mean/{which}"][2:] *= 1.18
+    fig = geometry_figure(stepped, "step", baseline=geometry)
+    change_row = np.array(fig.axes).reshape(len(PANEL_TITLES) + 1, len(STREAMS))[-1]
+    assert [ax.get_title() for ax in change_row] == [f"{s}: {CHANGE_TITLE}" for s in STREAMS]
+    assert all(ax.get_yscale() == "linear" for ax in change_row)
+    mid = line(change_row[1], "change mid harmful var_mean").get_ydata()
+    np.testing.assert_allclose(mid[2:], 18.0)
+    np.testing.assert_allclose(mid[:2][np.isfinite(mid[:2])], 0.0, atol=1e-9)
+    assert np.allclose(line(change_row[1], "change mid harmful var_max").get_ydata()[np.isfinite(mid)], 0.0)
+
+
 def test_the_overlay_circles_exactly_the_values_beyond_tolerance(geometry, baseline):
     drift = drift_matrix(compare_all(baseline_payload(baseline, META), baseline_payload(geometry, META)))
-    grid = np.array(geometry_figure(geometry, "vs", baseline=baseline, drift=drift).axes).reshape(len(PANEL_TITLES), len(STREAMS))
+    grid = np.array(geometry_figure(geometry, "vs", baseline=baseline, drift=drift).axes).reshape(len(PANEL_TITLES) + 1, len(STREAMS))
     circled = {}
     for ax in grid.flat:
         for mark in ax.get_lines():

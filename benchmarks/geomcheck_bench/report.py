@@ -175,14 +175,14 @@ def memory_summary(r: ModelResult) -> str:
     )
 
 
-def write_readme(path: Path, block: str) -> None:
+def write_readme(path: Path, block: str, begin: str = BEGIN, end: str = END) -> None:
     """Replace the text between the markers, atomically; the markers must be there exactly once."""
     text = path.read_text(encoding="utf-8")
-    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
-        raise SystemExit(f"{path}: expected one line\n{BEGIN}\nfollowed by one line\n{END}\naround the generated block")
-    head, rest = text.split(BEGIN)
-    _, tail = rest.split(END)
-    new = f"{head}{BEGIN}\n{block}\n{END}{tail}"
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise SystemExit(f"{path}: expected one line\n{begin}\nfollowed by one line\n{end}\naround the generated block")
+    head, rest = text.split(begin)
+    _, tail = rest.split(end)
+    new = f"{head}{begin}\n{block}\n{end}{tail}"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(new)
