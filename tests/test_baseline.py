@@ -367,7 +367,7 @@ def checks(pytester: pytest.Pytester, tiny_llama_dir: Path, activation_cache: Pa
 
     def run(*extra: str, model: Path = tiny_llama_dir, cache: Path = activation_cache, target: str = "test_baseline.py"):
         return pytester.runpytest_subprocess(
-            target, "-p", "geomcheck.activate", "--model", str(model), "--max-prompts", "8", "--n-boot", "20",
+            target, "-p", "geomcheck.activate", "--model", str(model), "--max-prompts", "8", "--n-boot", "40",
             "--geomcheck-cache-dir", str(cache), "-p", "no:cacheprovider", *extra, timeout=120,
         )
 
