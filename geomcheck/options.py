@@ -168,11 +168,6 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _is_finite(value: Any) -> bool:
-    """A threshold must be a finite number: every comparison with nan is false, so a nan disables a check."""
-    return _is_number(value) and math.isfinite(value)
-
-
 def _misspelled(name: str, known: list[str]) -> str | None:
     """The shipped check a user table's name is a near miss of (``variance_grow`` → ``variance_grows``)."""
     return next(iter(difflib.get_close_matches(name, [k for k in known if k != name], n=1, cutoff=TYPO_CUTOFF)), None)
@@ -219,7 +214,8 @@ def validate_thresholds(data: Mapping[str, Any], where: str = "thresholds") -> N
 
 
 def _refuse_non_finite(data: Mapping[str, Any], where: str, path: str = "") -> None:
-    """No nan or inf anywhere, a user check's own table and tolerances included (TOML allows both)."""
+    """No nan or inf anywhere, a user check's own table and tolerances included (TOML allows both): every
+    comparison with nan is false, so a nan threshold silently disables its check."""
     for key, value in data.items():
         name = f"{path}.{key}" if path else key
         if isinstance(value, Mapping):
@@ -238,8 +234,8 @@ def _check_table(table: Any, defaults: Mapping[str, Any], context: str, *, requi
             if required and _is_number(default):
                 raise OptionError(f"{context} lacks '{key}' (the shipped value is {key} = {default})")
             continue
-        if _is_number(default) and not _is_finite(table[key]):
-            raise OptionError(f"{context}: {key} = {table[key]!r} must be a finite number (like the shipped {default})")
+        if _is_number(default) and not _is_number(table[key]):
+            raise OptionError(f"{context}: {key} = {table[key]!r} must be a number (like the shipped {default})")
     if defaults:  # a shipped check: every key must be one it reads
         unknown = sorted(set(table) - set(defaults) - {"tolerance"})
         if unknown:

@@ -97,9 +97,13 @@ def _read_text(path: Path) -> str:
             f"prompt file {str(path)!r} is not a regular file (it resolves to {str(path.resolve())!r}, a device, "
             "pipe or socket); pass the path of a text file"
         )
+    if path.is_file() and path.stat().st_size > MAX_PROMPT_FILE_BYTES:
+        raise PromptFileError(
+            f"prompt file {str(path)!r} is larger than {MAX_PROMPT_FILE_BYTES // 2**20} MiB, far more than a contrast set "
+            "needs; pass a smaller file (use --max-prompts to use fewer prompts of a set)"
+        )
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_PROMPT_FILE_BYTES + 1)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise PromptFileError(
             f"prompt file {str(path)!r} does not exist; check the path "
@@ -121,11 +125,6 @@ def _read_text(path: Path) -> str:
             "check that the path points to a readable regular file"
         ) from None
 
-    if len(data) > MAX_PROMPT_FILE_BYTES:
-        raise PromptFileError(
-            f"prompt file {str(path)!r} is larger than {MAX_PROMPT_FILE_BYTES // 2**20} MiB, far more than a contrast set "
-            "needs; pass a smaller file (use --max-prompts to use fewer prompts of a set)"
-        )
     offset_base = 0
     if data.startswith(_BOM):
         data = data[len(_BOM):]
