@@ -333,15 +333,16 @@ def test_under_update_a_changed_setup_is_rewritten_but_noise_is_not():
 def test_a_statistic_the_baseline_lacks_is_not_compared_but_added_on_update_one_the_run_lacks_warns():
     """A baseline older than a new statistic still holds for what it has; --snapshot-update adds the rest."""
     extension = GeometryBaselineExtension()
-    smaller = {k: v for k, v in CURVES.items() if k != "post/var_mean/harmful"}
-    assert extension.matches(serialized_data=dumps(payload(CURVES)), snapshot_data=dumps(payload(smaller))) is True
+    full = {**CURVES, "post/cosine": [0.99, 0.95, 0.9, 0.8]}  # the baseline keeps the stream (a missing stream fails)
+    smaller = {k: v for k, v in full.items() if k != "post/var_mean/harmful"}
+    assert extension.matches(serialized_data=dumps(payload(full)), snapshot_data=dumps(payload(smaller))) is True
     updating = GeometryBaselineExtension()
     updating.configure(updating=True)
-    assert updating.matches(serialized_data=dumps(payload(CURVES)), snapshot_data=dumps(payload(smaller))) is False
-    lines = failure_lines(dumps(payload(CURVES)), dumps(payload(smaller)), "b.json")
+    assert updating.matches(serialized_data=dumps(payload(full)), snapshot_data=dumps(payload(smaller))) is False
+    lines = failure_lines(dumps(payload(full)), dumps(payload(smaller)), "b.json")
     assert "lacks statistics this run computes: post/var_mean/harmful" in lines[-1]
     with pytest.warns(BaselineMismatchWarning, match="not computed in this run.*post/var_mean/harmful"):
-        assert extension.matches(serialized_data=dumps(payload(smaller)), snapshot_data=dumps(payload(CURVES))) is True
+        assert extension.matches(serialized_data=dumps(payload(smaller)), snapshot_data=dumps(payload(full))) is True
 
 
 # --- end to end through syrupy ---------------------------------------------------------------------
