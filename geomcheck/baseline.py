@@ -18,7 +18,9 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import re
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 import geomcheck
-from geomcheck import registry
+from geomcheck import STREAMS, registry
 from geomcheck.stats import STAT_NAMES
 
 if TYPE_CHECKING:
@@ -203,9 +205,23 @@ def validate(data: Any, what: str) -> None:
     statistics = data["statistics"]
     if not isinstance(statistics, Mapping) or not statistics:
         raise ValueError("'statistics' must be a non-empty object of '<stream>/<statistic>': [rows]")
+    unknown = sorted(key for key in statistics if key.partition("/")[0] not in STREAMS or key.partition("/")[2] not in STAT_NAMES)
+    if unknown:
+        raise ValueError(
+            f"unknown statistic(s) {', '.join(map(repr, unknown))}; a baseline holds '<stream>/<statistic>' with a stream of "
+            f"{', '.join(STREAMS)} and a statistic of {', '.join(STAT_NAMES)}"
+        )
+    listed = data["meta"].get("streams")
+    if listed is not None:
+        stored = {key.partition("/")[0] for key in statistics}
+        if not isinstance(listed, list) or not set(listed) <= set(STREAMS):
+            raise ValueError(f"'meta' streams = {listed!r} is not a list of {', '.join(STREAMS)}")
+        if set(listed) != stored:
+            raise ValueError(
+                f"'meta' lists the streams {', '.join(listed)} but the statistics hold {', '.join(sorted(stored))}"
+                + (f" (no statistic of {', '.join(sorted(set(listed) - stored))})" if set(listed) - stored else "")
+            )
     for key, rows in statistics.items():
-        if "/" not in key:
-            raise ValueError(f"statistic {key!r} is not '<stream>/<statistic>'")
         if not isinstance(rows, list) or not rows:
             raise ValueError(f"{key!r} must be a non-empty list of per-layer rows")
         for index, row in enumerate(rows):
@@ -225,6 +241,31 @@ def validate(data: Any, what: str) -> None:
                 )
                 if not ok:
                     raise ValueError(f"{key!r} layer {index} has {name} = {cell!r}, not a number")
+
+
+def missing_streams(baseline: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """The streams the current run computes of which the baseline holds no statistic: nothing of them could
+    be compared, so the baseline check fails on them instead of passing on the rest."""
+    held = {key.partition("/")[0] for key in baseline["statistics"]}
+    return sorted({key.partition("/")[0] for key in current["statistics"]} - held)
+
+
+def write_atomically(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to a temp file beside ``path`` and ``os.replace`` it in: a killed update leaves the old
+    baseline or the new one, never half a file. Mode 0644 (mkstemp's 0600 would hide it from a CI artifact)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 @functools.lru_cache(maxsize=256)
@@ -274,5 +315,7 @@ __all__ = [
     "baselines_root",
     "dumps",
     "geometry_from_payload",
+    "missing_streams",
     "parse_baseline",
+    "write_atomically",
 ]

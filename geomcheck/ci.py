@@ -4,6 +4,7 @@ workflow annotations for failing checks. Plain text in, plain text out; :mod:`ge
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,11 @@ def step_summary_path(environ: Mapping[str, Any] = os.environ) -> Path | None:
 
 
 def append_step_summary(path: Path, text: str) -> None:
-    """Append, as GitHub expects: earlier steps may have written to the same file."""
-    with open(path, "a", encoding="utf-8") as stream:
-        stream.write(text)
+    """Append, as GitHub expects: earlier steps may have written to the same file. A summary that cannot be
+    written (a directory, no permission, a full disk) is said on stderr: the report never fails the run."""
+    try:
+        with open(path, "a", encoding="utf-8") as stream:
+            stream.write(text)
+    except OSError as exc:
+        print(f"geomcheck: could not write the job summary to ${STEP_SUMMARY} = {path} ({exc.strerror or exc}); "
+              "the checks' results are unaffected", file=sys.stderr)

@@ -4,7 +4,7 @@ A name or a path says where a model is, not what it is: a directory overwritten 
 that moved, keeps its name. So the caches are keyed, and baselines labelled, by what was read:
 
 * a local directory (or a package's model folder): the sha256 of every file transformers reads from it,
-  split into the weights (tensor files and ``config.json``) and the tokenizer (tokenizer files and chat
+  split into the weights (tensor files, ``config.json`` and the model's own ``*.py`` code) and the tokenizer (tokenizer files and chat
   template), so a report can tell a new checkpoint from a new template. A small stat index in the cache
   (path, size, mtime_ns, ctime_ns, inode → digest) keeps an unchanged multi-GB checkpoint from being
   re-read on every run, as git's index does; a file whose stat is too recent to trust is re-hashed
@@ -34,6 +34,9 @@ from filelock import FileLock
 from geomcheck.registry import ModelLoadError, ModelSpec
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
+# A model's own code (``auto_map`` → ``custom_model.py`` and the modules it imports from the same folder) is
+# run under --trust-remote-code and decides the activations as much as the weights do: it is in that group.
+CODE_SUFFIXES = (".py",)
 TOKENIZER_SUFFIXES = (".json", ".jinja", ".model", ".txt", ".tiktoken")
 IGNORED_FILES = {"training_args.bin", "trainer_state.json", "generation_config.json"}  # change nothing we measure
 RACY_NS = 2_000_000_000  # a file changed this recently may change again within one timestamp tick
@@ -90,7 +93,7 @@ def checkpoint_files(folder: Path) -> dict[str, list[Path]]:
     for path in sorted(candidates):
         if not path.is_file() or path.name in IGNORED_FILES:
             continue
-        if path.suffix in WEIGHT_SUFFIXES or path.name == "config.json" or path.name.endswith(".index.json"):
+        if path.suffix in WEIGHT_SUFFIXES + CODE_SUFFIXES or path.name == "config.json" or path.name.endswith(".index.json"):
             groups["weights"].append(path)
         elif path.suffix in TOKENIZER_SUFFIXES:
             groups["tokenizer"].append(path)
@@ -154,6 +157,18 @@ def _installed(spec: ModelSpec) -> str:
     return f"{name}=={importlib.metadata.version(name)}"
 
 
+def _read_index(path: Path) -> dict[str, dict[str, int | str]]:
+    """The index's entries; a missing, unreadable or malformed index (``[]``, ``null``, a bad entry) is
+    empty, so it costs one re-hash and is rewritten whole by the next :meth:`StatIndex.save`."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, dict) and isinstance(v.get("sha256"), str)}
+
+
 class StatIndex:
     """``path → (size, mtime_ns, ctime_ns, inode, sha256)``: a file whose stat is unchanged is not re-read.
 
@@ -165,10 +180,7 @@ class StatIndex:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.updates: dict[str, dict[str, int | str]] = {}
-        try:
-            self.entries: dict[str, dict[str, int | str]] = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            self.entries = {}
+        self.entries: dict[str, dict[str, int | str]] = _read_index(path)
 
     @staticmethod
     def _stat(path: Path) -> dict[str, int]:
@@ -195,10 +207,7 @@ class StatIndex:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.path) + ".lock"):
-            try:
-                current = json.loads(self.path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                current = {}
+            current = _read_index(self.path)
             merged = {k: v for k, v in {**current, **self.updates}.items() if os.path.exists(k)}
             handle, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".index.", suffix=".tmp")
             try:

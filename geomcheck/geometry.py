@@ -67,6 +67,10 @@ class Geometry:
     seed: int = 0
     replicates: dict[str, np.ndarray] = field(default_factory=dict)
     centers: dict[str, np.ndarray] = field(default_factory=dict)
+    builtin: frozenset[str] = field(init=False, repr=False)  # the computed keys, which derive may not replace
+
+    def __post_init__(self) -> None:
+        self.builtin = frozenset(self.values)
 
     @property
     def n_layers(self) -> int:
@@ -127,6 +131,11 @@ class Geometry:
         where the sets separate best: ``lambda v: np.argmin(v["mid/cosine_debiased"])``. Its interval
         needs the replicates, i.e. a geometry computed with ``n_boot > 0``.
         """
+        if name in self.builtin:
+            raise ValueError(
+                f"derive({name!r}, …) would overwrite the built-in statistic {name!r}, which the baseline check and "
+                "the other checks read; give the derived statistic a name of its own, e.g. 'my/" + name.replace("/", "_") + "'"
+            )
         value = np.asarray(statistic(self.values), dtype=np.float64)
         self.values[name] = value
         if self.replicates:

@@ -8,7 +8,10 @@ silently (``--max-prompts -1``) or surface as one traceback per check.
 
 from __future__ import annotations
 
+import difflib
 import json
+import math
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -24,6 +27,11 @@ DEVICE_PATTERN = re.compile(r"^(cpu|mps|(cuda|xpu|npu)(:\d+)?)$")
 MIN_PROMPTS = 2  # a variance needs two samples (the pipeline checks the sets again after cutting)
 CONTROLS = ("random-init",)  # --geomcheck-control: untrained twins a run can report beside the checkpoint
 EXPECTED_FAILURES = "expected_failures"
+# A 95% interval is read at the 2.5% and 97.5% quantiles of the resamples: with fewer than 1/0.025 = 40
+# no resample lies in a tail and the "interval" is the range of a handful of draws (one draw: a point).
+MIN_N_BOOT = 40
+MAX_N_BOOT = 100_000  # 500× the default; each resample keeps every statistic at every layer (see _n_boot)
+TYPO_CUTOFF = 0.85  # a table name this close to a shipped check's is a misspelling, not a check of the user's
 ENTRY_PATTERN = re.compile(r"^(?P<check>[A-Za-z_][A-Za-z0-9_]*)(\[(?P<stream>[^\]]*)\])?$")
 
 
@@ -46,6 +54,30 @@ def _integer(settings: Mapping[str, Any], name: str, minimum: int, accepted: str
         number = None
     if number is None or number < minimum:
         raise OptionError(f"{_flag(name)} = {value!r} is not valid: expected {accepted}")
+
+
+def _n_boot(settings: Mapping[str, Any]) -> None:
+    """0 (point values only) or enough resamples for a 95% interval, and not so many that the replicates
+    (n_boot × statistics × layers float64, all kept for ``derive``) exhaust memory or the run never ends."""
+    value = settings.get("n-boot")
+    if value in (None, ""):
+        return
+    number = int(str(value).strip())  # _integer has checked it
+    if 0 < number < MIN_N_BOOT:
+        raise OptionError(
+            f"{_flag('n-boot')} = {value!r} is too few resamples for a 95% interval: its ends are the 2.5% and 97.5% "
+            f"quantiles of the resamples, so at least {MIN_N_BOOT} are needed (default 200); use 0 for point values only"
+        )
+    if number > MAX_N_BOOT:
+        from geomcheck.stats import STAT_NAMES
+
+        per_layer = len(STAT_NAMES) * len(STREAMS) * 8  # bytes of one resample's values at one layer
+        gib = number * per_layer * 30 / 2**30
+        raise OptionError(
+            f"{_flag('n-boot')} = {value!r} is refused: every resample is kept ({per_layer} bytes per layer, "
+            f"≈ {gib:,.0f} GiB for a 30-layer model) and the bootstrap's time grows with it (≈ {number // 200:,}× the "
+            f"default 200). Use at most {MAX_N_BOOT:,}; 1,000–10,000 already pin a 95% interval's ends"
+        )
 
 
 def _choice(settings: Mapping[str, Any], name: str, choices: tuple[str, ...]) -> None:
@@ -95,6 +127,7 @@ def validate_settings(settings: Mapping[str, Any]) -> None:
     _integer(settings, "batch-size", 1, "a whole number ≥ 1 (prompts per forward pass)")
     _integer(settings, "max-prompts", MIN_PROMPTS, f"a whole number ≥ {MIN_PROMPTS} (prompts used of each set), or nothing for all")
     _integer(settings, "n-boot", 0, "a whole number ≥ 0 (bootstrap resamples; 0 for point values only)")
+    _n_boot(settings)
     _integer(settings, "seed", 0, "a whole number ≥ 0")
     _integer(settings, "top-k", 1, "a whole number ≥ 1 (singular vectors per weight matrix)")
     _choice(settings, "position", POSITIONS)
@@ -105,6 +138,10 @@ def validate_settings(settings: Mapping[str, Any]) -> None:
         if settings.get(name):  # not given: RunOptions' default
             check(settings[name])
     _directory(settings, "geomcheck-cache-dir")
+    if not settings.get("geomcheck-cache-dir") and os.environ.get("GEOMCHECK_CACHE"):
+        path = Path(os.environ["GEOMCHECK_CACHE"]).expanduser()
+        if path.exists() and not path.is_dir():
+            raise OptionError(f"$GEOMCHECK_CACHE = {str(path)!r} is a file, not a directory: point it at a directory (it is created if missing), or pass --geomcheck-cache-dir")
     _directory(settings, "artifacts-dir")
     for which in ("harmful", "harmless"):
         try:
@@ -133,6 +170,11 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _misspelled(name: str, known: list[str]) -> str | None:
+    """The shipped check a user table's name is a near miss of (``variance_grow`` → ``variance_grows``)."""
+    return next(iter(difflib.get_close_matches(name, [k for k in known if k != name], n=1, cutoff=TYPO_CUTOFF)), None)
+
+
 def validate_thresholds(data: Mapping[str, Any], where: str = "thresholds") -> None:
     """Every shipped check keeps each of its keys as a number; model overrides name known checks and keys;
     expected failures name a known check (and stream) with a non-empty reason. A check of the user's own is
@@ -140,9 +182,16 @@ def validate_thresholds(data: Mapping[str, Any], where: str = "thresholds") -> N
     shipped = thresholds.shipped()
     checks = {name for name, table in shipped.items() if name != "models"} | {name for name, table in data.items() if name != "models"}
     checks.add("matches_baseline")
+    _refuse_non_finite(data, where)
+    known = [name for name in shipped if name != "models"] + ["matches_baseline", "models", EXPECTED_FAILURES]
     for name, table in data.items():
         if name != "models" and not isinstance(table, dict):
             raise OptionError(f"{where}: '{name}' must be a table [{name}] of thresholds; got {table!r}")
+        if name not in known and (near := _misspelled(name, known)):
+            raise OptionError(
+                f"{where}: [{name}] is not a shipped check; did you mean [{near}]? A check of your own needs a name "
+                "that is not a near miss of a shipped one"
+            )
     for name, defaults in shipped.items():
         if name == "models":
             continue
@@ -164,6 +213,17 @@ def validate_thresholds(data: Mapping[str, Any], where: str = "thresholds") -> N
                 raise OptionError(f"{context}: unknown check '{check}'; known: {', '.join(sorted(checks))} (declare a check of your own with a [{check}] table)")
             else:
                 _check_table(table, shipped.get(check, data.get(check, {})), context, required=False)
+
+
+def _refuse_non_finite(data: Mapping[str, Any], where: str, path: str = "") -> None:
+    """No nan or inf anywhere, a user check's own table and tolerances included (TOML allows both): every
+    comparison with nan is false, so a nan threshold silently disables its check."""
+    for key, value in data.items():
+        name = f"{path}.{key}" if path else key
+        if isinstance(value, Mapping):
+            _refuse_non_finite(value, where, name)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise OptionError(f"{where}: {name} = {value!r} must be a finite number: a comparison with {value!r} would disable the check")
 
 
 def _check_table(table: Any, defaults: Mapping[str, Any], context: str, *, required: bool) -> None:

@@ -36,6 +36,8 @@ BUILTIN_SETS: tuple[str, ...] = ("harmful", "harmless")
 """Names of the prompt sets shipped in ``geomcheck/data/prompts``."""
 
 DEFAULT_FIELD = "prompt"
+# Far above any contrast set (the built-in ones are a few KB), far below what would exhaust memory.
+MAX_PROMPT_FILE_BYTES = 64 * 2**20
 """Field (JSONL key or CSV column) read when the caller names none."""
 
 SUPPORTED_SUFFIXES: tuple[str, ...] = (".txt", ".jsonl", ".csv")
@@ -90,6 +92,16 @@ def builtin_prompts(name: str) -> list[str]:
 def _read_text(path: Path) -> str:
     """Read ``path`` as UTF-8 (optional BOM), turning OS/encoding errors into
     PromptFileError so the user learns which file and what to do."""
+    if path.exists() and not path.is_dir() and not path.is_file():
+        raise PromptFileError(
+            f"prompt file {str(path)!r} is not a regular file (it resolves to {str(path.resolve())!r}, a device, "
+            "pipe or socket); pass the path of a text file"
+        )
+    if path.is_file() and path.stat().st_size > MAX_PROMPT_FILE_BYTES:
+        raise PromptFileError(
+            f"prompt file {str(path)!r} is larger than {MAX_PROMPT_FILE_BYTES // 2**20} MiB, far more than a contrast set "
+            "needs; pass a smaller file (use --max-prompts to use fewer prompts of a set)"
+        )
     try:
         data = path.read_bytes()
     except FileNotFoundError:

@@ -148,8 +148,16 @@ def _spec_for_hub_id(name: str, repo: str, revision: str) -> ModelSpec:
     else from the hub, pinned to the commit the revision resolves to now."""
     from huggingface_hub import hf_hub_download, snapshot_download
     from huggingface_hub.constants import is_offline_mode
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, HFValidationError, HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.utils import validate_repo_id
 
+    try:  # the hub's own rules (no '--' or '..', length, ends), before any request is made
+        validate_repo_id(repo)
+    except HFValidationError as exc:
+        raise UnknownModelError(
+            f"--model {name}: '{repo}' is not a valid hub id ({exc}). Give a registry name, a hub id ORG/NAME, "
+            "a .gguf file or an existing local directory"
+        ) from None
     cache_dir = os.environ.get("HF_HUB_CACHE") or None  # read now, not at import, so a test can point it elsewhere
     try:
         snapshot = Path(snapshot_download(repo, revision=revision, cache_dir=cache_dir, local_files_only=True))

@@ -36,8 +36,28 @@ from typing import TYPE_CHECKING, Any
 from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 
 from geomcheck.activate import model_flag  # the update command says --model only where the project opted in
-from geomcheck.baseline import BaselineFileError, baseline_name, baseline_override, baseline_payload, baselines_root, dumps, parse_baseline
-from geomcheck.drift import Comparison, Coverage, Drift, Readings, Tolerance, aliased_layers, compare_payloads, growth_changes, identity_summary
+from geomcheck.baseline import (
+    BaselineFileError,
+    baseline_name,
+    baseline_override,
+    baseline_payload,
+    baselines_root,
+    dumps,
+    missing_streams,
+    parse_baseline,
+    write_atomically,
+)
+from geomcheck.drift import (
+    Comparison,
+    Coverage,
+    Drift,
+    Readings,
+    Tolerance,
+    aliased_layers,
+    compare_payloads,
+    growth_changes,
+    identity_summary,
+)
 from geomcheck.fingerprint import short
 from geomcheck.trends import describe_layers
 
@@ -130,6 +150,11 @@ class GeometryBaselineExtension(SingleFileSnapshotExtension):
             )
         return dumps(data)
 
+    @classmethod
+    def write_snapshot_collection(cls, *, snapshot_collection: Any, name_order: Any = None) -> None:
+        """Syrupy's single-file write, made atomic (:func:`geomcheck.baseline.write_atomically`)."""
+        write_atomically(snapshot_collection.location, next(iter(snapshot_collection)).data)
+
     def read_snapshot_data_from_location(self, *, snapshot_location: str, snapshot_name: str, session_id: str) -> Any:
         self.location = snapshot_location
         return super().read_snapshot_data_from_location(
@@ -153,7 +178,7 @@ class GeometryBaselineExtension(SingleFileSnapshotExtension):
         self.mismatch = None if self.updating else mismatch_warning(cov, model, location)
         if self.mismatch and not self.defer_warnings:
             warnings.warn(self.mismatch, BaselineMismatchWarning, stacklevel=2)
-        if self.comparison.drifts:
+        if self.comparison.drifts or missing_streams(baseline, current):
             return False
         # Statistics newer than the baseline are not compared (check_baseline's summary names them).
         # Under --snapshot-update a changed setup is rewritten even if the values still match, so the
@@ -237,6 +262,11 @@ def comparison_lines(comparison: Comparison, model: str, location: str, command:
     """The drift report of a comparison, and the statistics its baseline lacks. ``command`` rewrites this
     baseline; ``accept`` (default: run ``command``) tells how to accept a drift that was intended."""
     lines: list[str] = []
+    if absent := missing_streams(comparison.baseline, comparison.current):
+        lines.append(
+            f"the baseline of {model} ({location}) holds no statistic of the stream(s) {', '.join(absent)} this run computes, "
+            f"so nothing of them was compared; regenerate it with every stream: {command}"
+        )
     if comparison.drifts:
         accept = accept or f"If the change is intended, update the baseline: {command}"
         lines += drift_report(comparison, model=model, location=location, accept=accept)
@@ -374,7 +404,9 @@ def check_baseline(
     lines = comparison_lines(comparison, model, location, command, accept_hint(result.test_location, changed, reference))
     lines.append(f"identity: {identity}")
     worst_text = f"; worst {drifts[0].score:.3g}× at {drifts[0].key} layer {drifts[0].layer}" if drifts else ""
-    summary = f"{len(drifts)} of {len(scored)} values drifted ({comparison.method.split(':')[0]}){worst_text}; {identity}"
+    absent = missing_streams(comparison.baseline, comparison.current)
+    lacking = f"; the baseline lacks stream(s) {', '.join(absent)}" if absent else ""
+    summary = f"{len(drifts)} of {len(scored)} values drifted ({comparison.method.split(':')[0]}){worst_text}{lacking}; {identity}"
     return BaselineOutcome(False, "drifted", location, summary, "\n".join(lines), comparison)
 
 

@@ -40,7 +40,18 @@ def from_pyproject(path: Path | None) -> dict[str, Any]:
     """``[tool.geomcheck.thresholds]`` of a ``pyproject.toml``; empty when there is none."""
     if path is None:
         return {}
-    return tomllib.loads(path.read_text(encoding="utf-8")).get("tool", {}).get("geomcheck", {}).get("thresholds", {})
+    table: Any = tomllib.loads(path.read_text(encoding="utf-8"))
+    for depth, part in enumerate(("tool", "geomcheck", "thresholds"), start=1):
+        table = table.get(part, {})
+        if not isinstance(table, Mapping):
+            from geomcheck.options import OptionError  # options imports this module
+
+            name = ".".join(("tool", "geomcheck", "thresholds")[:depth])
+            raise OptionError(
+                f"{path}: {name} = {table!r} must be a table ([{name}]) of check thresholds, "
+                "laid out like the shipped thresholds.toml"
+            )
+    return dict(table)
 
 
 def load(pyproject: Path | None, path: str | None = None) -> dict[str, Any]:

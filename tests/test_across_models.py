@@ -29,7 +29,7 @@ def two_models(pytester: pytest.Pytester, tmp_path_factory) -> list[str]:
         shutil.copy(ROOT / "checks" / check, pytester.path / check)
     models = [save_tiny_llama(root / "tiny-a", seed=1, num_layers=4), save_tiny_llama(root / "tiny-b", seed=2, num_layers=6)]
     cache = tmp_path_factory.mktemp("cache")
-    return ["--model", str(models[0]), "--model", str(models[1]), "--max-prompts", "6", "--n-boot", "5",
+    return ["--model", str(models[0]), "--model", str(models[1]), "--max-prompts", "6", "--n-boot", "40",
             "--geomcheck-cache-dir", str(cache), "-p", "no:cacheprovider", "-p", "no:randomly"]
 
 

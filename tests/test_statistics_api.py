@@ -92,7 +92,7 @@ def test_bootstrap_samples_draws_the_same_resamples_as_the_geometry(geometry):
 @pytest.mark.usefixtures("opted_in")
 def test_readme_user_statistic_example_runs_as_written(pytester: pytest.Pytester, tiny_llama_dir, tmp_path):
     write_readme_example("user-statistic", pytester.path)
-    result = pytester.runpytest("--model", str(tiny_llama_dir), "--max-prompts", "6", "--n-boot", "10",
+    result = pytester.runpytest("--model", str(tiny_llama_dir), "--max-prompts", "6", "--n-boot", "40",
                                 "--geomcheck-cache-dir", str(tmp_path), "-v", "-p", "no:randomly")
     outcomes = result.parseoutcomes()
     assert outcomes.get("passed", 0) + outcomes.get("failed", 0) == 4 and "error" not in outcomes, result.stdout.str()

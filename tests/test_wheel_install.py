@@ -56,7 +56,7 @@ def test_the_wheel_installed_outside_the_checkout_runs_the_shipped_checks(tmp_pa
     project.mkdir()
     # `--opt=PATH`: pytest picks its rootdir before it knows plugin options, so a separate existing PATH
     # would count as a test path and move the rootdir (and the baselines) above the project
-    checks = ["--pyargs", "geomcheck.checks", "--geomcheck-max-prompts", "16", "--geomcheck-n-boot", "20",
+    checks = ["--pyargs", "geomcheck.checks", "--geomcheck-max-prompts", "16", "--geomcheck-n-boot", "40",
               f"--geomcheck-cache-dir={tmp_path / 'cache'}", "-p", "no:cacheprovider", "-p", "no:randomly"]
     first = run(python, "-m", "pytest", *checks, "--snapshot-update", cwd=project, env=env)
     assert re.search(r"\b9 passed\b", first), first  # 4 hypotheses (two of them over 3 streams) and the baseline
