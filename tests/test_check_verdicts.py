@@ -84,15 +84,17 @@ def test_streams_separate_skips_without_both_streams():
 def test_cosine_falls_passes_when_the_means_separate_with_depth():
     recorded, failure = verdict(cosine_falls.test_cosine_falls, crafted(), "post", SHIPPED["cosine_falls"])
     assert failure is None
-    assert recorded[0].startswith("ρ=-1.00")
+    assert recorded[0].startswith("debiased ρ=-1.00") and "early − late half " in recorded[0]
 
 
 def test_cosine_falls_fails_when_the_cosine_rises_naming_rho_and_slope():
     geometry = crafted(spread=lambda layer: 0.5 * (LAYERS - layer))
     _, failure = verdict(cosine_falls.test_cosine_falls, geometry, "mid", SHIPPED["cosine_falls"])
     assert failure is not None
-    assert "cosine of the means does not fall with depth on stream mid: Spearman ρ = 1.00" in failure
-    assert "(need ≤ -0.5)" in failure and "(need < 0.0)" in failure and "at layer 7" in failure
+    assert "the debiased cosine of the means does not fall with depth on stream mid: Spearman ρ = 1.00 (need ≤ -0.5)" in failure
+    assert "at layer 7" in failure
+    assert "the fall of the debiased cosine on stream mid is not resolved: early − late half " in failure
+    assert "(95% interval, need its lower end > 0.0)" in failure
 
 
 def overlap(offdiag: float, k: int = 4, d: int = 64, layers: int = LAYERS) -> WeightOverlap:
