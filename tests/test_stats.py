@@ -387,3 +387,12 @@ def test_basic_interval_is_clipped_to_the_range_of_the_statistic():
     # replicates piled at the bottom of the range reflect above its top; a correlation stays ≤ 1
     interval = basic_interval(0.99, np.linspace(0.5, 1.0, 101), center=0.98, bounds=(-1.0, 1.0))
     assert interval.high == 1.0 and interval.low < 0.99
+
+
+def test_early_late_fall_leaves_out_the_middle_layer_and_non_finite_values():
+    from geomcheck.trends import early_late_fall
+
+    assert early_late_fall(np.full(6, 0.95)) == 0.0  # a constant curve does not fall
+    assert early_late_fall(np.array([1.0, 0.9, 100.0, 0.7, 0.6])) == pytest.approx(0.3)  # middle of 5 in neither half
+    assert early_late_fall(np.array([np.nan, 1.0, 0.8, 0.6])) == pytest.approx(0.3)
+    assert np.isnan(early_late_fall(np.array([0.9, 0.8, np.nan, np.nan])))
