@@ -123,6 +123,8 @@ class Summary:
         for (model, check), results in grouped.items():
             parts = [f"{r.stream + ': ' if r.stream else ''}{r.text} [{r.outcome}]" + (f" || untrained twin: {twin}" if twin else "") for r, twin in results]
             terminalreporter.write_line(f"{model:<18} {check:<26} " + " | ".join(parts))
+            if {"pre", "post"} <= {r.stream for r in results}:
+                terminalreporter.write_line(f"{'':<18} {'':<26} pre and post are one piece of evidence, not two: post[l] = pre[l+1]")
         for model, paths in self.figures.items():
             for path in paths.values():
                 terminalreporter.write_line(f"{model}: figure {path}")

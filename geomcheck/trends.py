@@ -316,3 +316,20 @@ def cosine_trend(values: np.ndarray) -> Trend:
     spread = np.sqrt(np.dot(rank_x, rank_x) * np.dot(rank_y, rank_y))
     spearman = float(np.dot(rank_x, rank_y) / spread)
     return Trend(spearman=spearman, slope=slope)
+
+
+def early_late_fall(values: np.ndarray) -> float:
+    """Mean of a per-layer curve over the early half of the layers minus its mean over the late half (the
+    middle layer of an odd count in neither), non-finite layers ignored; nan where a half has none.
+
+    Hypothesis 3 on the debiased cosine: every layer counts, not the last alone, and the difference is a
+    mean of the curve, so :meth:`geomcheck.geometry.Geometry.derive` gives it an interval from the same
+    resamples. Constant true cosines give a fall of 0 however the noise grows with depth.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 1 or values.size < 2:
+        raise ValueError(f"values must be one value per layer, at least 2 layers; got shape {values.shape}")
+    half = values.size // 2
+    early, late = values[:half], values[values.size - half :]
+    early, late = early[np.isfinite(early)], late[np.isfinite(late)]
+    return float(early.mean() - late.mean()) if early.size and late.size else float("nan")

@@ -44,3 +44,43 @@ def test_cosine_falls_fails_when_both_sets_come_from_one_distribution():
     check = _check("test_cosine_falls", "test_cosine_falls")
     with pytest.raises(AssertionError, match="shuffled"):
         check(geometry, "mid", _shipped_thresholds("cosine_falls"), lambda text: None)
+
+
+def _two_sets(true_cosine: np.ndarray, n: int = 64, d: int = 64, noise: float = 0.02, seed: int = 0):
+    """Two sets whose means (norm 8) have cosine ``true_cosine[layer]``; isotropic noise growing ×1.4 per
+    layer, as the variance does in real models (at the last of 12 layers tr(Σ)/n is ~1% of ‖μ‖²)."""
+    rng = np.random.default_rng(seed)
+    u, v = np.linalg.qr(rng.normal(size=(d, 2)))[0].T
+    sine = np.sqrt(1.0 - true_cosine**2)
+    one = 8.0 * np.broadcast_to(u, (len(true_cosine), d))
+    other = 8.0 * (true_cosine[:, None] * u + sine[:, None] * v)
+    scale = noise * 1.4 ** np.arange(len(true_cosine))[:, None]
+    draw = lambda mean: mean + scale * rng.normal(size=(n, *mean.shape))  # noqa: E731
+    return {"harmful": {"mid": draw(one)}, "harmless": {"mid": draw(other)}}
+
+
+def _verdict(samples) -> str | None:
+    check = _check("test_cosine_falls", "test_cosine_falls")
+    try:
+        check(geometry_from_samples(samples, n_boot=200, seed=0), "mid", _shipped_thresholds("cosine_falls"), lambda text: None)
+    except AssertionError as failure:
+        return str(failure)
+    return None
+
+
+def test_cosine_falls_fails_when_the_true_cosine_is_constant():
+    """The true cosine is 0.95 at every layer: the plain cosine of sample means still falls with depth (noise
+    grows) and 1 − cos beats the shuffled-label level (the means do differ), so only the trend of the
+    debiased cosine can tell. It must fail in at least 9 of 10 independent runs."""
+    runs = [_two_sets(np.full(12, 0.95), seed=seed) for seed in range(10)]
+    plain = [geometry_from_samples(samples, n_boot=0).curve("mid", "cosine") for samples in runs]
+    assert all(cosine[-1] < cosine[0] for cosine in plain)  # the artifact the old trend clause passed on
+    failures = [_verdict(samples) for samples in runs]
+    print(f"constant true cosine: {sum(f is not None for f in failures)} of 10 runs fail test_cosine_falls")
+    assert sum(f is not None for f in failures) >= 9
+    assert all("shuffled labels" not in f for f in failures if f)  # it fails for the trend, not the null
+
+
+def test_cosine_falls_passes_when_the_true_cosine_falls():
+    for seed in range(3):
+        assert _verdict(_two_sets(np.linspace(0.99, 0.85, 12), seed=seed)) is None

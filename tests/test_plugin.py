@@ -79,7 +79,7 @@ def test_each_model_loads_once_however_many_checks_read_it(pytester: pytest.Pyte
     assert "tiny-llama: model loaded 1×" in text
     assert re.search(r"tiny-llama\s+variance_grows\s+pre: harmful exponential ×", text)  # one summary line per check
     outcomes = result.parseoutcomes()
-    assert sum(outcomes.get(k, 0) for k in ("passed", "failed", "xfailed")) == 8
+    assert sum(outcomes.get(k, 0) for k in ("passed", "failed", "xfailed")) == 9
     rerun = pytester.runpytest(*project)
     assert "tiny-llama: model loaded 0× (all from cache)" in rerun.stdout.str()
     assert rerun.parseoutcomes() == outcomes  # the cached geometry gives the same verdicts
@@ -225,10 +225,12 @@ def test_readme_own_threshold_example_reads_the_projects_pyproject(pytester: pyt
     result = pytester.runpytest(*args)
     result.assert_outcomes(passed=1)
     assert re.search(r"tiny-llama\s+steps_similar\s+relative step \d\.\d\d to \d\.\d\d, median \d\.\d\d \[passed\]", result.stdout.str())
-    pytester.path.joinpath("pyproject.toml").write_text(toml.replace("max_ratio = 4.0", "max_ratio = 1.01"))
+    # 1.0: every inner layer's step equal to the median; on the first six length-matched built-in prompts the
+    # tiny model's inner steps lie within 1.01× of it, so a looser "tight" threshold depends on the prompt text
+    pytester.path.joinpath("pyproject.toml").write_text(toml.replace("max_ratio = 4.0", "max_ratio = 1.0"))
     result = pytester.runpytest(*args)
     result.assert_outcomes(failed=1)
-    assert "move the state more than 1.01× away from the median relative step" in result.stdout.str()
+    assert "move the state more than 1.0× away from the median relative step" in result.stdout.str()
 
 
 def test_this_repository_opts_in_so_the_short_options_work_on_checks():

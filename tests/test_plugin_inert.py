@@ -69,6 +69,7 @@ def test_namespaced_options_run_checks_beside_the_foreign_ones(foreign: pytest.P
     outcomes = result.parseoutcomes()
     assert outcomes.get("passed", 0) + outcomes.get("failed", 0) == 6 and "error" not in outcomes
     assert "tiny-llama         cosine_falls" in text  # the summary lists the checks
+    assert "pre and post are one piece of evidence, not two: post[l] = pre[l+1]" in text  # not counted twice
 
 
 def test_the_shipped_checks_run_from_the_package(pytester: pytest.Pytester, tiny_llama_dir: Path):

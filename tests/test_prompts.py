@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from geomcheck.prompts import (
@@ -37,6 +38,17 @@ def test_builtin_sets_are_disjoint_and_plausible() -> None:
     assert not set(harmful) & set(harmless)
     for p in harmful + harmless:
         assert 3 <= len(p.split()) <= 25, p
+
+
+def test_builtin_sets_are_matched_in_length() -> None:
+    """Harmfulness, not length, must be what separates the sets: their mean word counts differ by at most
+    0.25 pooled standard deviations (a length-only split of one set separates its means too, issue #24)."""
+    harmful, harmless = ([len(p.split()) for p in builtin_prompts(name)] for name in ("harmful", "harmless"))
+    pooled_sd = ((np.var(harmful, ddof=1) * (len(harmful) - 1) + np.var(harmless, ddof=1) * (len(harmless) - 1))
+                 / (len(harmful) + len(harmless) - 2)) ** 0.5
+    gap = abs(np.mean(harmful) - np.mean(harmless)) / pooled_sd
+    print(f"built-in sets: {np.mean(harmful):.2f} vs {np.mean(harmless):.2f} words, {gap:.2f} pooled sd apart")
+    assert gap <= 0.25, f"the built-in sets' mean lengths differ by {gap:.2f} pooled sd (need ≤ 0.25)"
 
 
 def test_builtin_returns_fresh_copy() -> None:

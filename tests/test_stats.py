@@ -508,3 +508,10 @@ def test_studentized_interval_on_the_log_scale_stays_positive_and_is_nan_when_ev
     assert interval.high == pytest.approx(2.0 * math.exp(0.95), rel=1e-6)
     undefined = studentized_interval(2.0, 0.2, np.full(10, np.nan), np.full(10, np.nan), center=1.0, log=True)
     assert math.isnan(undefined.low) and math.isnan(undefined.high)
+def test_early_late_fall_leaves_out_the_middle_layer_and_non_finite_values():
+    from geomcheck.trends import early_late_fall
+
+    assert early_late_fall(np.full(6, 0.95)) == 0.0  # a constant curve does not fall
+    assert early_late_fall(np.array([1.0, 0.9, 100.0, 0.7, 0.6])) == pytest.approx(0.3)  # middle of 5 in neither half
+    assert early_late_fall(np.array([np.nan, 1.0, 0.8, 0.6])) == pytest.approx(0.3)
+    assert np.isnan(early_late_fall(np.array([0.9, 0.8, np.nan, np.nan])))

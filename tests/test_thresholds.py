@@ -42,7 +42,7 @@ def test_a_project_without_settings_gets_the_shipped_thresholds(tmp_path: Path):
 def test_the_rotation_null_threshold_is_overridden_and_validated_like_the_others(tmp_path: Path):
     (tmp_path / "pyproject.toml").write_text("[tool.geomcheck.thresholds.weights_share_directions]\nmin_null_z = 5.0\n")
     loaded = thresholds.load(thresholds.project_file(tmp_path))
-    assert loaded["weights_share_directions"] == {"min_ratio": 1.5, "min_null_z": 5.0}
+    assert loaded["weights_share_directions"] == {**thresholds.shipped()["weights_share_directions"], "min_null_z": 5.0}
     (tmp_path / "pyproject.toml").write_text("[tool.geomcheck.thresholds.weights_share_directions]\nmin_null_z = 'high'\n")
     with pytest.raises(OptionError, match="min_null_z = 'high' must be a number"):
         thresholds.load(thresholds.project_file(tmp_path))

@@ -56,11 +56,13 @@ def test_the_wheel_installed_outside_the_checkout_runs_the_shipped_checks(tmp_pa
     project.mkdir()
     # `--opt=PATH`: pytest picks its rootdir before it knows plugin options, so a separate existing PATH
     # would count as a test path and move the rootdir (and the baselines) above the project
-    checks = ["--pyargs", "geomcheck.checks", "--geomcheck-max-prompts", "16", "--geomcheck-n-boot", "40",
+    # 32 prompts a set: at 16 the contrast on mid falls just short of 3× its shuffled-label level (issue #24)
+    checks = ["--pyargs", "geomcheck.checks", "--geomcheck-max-prompts", "32", "--geomcheck-n-boot", "40",
               f"--geomcheck-cache-dir={tmp_path / 'cache'}", "-p", "no:cacheprovider", "-p", "no:randomly"]
     first = run(python, "-m", "pytest", *checks, "--snapshot-update", cwd=project, env=env)
-    assert re.search(r"\b9 passed\b", first), first  # 4 hypotheses (two of them over 3 streams) and the baseline
+    # 5 checks (two of them over 3 streams) and the baseline; weights and updates are smollm2's recorded findings
+    assert re.search(r"\b8 passed, 2 xfailed\b", first), first
     baseline = project / "baselines" / "smollm2-135m" / "test_baseline" / "test_matches_baseline.json"
     assert baseline.is_file()  # written into the project, not into the installed package
     second = run(python, "-m", "pytest", *checks, cwd=project, env=env)
-    assert re.search(r"\b9 passed\b", second) and "smollm2-135m: model loaded 0× (all from cache)" in second, second
+    assert re.search(r"\b8 passed, 2 xfailed\b", second) and "smollm2-135m: model loaded 0× (all from cache)" in second, second

@@ -1,21 +1,27 @@
 """Hypothesis 4: weight matrices of different layers share directions: the top-k output directions of the
-matrices that write into the residual stream overlap across layers more than random subspaces do."""
+matrices that write into the residual stream overlap across layers more than random subspaces do.
 
-from geomcheck.weights import summarize_overlap
+Null rejected: each layer's top-k subspace is uniformly random, independently of the others (each matrix
+turned by its own random rotation). It cannot tell shared *learned* directions from a privileged basis: a
+few coordinates (massive activations, a norm's scale) that every layer writes into are shared directions too."""
+
+from geomcheck.weights import excess_shared_dimensions, summarize_overlap
 
 
 def test_weights_share_directions(weights, thresholds, geomcheck_record):
-    """Mean overlap (mean squared cosine of principal angles) between layers ≥ min_ratio × chance (k/d), and
-    ≥ min_null_z standard deviations above it under the rotation null (each layer's matrix turned by its own
-    random rotation), for the attention output and the MLP down projections. Weights are fixed, so there is
-    no interval; the null says how far chance alone could reach with this many layers and this d."""
+    """Mean overlap (mean squared cosine of principal angles) between layers ≥ min_ratio × chance (k/d), ≥
+    min_null_z standard deviations above it under the rotation null, and ≥ min_excess_dims directions shared
+    beyond chance (k · (overlap − k/d), the same claim at every width), for the attention output and the MLP
+    down projections. Weights are fixed, so there is no interval; the null says how far chance alone could
+    reach with this many layers and this d."""
     figures, problems = [], []
     for kind, matrix in weights.matrices.items():
         summary = summarize_overlap(matrix, weights.k, weights.d_model)
+        excess = excess_shared_dimensions(summary.mean_offdiag, weights.k, weights.d_model)
         figures.append(
-            f"{kind} {summary.mean_offdiag:.3f} = {summary.ratio:.1f}× chance k/d = {weights.k}/{weights.d_model}; "
-            f"rotation null {summary.chance:.4f} ± {summary.null_sd:.2g}, z = {summary.null_z:.1f} "
-            f"(adjacent {summary.mean_adjacent:.3f})"
+            f"{kind} {summary.mean_offdiag:.3f} = {summary.ratio:.1f}× chance k/d = {weights.k}/{weights.d_model}, "
+            f"{excess:.2f} of {weights.k} directions shared beyond chance; rotation null {summary.chance:.4f} ± "
+            f"{summary.null_sd:.2g}, z = {summary.null_z:.1f} (adjacent {summary.mean_adjacent:.3f})"
         )
         if summary.ratio < thresholds["min_ratio"]:
             problems.append(
@@ -27,6 +33,12 @@ def test_weights_share_directions(weights, thresholds, geomcheck_record):
                 f"{kind}: mean overlap {summary.mean_offdiag:.4f} is z = {summary.null_z:.2f} standard deviations above "
                 f"the rotation null {summary.chance:.4f} ± {summary.null_sd:.2g} of {len(matrix)} layers with random "
                 f"top-{weights.k} subspaces of R^{weights.d_model} (need z ≥ {thresholds['min_null_z']})"
+            )
+        if not excess >= thresholds["min_excess_dims"]:
+            problems.append(
+                f"{kind}: a pair of layers shares {excess:.2f} of its top-{weights.k} directions beyond chance, "
+                f"k·(overlap − k/d) = {weights.k}·({summary.mean_offdiag:.4f} − {summary.chance:.4f}) "
+                f"(need ≥ {thresholds['min_excess_dims']})"
             )
     geomcheck_record("; ".join(figures))
     assert not problems, "\n".join(problems)
