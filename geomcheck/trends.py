@@ -143,7 +143,10 @@ class GrowthShape:
     ``exponential`` is :func:`growth_fit` (``log v = a + b·l``) with the ``degenerate`` leading layers
     left out; ``power`` and ``power_r2`` are the power law's ``log v = a + p·log(l+1)``. Both fits have
     two parameters, so ``delta_aic`` (AIC of the exponential minus the power law's, Gaussian residuals)
-    is ``n·log(RSS_exp / RSS_pow)``: negative where the exponential fits better.
+    is ``n·log(RSS_exp / RSS_pow)``: negative where the exponential fits better. ``nested_rate`` is the 95%
+    interval of exp(b) in the nested fit ``log v = a + b·l + c·log(l+1)``: above 1 where the exponential term is
+    needed beyond the power law. On a few layers the two regressors are nearly collinear and the interval is
+    wide (nan below four layers): there the shape cannot be told, which ΔAIC alone would not say.
     """
 
     exponential: GrowthFit
@@ -152,6 +155,7 @@ class GrowthShape:
     power_r2: float
     delta_aic: float
     degenerate: tuple[int, ...]
+    nested_rate: tuple[float, float] = (float("nan"), float("nan"))
 
     @property
     def excluded(self) -> tuple[int, ...]:
@@ -164,7 +168,7 @@ class GrowthShape:
         return np.exp(fit.intercept + fit.slope * layers), np.exp(self.power_intercept + self.power * np.log1p(layers))
 
     def describe(self) -> str:
-        return f"exponential ×{self.exponential.rate:.3g}/layer R²={self.exponential.r2:.2f}, power law (l+1)^{self.power:.2f} R²={self.power_r2:.2f}, ΔAIC {self.delta_aic:+.1f}"
+        return f"exponential ×{self.exponential.rate:.3g}/layer R²={self.exponential.r2:.2f}, power law (l+1)^{self.power:.2f} R²={self.power_r2:.2f}, ΔAIC {self.delta_aic:+.1f}, nested exp(b) [{self.nested_rate[0]:.3g}, {self.nested_rate[1]:.3g}]"
 
 
 def growth_shape(values: np.ndarray, degenerate_jump: float) -> GrowthShape:
@@ -192,7 +196,24 @@ def growth_shape(values: np.ndarray, degenerate_jump: float) -> GrowthShape:
         power_r2=1.0 - power_rss / ss_tot if ss_tot > floor else 1.0,
         delta_aic=y.size * float(np.log(max(exponential_rss, floor) / max(power_rss, floor))),
         degenerate=degenerate,
+        nested_rate=_nested_rate(np.arange(values.size)[usable].astype(np.float64), y),
     )
+
+
+def _nested_rate(layers: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """95% t-interval of exp(b) in ``y = a + b·l + c·log(l+1)`` by least squares (nan with fewer than four
+    points, where no residual degree of freedom is left for its error)."""
+    from scipy.stats import t
+
+    if y.size < 4:
+        return float("nan"), float("nan")
+    design = np.column_stack([np.ones_like(layers), layers, np.log1p(layers)])
+    coefficients, *_ = np.linalg.lstsq(design, y, rcond=None)
+    dof = y.size - 3
+    sigma2 = float(np.sum((y - design @ coefficients) ** 2)) / dof
+    se = float(np.sqrt(sigma2 * np.linalg.pinv(design.T @ design)[1, 1]))
+    half = float(t.ppf(0.975, dof)) * se
+    return float(np.exp(coefficients[1] - half)), float(np.exp(coefficients[1] + half))
 
 
 def mean_log_ratio(lower: np.ndarray, upper: np.ndarray) -> float:

@@ -59,7 +59,7 @@ def test_variance_grows_fails_on_shrinking_variance_naming_rate_and_threshold():
     _, failure = verdict(variance_grows.test_variance_grows, crafted(growth=0.98), "pre", SHIPPED["variance_grows"], None)
     assert failure is not None
     assert "mean variance (harmful) on stream pre: exponential ×0.98/layer R²=1.00" in failure
-    assert "(need ≥ 1.05×, R² ≥ 0.8, ΔAIC ≤ 0.0: exponential beats the power law)" in failure
+    assert "(need ≥ 1.05×, R² ≥ 0.8, ΔAIC ≤ 0.0: exponential beats the power law, nested exp(b) interval above 1.0" in failure
     assert "mean variance (harmless)" in failure
 
 

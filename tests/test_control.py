@@ -54,7 +54,7 @@ def test_an_unknown_control_is_refused_naming_the_choices():
 def test_the_summary_shows_the_twin_beside_each_figure(pytester: pytest.Pytester, tiny_llama_dir, tmp_path):
     for check in ("test_variance_grows.py", "test_streams_separate.py"):
         shutil.copy(ROOT / "checks" / check, pytester.path / check)
-    result = pytester.runpytest("--model", str(tiny_llama_dir), "--max-prompts", "6", "--n-boot", "10", "--seed", "3", "--geomcheck-control", "random-init",
+    result = pytester.runpytest("--model", str(tiny_llama_dir), "--max-prompts", "6", "--n-boot", "40", "--seed", "3", "--geomcheck-control", "random-init",
                                 "--geomcheck-cache-dir", str(tmp_path / "cache"), "-p", "no:cacheprovider")
     text = result.stdout.str()
     assert "[failed] || untrained twin: harmful exponential ×" in text  # H1: the tiny random Llama grows as a power law

@@ -77,7 +77,7 @@ def test_a_cached_rerun_draws_no_figure_and_prints_its_time_per_phase(pytester: 
         if check.name != "test_baseline.py":
             shutil.copy(check, pytester.path / check.name)
     cache = tmp_path_factory.mktemp("cache")
-    args = ["--model", str(tiny_llama_dir), "--max-prompts", "6", "--n-boot", "10", "--geomcheck-cache-dir", str(cache), "-p", "no:cacheprovider"]
+    args = ["--model", str(tiny_llama_dir), "--max-prompts", "6", "--n-boot", "40", "--geomcheck-cache-dir", str(cache), "-p", "no:cacheprovider"]
     pytester.runpytest(*args)
     cold = len(drawn)
     pngs = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (pytester.path / "geomcheck-artifacts").rglob("*.png")}
