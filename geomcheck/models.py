@@ -6,11 +6,13 @@ would compute vocab-sized logits for every token for nothing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +82,23 @@ def check_dtype_on_device(dtype: torch.dtype, device: str) -> None:
             f"dtype {dtype} is not supported on device '{device}' ({exc}). "
             "Choose another with --dtype (float32 works everywhere)."
         ) from exc
+
+
+@contextlib.contextmanager
+def library_bars(enabled: bool) -> Iterator[None]:
+    """transformers' and huggingface_hub's progress bars on or off while a model loads, then as they were:
+    a bar's ``\\r`` redraws are one multi-KB line in a CI log, so they are shown only on a terminal."""
+    from huggingface_hub import utils as hub
+    from transformers.utils import logging as tf
+
+    hub_was, tf_was = not hub.are_progress_bars_disabled(), tf.is_progress_bar_enabled()
+    (hub.enable_progress_bars if enabled else hub.disable_progress_bars)()
+    (tf.enable_progress_bar if enabled else tf.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (hub.enable_progress_bars if hub_was else hub.disable_progress_bars)()
+        (tf.enable_progress_bar if tf_was else tf.disable_progress_bar)()
 
 
 def load(

@@ -163,23 +163,24 @@ class ModelRun:
 
             self.check_memory()
             self.loads += 1
-            if self.control is not None:
-                return models.load_random_init(
-                    self.spec,
-                    seed=self.options.seed,
+            with models.library_bars(self.options.progress):  # transformers' and the hub's bars, as ours
+                if self.control is not None:
+                    return models.load_random_init(
+                        self.spec,
+                        seed=self.options.seed,
+                        device=self.options.device,
+                        dtype=self.options.dtype,
+                        trust_remote_code=self.options.trust_remote_code,
+                        cache_dir=Path(self.options.cache_dir),
+                    )
+                loaded = models.load(
+                    replace(self.spec, revision=expected.revision) if expected.revision else self.spec,
                     device=self.options.device,
                     dtype=self.options.dtype,
+                    device_map=self.options.device_map,
                     trust_remote_code=self.options.trust_remote_code,
                     cache_dir=Path(self.options.cache_dir),
                 )
-            loaded = models.load(
-                replace(self.spec, revision=expected.revision) if expected.revision else self.spec,
-                device=self.options.device,
-                dtype=self.options.dtype,
-                device_map=self.options.device_map,
-                trust_remote_code=self.options.trust_remote_code,
-                cache_dir=Path(self.options.cache_dir),
-            )
         commit = getattr(loaded.model.config, "_commit_hash", None) if expected.revision else None
         with self.timed("fingerprint"):
             changed = of_model(self.spec, Path(self.options.cache_dir)) != expected

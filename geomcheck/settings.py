@@ -103,8 +103,15 @@ def run_options(config: pytest.Config) -> RunOptions:
         **given,
         chat_template=False if config.getoption("geomcheck_no_chat_template") else None,
         trust_remote_code=bool(config.getoption("geomcheck_trust_remote_code")),
-        progress=config.getoption("verbose") >= 0,
+        progress=config.getoption("verbose") >= 0 and _on_terminal(config),
     )
+
+
+def _on_terminal(config: pytest.Config) -> bool:
+    """Whether pytest writes to a terminal (checked by pytest before its capture replaces stdout): progress
+    bars only there, never in a CI log or a pipe."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    return reporter is not None and bool(reporter.isatty())
 
 
 def validate(config: pytest.Config) -> tuple[dict[str, str], dict[str, Any]]:

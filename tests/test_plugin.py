@@ -59,10 +59,22 @@ def test_an_option_not_given_keeps_the_run_options_default(pytester: pytest.Pyte
     from geomcheck.settings import run_options
 
     config = pytester.parseconfigure()
-    assert run_options(config) == replace(RunOptions(), progress=True)
+    assert run_options(config) == replace(RunOptions(), progress=False)  # pytester's stdout is no terminal
     pytester.makeini("[pytest]\ngeomcheck_batch_size = 4\n")
     config = pytester.parseconfigure("--batch-size", "3", "--streams", "pre,mid", "--max-prompts", "5")
     assert (run_options(config).batch_size, run_options(config).streams, run_options(config).max_prompts) == (3, ("pre", "mid"), 5)
+
+
+def test_progress_bars_only_when_pytest_writes_to_a_terminal(pytester: pytest.Pytester):
+    """In a CI log or a pipe each bar's redraws are one multi-KB line: bars only on a terminal, never under -q."""
+    from geomcheck.settings import run_options
+
+    def progress(*args: str, tty: bool) -> bool:
+        config = pytester.parseconfigure(*args)
+        config.pluginmanager.get_plugin("terminalreporter").isatty = lambda: tty
+        return run_options(config).progress
+
+    assert progress(tty=True) and not progress(tty=False) and not progress("-q", tty=True)
 
 
 def test_every_model_fixture_makes_a_check(pytester: pytest.Pytester):
