@@ -123,7 +123,7 @@ class Summary:
         for (model, check), results in grouped.items():
             parts = [f"{r.stream + ': ' if r.stream else ''}{r.text} [{r.outcome}]" + (f" || untrained twin: {twin}" if twin else "") for r, twin in results]
             terminalreporter.write_line(f"{model:<18} {check:<26} " + " | ".join(parts))
-            if {"pre", "post"} <= {r.stream for r in results}:
+            if {"pre", "post"} <= {r.stream for r, _ in results}:
                 terminalreporter.write_line(f"{'':<18} {'':<26} pre and post are one piece of evidence, not two: post[l] = pre[l+1]")
         for model, paths in self.figures.items():
             for path in paths.values():
@@ -131,7 +131,7 @@ class Summary:
         for model, loads in self.loads.items():
             terminalreporter.write_line(f"{model}: model loaded {loads}×" + (" (all from cache)" if loads == 0 else ""))
         for digest in self.digests.values():
-            if digest.geometry is not None and "kurtosis" in "".join(digest.geometry.values):
+            if digest.geometry is not None and any("/kurtosis/" in key for key in digest.geometry.values):
                 terminalreporter.write_line(f"{digest.model}: {digest.geometry.tails()}")
         for model, phases in self.phases.items():
             terminalreporter.write_line(phase_line(model, phases))
