@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -28,6 +27,8 @@ import numpy as np
 from filelock import FileLock
 from safetensors import safe_open
 from safetensors.numpy import save_file
+
+from geomcheck import atomic
 
 Arrays = dict[str, np.ndarray]
 KINDS = ("activations", "geometry", "weights", "converted", "offload", "fingerprints")  # what --geomcheck-cache-clear removes
@@ -98,14 +99,8 @@ class ArrayCache:
         self.root.mkdir(parents=True, exist_ok=True)
         contiguous = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
         header = {"sha256": _checksum(contiguous), "meta": json.dumps(dict(meta), sort_keys=True, default=str)}
-        handle, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{key}.", suffix=".tmp")
-        os.close(handle)
-        try:
+        with atomic.replacing(self.path(key)) as tmp:
             save_file(contiguous, tmp, metadata=header)
-            os.replace(tmp, self.path(key))
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         return self.path(key)
 
     def get_or_compute(

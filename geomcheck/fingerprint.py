@@ -24,13 +24,13 @@ import importlib.util
 import json
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from filelock import FileLock
 
+from geomcheck import atomic
 from geomcheck.registry import ModelLoadError, ModelSpec
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
@@ -209,12 +209,5 @@ class StatIndex:
         with FileLock(str(self.path) + ".lock"):
             current = _read_index(self.path)
             merged = {k: v for k, v in {**current, **self.updates}.items() if os.path.exists(k)}
-            handle, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".index.", suffix=".tmp")
-            try:
-                with os.fdopen(handle, "w", encoding="utf-8") as out:
-                    json.dump(merged, out, sort_keys=True)
-                os.replace(tmp, self.path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            atomic.write_text(self.path, json.dumps(merged, sort_keys=True))
         self.entries, self.updates = merged, {}
