@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from filelock import FileLock
+from safetensors import SafetensorError
 
 from geomcheck.registry import (  # noqa: F401  (re-exported: the registry is part of this module's interface)
     CHAT_TEMPLATES,
@@ -130,7 +131,7 @@ def load(
         if device_map is not None:  # accelerate may offload what fits nowhere else to disk
             kwargs["offload_folder"] = str((cache_dir or default_cache_dir()) / "offload" / spec.name)
         model = getattr(transformers, spec.auto_class).from_pretrained(location, dtype=torch_dtype, device_map=device_map, **kwargs)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: a truncated or corrupt weight file
         raise ModelLoadError(
             f"could not load '{spec.name}' from '{location}': {exc}. Without network access, "
             "pass a local directory saved with save_pretrained, or pre-populate the Hugging Face cache "

@@ -20,6 +20,7 @@ from typing import Any
 
 from geomcheck import POSITIONS, STREAMS, thresholds
 from geomcheck.prompts import PromptFileError, resolve_prompts
+from geomcheck.registry import WEIGHT_FILES
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
@@ -278,7 +279,8 @@ def _check_expected_failures(table: Any, checks: set[str], context: str) -> None
 
 
 def model_directory(path: Path, trust_remote_code: bool) -> None:
-    """A local model directory's config.json parses, and custom code is refused unless geomcheck's
+    """A local model directory's config.json parses, weights lie beside it (else a load would fail only
+    after the memory estimate, as "needs ~N GiB"), and custom code is refused unless geomcheck's
     ``--trust-remote-code`` is given (transformers would otherwise ask on stdin, and a ``y`` runs it)."""
     config_file = path / "config.json"
     try:
@@ -298,6 +300,11 @@ def model_directory(path: Path, trust_remote_code: bool) -> None:
         raise OptionError(
             f"--model {path}: config.json has model_type {model_type!r}, which this transformers does not know; "
             "upgrade transformers, or fix model_type"
+        )
+    if not any(any(path.glob(pattern)) for pattern in WEIGHT_FILES):
+        raise OptionError(
+            f"--model {path}: the directory has a config.json but no weight files ({', '.join(WEIGHT_FILES)}); "
+            "save the weights there with model.save_pretrained(path), or pass the directory that holds them"
         )
 
 
