@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from geomcheck.figures import save_figure
 from geomcheck.fingerprint import StatIndex, of_directory
 
 pytestmark = pytest.mark.usefixtures("opted_in")
+CHECKS = Path(__file__).resolve().parents[1] / "geomcheck" / "checks"
 
 
 def _mode(path) -> int:
@@ -49,3 +51,30 @@ def test_a_model_folder_with_a_config_and_no_weights_is_a_usage_error_at_start_u
     message = result.stderr.str()
     assert f"--model {empty}: the directory has a config.json but no weight files" in message and "save_pretrained" in message, message
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_read_only_empty_cache_computes_without_storing_with_one_warning(pytester: pytest.Pytester, tiny_llama_dir, tmp_path, monkeypatch):
+    """What a read-only mount does to every write under the cache (as root, chmod would not stop the
+    writes, so the file system's refusal is imitated): the run computes, stores nothing, warns once."""
+    import errno
+    import os
+
+    cache = tmp_path / "read-only"
+    cache.mkdir()
+    real_mkdir, real_open = Path.mkdir, os.open
+
+    def refused(path) -> None:
+        if Path(path).is_relative_to(cache):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(Path, "mkdir", lambda self, *a, **k: refused(self) or real_mkdir(self, *a, **k))
+    monkeypatch.setattr(os, "open", lambda path, *a, **k: refused(path) or real_open(path, *a, **k))
+    shutil.copy(CHECKS / "test_variance_grows.py", pytester.path)
+    result = pytester.runpytest("--model", str(tiny_llama_dir), "--max-prompts", "6", "--n-boot", "40", "--geomcheck-cache-dir",
+                                str(cache), "-p", "no:cacheprovider", "-W", "always::geomcheck.cache.CacheWarning")
+    outcomes = result.parseoutcomes()
+    assert "errors" not in outcomes and outcomes.get("passed", 0) + outcomes.get("failed", 0) == 3, result.stdout.str()
+    text = result.stdout.str()
+    assert text.count(f"geomcheck cache {cache} is not writable") == 1 and "computing without storing" in text, text
+    assert outcomes.get("warnings") == 1
+    assert list(cache.iterdir()) == []
