@@ -298,6 +298,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         if model_arg in session.runs:
             item.user_properties.append(("geomcheck_loads", session.runs[model_arg].loads))
             item.user_properties.append(("geomcheck_phases", dict(session.runs[model_arg].phases)))
+            item.user_properties.append(("geomcheck_rendering", session.runs[model_arg].rendering))
     report = yield
     if report.failed and call.excinfo is not None and session is not None:
         session.show_once(item.nodeid, call.excinfo.value, report)

@@ -78,3 +78,35 @@ def test_a_read_only_empty_cache_computes_without_storing_with_one_warning(pytes
     assert text.count(f"geomcheck cache {cache} is not writable") == 1 and "computing without storing" in text, text
     assert outcomes.get("warnings") == 1
     assert list(cache.iterdir()) == []
+
+
+@pytest.fixture
+def instruct_without_template(tiny_llama_dir, tmp_path) -> Path:
+    """The tiny Llama under an instruct model's name, its tokenizer's chat template removed (as a GGUF
+    file without ``tokenizer.chat_template`` arrives)."""
+    model = shutil.copytree(tiny_llama_dir, tmp_path / "tiny-llama-Instruct")
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    return model
+
+
+def _run(pytester: pytest.Pytester, model: Path, tmp_path: Path, *extra: str) -> pytest.RunResult:
+    shutil.copy(CHECKS / "test_streams_separate.py", pytester.path)
+    return pytester.runpytest("--model", str(model), "--max-prompts", "6", "--n-boot", "0", "--geomcheck-cache-dir",
+                              str(tmp_path / "cache"), "-p", "no:cacheprovider", *extra)
+
+
+def test_an_instruct_model_without_a_chat_template_is_warned_about_and_the_summary_says_raw(pytester, instruct_without_template, tmp_path):
+    text = _run(pytester, instruct_without_template, tmp_path).stdout.str()
+    assert text.count("ChatTemplateWarning: tiny-llama-Instruct looks like an instruct/chat model but its tokenizer ships no chat template") == 1, text
+    assert "--no-chat-template" in text and "fallback_chat_template" in text
+    assert "tiny-llama-Instruct: prompts fed as raw prompts (the tokenizer has no chat template)" in text
+
+
+def test_raw_prompts_asked_for_are_not_warned_about_and_a_template_is_named(pytester, instruct_without_template, tiny_llama_dir, tmp_path):
+    raw = _run(pytester, instruct_without_template, tmp_path, "--no-chat-template").stdout.str()
+    assert "ChatTemplateWarning" not in raw and "tiny-llama-Instruct: prompts fed as raw prompts (--no-chat-template)" in raw
+    templated = _run(pytester, tiny_llama_dir, tmp_path).stdout.str()
+    assert "ChatTemplateWarning" not in templated and "tiny-llama: prompts rendered with chat template" in templated
