@@ -144,6 +144,8 @@ def validate_settings(settings: Mapping[str, Any]) -> None:
         if path.exists() and not path.is_dir():
             raise OptionError(f"$GEOMCHECK_CACHE = {str(path)!r} is a file, not a directory: point it at a directory (it is created if missing), or pass --geomcheck-cache-dir")
     _directory(settings, "artifacts-dir")
+    if settings.get("geomcheck-json") and Path(settings["geomcheck-json"]).expanduser().is_dir():
+        raise OptionError(f"{_flag('geomcheck-json')} = {settings['geomcheck-json']!r} is a directory: name the results file, e.g. results.json")
     for which in ("harmful", "harmless"):
         try:
             resolve_prompts(settings.get(which) or None, which)

@@ -42,6 +42,7 @@ OPTIONS: dict[str, tuple[str, Callable[[str], Any] | None]] = {
     "artifacts-dir": (f"where figures are written (default: {ARTIFACTS_DIR})", None),
     "thresholds": ("TOML file of check thresholds and per-model expected failures, merged over the shipped ones and [tool.geomcheck.thresholds]", None),
     "geomcheck-control": ("also run an untrained twin of each model and report it beside the checkpoint: random-init (same architecture, fresh weights seeded by --seed, built from the config; off when not given)", str),
+    "geomcheck-json": ("write the run's results (each check's verdict and figure, each model's identity and statistics) to this JSON file", None),
     "baseline": ("compare every model against this model's committed baseline (registry name, hub id or baselines/ folder), e.g. a fine-tune against its base", None),
 }
 FLAGS: dict[str, str] = {

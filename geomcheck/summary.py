@@ -15,7 +15,7 @@ import pytest
 from _pytest import junitxml
 
 from geomcheck.session import DIGESTS, SESSION_KEY
-from geomcheck.settings import run_options
+from geomcheck.settings import run_options, setting
 
 if TYPE_CHECKING:
     from geomcheck.ci import CheckResult, Failure
@@ -67,6 +67,10 @@ class Summary:
             self.digests.setdefault(digest.model, digest)
         order = list(geomcheck_session.display_names.values())
         digests = sorted(self.digests.values(), key=lambda d: order.index(d.model) if d.model in order else len(order))
+        if (target := setting(session.config, "geomcheck-json")) is not None:
+            from geomcheck import results
+
+            results.write(target, results.payload(self.results, digests, self.renderings))
         if not digests:
             return
         self.comparison = comparison.table_lines(digests)

@@ -110,3 +110,28 @@ def test_raw_prompts_asked_for_are_not_warned_about_and_a_template_is_named(pyte
     assert "ChatTemplateWarning" not in raw and "tiny-llama-Instruct: prompts fed as raw prompts (--no-chat-template)" in raw
     templated = _run(pytester, tiny_llama_dir, tmp_path).stdout.str()
     assert "ChatTemplateWarning" not in templated and "tiny-llama: prompts rendered with chat template" in templated
+
+
+def test_geomcheck_json_writes_the_runs_verdicts_statistics_and_identity(pytester: pytest.Pytester, tiny_llama_dir, tmp_path):
+    target = tmp_path / "out" / "results.json"
+    shutil.copy(CHECKS / "test_variance_grows.py", pytester.path)
+    result = pytester.runpytest("--model", str(tiny_llama_dir), "--max-prompts", "6", "--n-boot", "40", "--geomcheck-cache-dir",
+                                str(tmp_path / "cache"), "-p", "no:cacheprovider", f"--geomcheck-json={target}")
+    outcomes = result.parseoutcomes()
+    written = json.loads(target.read_text())  # strict JSON: json.loads would take NaN, so check there is none
+    assert "NaN" not in target.read_text() and _mode(target) == 0o644
+    checks = {c["id"].rpartition("::")[2]: c for c in written["checks"]}
+    assert set(checks) == {f"test_variance_grows[tiny-llama-{s}]" for s in ("pre", "mid", "post")}
+    assert sorted(c["outcome"] for c in checks.values()).count("failed") == outcomes.get("failed", 0)
+    assert all(c["model"] == "tiny-llama" and c["check"] == "variance_grows" and "exponential" in c["text"] for c in checks.values())
+    model = written["models"]["tiny-llama"]
+    assert model["identity"]["weights"] and model["identity"]["n_boot"] == 40 and model["rendering"] == "chat template"
+    rows = model["statistics"]["mid/var_mean/harmful"]
+    assert len(rows) == 4 and all(row["low"] <= row["value"] <= row["high"] for row in rows)
+
+
+def test_geomcheck_json_naming_a_directory_is_a_usage_error(pytester: pytest.Pytester, tmp_path):
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest(f"--geomcheck-json={tmp_path}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--geomcheck-json*is a directory*results.json*"])
