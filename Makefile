@@ -8,6 +8,10 @@ STAMP := $(VENV)/.geomcheck-installed
 
 .PHONY: check test bench bench-readme bench-sensitivity clean
 
+# one BLAS/OpenMP thread per process: on a busy 2-core machine OpenBLAS's default threads thrash
+# (one 576 x 1536 SVD took 8-20 s against 1.15 s with one thread); override with `make check ONE_THREAD=`
+ONE_THREAD ?= OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
+
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	# torch: the CPU wheel where none is installed (a plain `pip install torch` would pull a CUDA build)
@@ -18,10 +22,10 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 check: $(STAMP)
-	$(BIN)/pytest checks/
+	$(ONE_THREAD) $(BIN)/pytest checks/
 
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/pytest tests/ -n 2
+	$(ONE_THREAD) $(BIN)/pytest tests/ -n 2
 
 # the README's Speed numbers: one torch thread, so other processes on a shared machine stall it least
 # and the weights check's top-k at the five seed models' writer shapes (a few minutes of one core)

@@ -20,7 +20,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 import geomcheck
-from geomcheck import STREAMS, registry
+from geomcheck import STREAMS, atomic, registry
 from geomcheck.stats import STAT_NAMES
 
 if TYPE_CHECKING:
@@ -253,19 +252,8 @@ def missing_streams(baseline: Mapping[str, Any], current: Mapping[str, Any]) -> 
 def write_atomically(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to a temp file beside ``path`` and ``os.replace`` it in: a killed update leaves the old
     baseline or the new one, never half a file. Mode 0644 (mkstemp's 0600 would hide it from a CI artifact)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(path, text)
 
 
 @functools.lru_cache(maxsize=256)

@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -28,6 +27,8 @@ import numpy as np
 from filelock import FileLock
 from safetensors import safe_open
 from safetensors.numpy import save_file
+
+from geomcheck import atomic
 
 Arrays = dict[str, np.ndarray]
 KINDS = ("activations", "geometry", "weights", "converted", "offload", "fingerprints")  # what --geomcheck-cache-clear removes
@@ -98,14 +99,8 @@ class ArrayCache:
         self.root.mkdir(parents=True, exist_ok=True)
         contiguous = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
         header = {"sha256": _checksum(contiguous), "meta": json.dumps(dict(meta), sort_keys=True, default=str)}
-        handle, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{key}.", suffix=".tmp")
-        os.close(handle)
-        try:
+        with atomic.replacing(self.path(key)) as tmp:
             save_file(contiguous, tmp, metadata=header)
-            os.replace(tmp, self.path(key))
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         return self.path(key)
 
     def get_or_compute(
@@ -129,7 +124,7 @@ class ArrayCache:
         except OSError as exc:
             if isinstance(exc, FileExistsError) or (self.root.exists() and not self.root.is_dir()):
                 raise CacheError(f"cache folder {self.root} is not a folder; remove the file or choose another --geomcheck-cache-dir") from exc
-            warnings.warn(f"geomcheck cache {self.root} is not writable ({exc}); computing without storing.", CacheWarning, stacklevel=2)
+            warn_unwritable(self.root, exc)
             return compute(), dict(meta), False
         try:
             hit = self.load(key)
@@ -142,6 +137,25 @@ class ArrayCache:
             lock.release()
             with contextlib.suppress(OSError):
                 os.unlink(lock_path)
+
+
+_UNWRITABLE: set[Path] = set()  # cache folders this process has warned about: one warning each
+
+
+def warn_unwritable(folder: Path, exc: OSError) -> None:
+    """One :class:`CacheWarning` per cache folder that cannot be written (a read-only mount, a CI image),
+    however many kinds of entry (activations, geometry, weights, the fingerprint index) it skips: the run
+    computes what it needs and stores nothing."""
+    base = folder.parent if folder.name in KINDS else folder
+    if base in _UNWRITABLE:
+        return
+    _UNWRITABLE.add(base)
+    warnings.warn(
+        f"geomcheck cache {base} is not writable ({exc}); computing without storing. "
+        "Pass a writable --geomcheck-cache-dir to keep the results for the next run.",
+        CacheWarning,
+        stacklevel=3,
+    )
 
 
 def size_bytes(root: Path) -> int:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
@@ -31,6 +29,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
+from geomcheck import atomic
 from geomcheck.geometry import SETS, Geometry, geometry_to_arrays
 from geomcheck.weights import random_overlap, summarize_overlap
 
@@ -334,15 +333,9 @@ def save_figure(fig: Figure, path: Path, key: str | None = None) -> Path:
     ``key`` (see :func:`_drawn_once`) goes into its text field :data:`KEY_FIELD`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     metadata = PNG_METADATA if key is None else {**PNG_METADATA, KEY_FIELD: key}
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            fig.savefig(stream, format="png", metadata=metadata)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with atomic.replacing(path) as temp, open(temp, "wb") as stream:
+        fig.savefig(stream, format="png", metadata=metadata)
     return path
 
 

@@ -24,13 +24,13 @@ import importlib.util
 import json
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from filelock import FileLock
 
+from geomcheck import atomic
 from geomcheck.registry import ModelLoadError, ModelSpec
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
@@ -205,16 +205,16 @@ class StatIndex:
         """Merge this run's digests into the index file, dropping entries of files that are gone."""
         if not self.updates:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.path) + ".lock"):
-            current = _read_index(self.path)
-            merged = {k: v for k, v in {**current, **self.updates}.items() if os.path.exists(k)}
-            handle, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".index.", suffix=".tmp")
-            try:
-                with os.fdopen(handle, "w", encoding="utf-8") as out:
-                    json.dump(merged, out, sort_keys=True)
-                os.replace(tmp, self.path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(self.path) + ".lock"):
+                current = _read_index(self.path)
+                merged = {k: v for k, v in {**current, **self.updates}.items() if os.path.exists(k)}
+                atomic.write_text(self.path, json.dumps(merged, sort_keys=True))
+        except OSError as exc:  # a read-only cache: the digests stay in memory, the next run re-hashes
+            from geomcheck.cache import warn_unwritable
+
+            warn_unwritable(self.path.parent, exc)
+            self.entries, self.updates = {**self.entries, **self.updates}, {}
+            return
         self.entries, self.updates = merged, {}

@@ -6,17 +6,20 @@ would compute vocab-sized logits for every token for nothing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from filelock import FileLock
+from safetensors import SafetensorError
 
 from geomcheck.registry import (  # noqa: F401  (re-exported: the registry is part of this module's interface)
     CHAT_TEMPLATES,
@@ -82,6 +85,23 @@ def check_dtype_on_device(dtype: torch.dtype, device: str) -> None:
         ) from exc
 
 
+@contextlib.contextmanager
+def library_bars(enabled: bool) -> Iterator[None]:
+    """transformers' and huggingface_hub's progress bars on or off while a model loads, then as they were:
+    a bar's ``\\r`` redraws are one multi-KB line in a CI log, so they are shown only on a terminal."""
+    from huggingface_hub import utils as hub
+    from transformers.utils import logging as tf
+
+    hub_was, tf_was = not hub.are_progress_bars_disabled(), tf.is_progress_bar_enabled()
+    (hub.enable_progress_bars if enabled else hub.disable_progress_bars)()
+    (tf.enable_progress_bar if enabled else tf.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (hub.enable_progress_bars if hub_was else hub.disable_progress_bars)()
+        (tf.enable_progress_bar if tf_was else tf.disable_progress_bar)()
+
+
 def load(
     spec: ModelSpec,
     *,
@@ -111,7 +131,7 @@ def load(
         if device_map is not None:  # accelerate may offload what fits nowhere else to disk
             kwargs["offload_folder"] = str((cache_dir or default_cache_dir()) / "offload" / spec.name)
         model = getattr(transformers, spec.auto_class).from_pretrained(location, dtype=torch_dtype, device_map=device_map, **kwargs)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: a truncated or corrupt weight file
         raise ModelLoadError(
             f"could not load '{spec.name}' from '{location}': {exc}. Without network access, "
             "pass a local directory saved with save_pretrained, or pre-populate the Hugging Face cache "

@@ -20,6 +20,7 @@ from typing import Any
 
 from geomcheck import POSITIONS, STREAMS, thresholds
 from geomcheck.prompts import PromptFileError, resolve_prompts
+from geomcheck.registry import WEIGHT_FILES
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
@@ -143,6 +144,8 @@ def validate_settings(settings: Mapping[str, Any]) -> None:
         if path.exists() and not path.is_dir():
             raise OptionError(f"$GEOMCHECK_CACHE = {str(path)!r} is a file, not a directory: point it at a directory (it is created if missing), or pass --geomcheck-cache-dir")
     _directory(settings, "artifacts-dir")
+    if settings.get("geomcheck-json") and Path(settings["geomcheck-json"]).expanduser().is_dir():
+        raise OptionError(f"{_flag('geomcheck-json')} = {settings['geomcheck-json']!r} is a directory: name the results file, e.g. results.json")
     for which in ("harmful", "harmless"):
         try:
             resolve_prompts(settings.get(which) or None, which)
@@ -278,7 +281,8 @@ def _check_expected_failures(table: Any, checks: set[str], context: str) -> None
 
 
 def model_directory(path: Path, trust_remote_code: bool) -> None:
-    """A local model directory's config.json parses, and custom code is refused unless geomcheck's
+    """A local model directory's config.json parses, weights lie beside it (else a load would fail only
+    after the memory estimate, as "needs ~N GiB"), and custom code is refused unless geomcheck's
     ``--trust-remote-code`` is given (transformers would otherwise ask on stdin, and a ``y`` runs it)."""
     config_file = path / "config.json"
     try:
@@ -298,6 +302,11 @@ def model_directory(path: Path, trust_remote_code: bool) -> None:
         raise OptionError(
             f"--model {path}: config.json has model_type {model_type!r}, which this transformers does not know; "
             "upgrade transformers, or fix model_type"
+        )
+    if not any(any(path.glob(pattern)) for pattern in WEIGHT_FILES):
+        raise OptionError(
+            f"--model {path}: the directory has a config.json but no weight files ({', '.join(WEIGHT_FILES)}); "
+            "save the weights there with model.save_pretrained(path), or pass the directory that holds them"
         )
 
 

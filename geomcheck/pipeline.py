@@ -11,6 +11,7 @@ import contextlib
 import importlib.metadata
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -51,6 +52,14 @@ PHASES = ("fingerprint", "load/convert", "capture", "statistics", "weights", "fi
 
 class PromptSetWarning(UserWarning):
     """The two prompt sets are of very different sizes."""
+
+
+class ChatTemplateWarning(UserWarning):
+    """A model that looks like an instruct/chat model ships no chat template: its prompts are measured raw."""
+
+
+# names that instruct/chat fine-tunes carry (Qwen2.5-7B-Instruct, Llama-2-7b-chat, gemma-2-9b-it, ...-sft, ...-dpo)
+INSTRUCT_NAME = re.compile(r"instruct|chat|(^|[-_.])(it|sft|dpo|rlhf)($|[-_.])", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -137,9 +146,27 @@ class ModelRun:
             )
         return sets
 
-    @property
+    @cached_property
     def chat_template(self) -> bool:
+        """Whether prompts go through the tokenizer's chat template. A model named like an instruct model
+        without one is warned about (once): its raw prompt is read at its own last word, a different
+        position, with different geometry, from the template's last token that the model is used at."""
+        if self.options.chat_template is None and not self.spec.chat_template and INSTRUCT_NAME.search(Path(self.spec.name).name):
+            warnings.warn(
+                f"{self.spec.name} looks like an instruct/chat model but its tokenizer ships no chat template: its prompts are "
+                "measured raw, not as the model is used. Give it its template (tokenizer.chat_template, chat_template.jinja; "
+                "a registry entry: fallback_chat_template in models.toml), or pass --no-chat-template to measure raw prompts on purpose.",
+                ChatTemplateWarning,
+                stacklevel=3,  # past functools' cached_property, at the code that asked
+            )
         return self.spec.chat_template if self.options.chat_template is None else self.options.chat_template
+
+    @property
+    def rendering(self) -> str:
+        """Which input the model saw, for the summary and the record."""
+        if self.chat_template:
+            return "chat template"
+        return "raw prompts (--no-chat-template)" if self.options.chat_template is False else "raw prompts (the tokenizer has no chat template)"
 
     @property
     def dtype(self) -> str:
@@ -163,23 +190,24 @@ class ModelRun:
 
             self.check_memory()
             self.loads += 1
-            if self.control is not None:
-                return models.load_random_init(
-                    self.spec,
-                    seed=self.options.seed,
+            with models.library_bars(self.options.progress):  # transformers' and the hub's bars, as ours
+                if self.control is not None:
+                    return models.load_random_init(
+                        self.spec,
+                        seed=self.options.seed,
+                        device=self.options.device,
+                        dtype=self.options.dtype,
+                        trust_remote_code=self.options.trust_remote_code,
+                        cache_dir=Path(self.options.cache_dir),
+                    )
+                loaded = models.load(
+                    replace(self.spec, revision=expected.revision) if expected.revision else self.spec,
                     device=self.options.device,
                     dtype=self.options.dtype,
+                    device_map=self.options.device_map,
                     trust_remote_code=self.options.trust_remote_code,
                     cache_dir=Path(self.options.cache_dir),
                 )
-            loaded = models.load(
-                replace(self.spec, revision=expected.revision) if expected.revision else self.spec,
-                device=self.options.device,
-                dtype=self.options.dtype,
-                device_map=self.options.device_map,
-                trust_remote_code=self.options.trust_remote_code,
-                cache_dir=Path(self.options.cache_dir),
-            )
         commit = getattr(loaded.model.config, "_commit_hash", None) if expected.revision else None
         with self.timed("fingerprint"):
             changed = of_model(self.spec, Path(self.options.cache_dir)) != expected

@@ -34,10 +34,11 @@ if TYPE_CHECKING:  # the heavy modules load when a check first needs them, not a
 CHECK_FIXTURES = ("model_run", "thresholds")
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
     """Always ``--geomcheck-<name>`` (no clash with another project's options); the short ``--<name>``
-    spellings only where a project opts in (:mod:`geomcheck.activate`)."""
-    add_options(parser, short=False)
+    spellings only where a project opts in (:mod:`geomcheck.activate`, loaded by ``-p`` before this entry
+    point), and there ``--help`` lists each option once, by its short spelling."""
+    add_options(parser, short=False, listed=not pluginmanager.has_plugin("geomcheck.activate"))
     add_ini(parser)
 
 
@@ -64,6 +65,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "geomcheck_streams(*streams): streams a check is parametrized over")
     config.addinivalue_line("markers", "geomcheck_check: set by geomcheck on the tests it parametrizes over models")
+    if not config.pluginmanager.hasplugin("xdist"):  # set on each model's checks; xdist registers it itself
+        config.addinivalue_line("markers", "xdist_group(name): pytest-xdist's group of tests that share one worker")
     display_names, thresholds = validate(config)
     config.stash[SESSION_KEY] = GeomcheckSession(
         config=config,
@@ -177,8 +180,25 @@ def model_run(geomcheck_session: GeomcheckSession, model_name: str) -> ModelRun:
 
 
 @pytest.fixture(scope="session")
+def model_name() -> str:
+    """The model as given to --model (registry name, hub id or directory); each check is parametrized over
+    it, with the model's display name as the test id. Only a check (a test that uses a geomcheck model
+    fixture) receives it."""
+    raise pytest.UsageError("model_name is given only to geomcheck checks: ask for geometry, activations, weights or model_run")
+
+
+@pytest.fixture
+def stream() -> str:
+    """The residual stream a check reads (pre, mid or post: --streams, narrowed by
+    ``@pytest.mark.geomcheck_streams``); a check that asks for it runs once per stream."""
+    raise pytest.UsageError("stream is given only to geomcheck checks: ask for geometry, activations, weights or model_run")
+
+
+@pytest.fixture(scope="session")
 def geometry(request: pytest.FixtureRequest, model_run: ModelRun, model_name: str, geomcheck_session: GeomcheckSession) -> Geometry:
-    """Per-layer statistics with 95% bootstrap intervals, parametrized over --model; draws the note's figure."""
+    """Per-layer statistics with 95% bootstrap intervals, parametrized over --model; draws the note's figure.
+    Read it with ``value``/``curve("mid", "var_mean/harmful")``, ``interval``, ``describe``, ``growth``,
+    ``cosine_trend``, ``separation`` and ``derive`` (a statistic of your own, with its interval)."""
     from geomcheck import figures
 
     return _computed_and_drawn(request, geomcheck_session, model_name, "geometry", figures.write_geometry)
@@ -278,6 +298,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         if model_arg in session.runs:
             item.user_properties.append(("geomcheck_loads", session.runs[model_arg].loads))
             item.user_properties.append(("geomcheck_phases", dict(session.runs[model_arg].phases)))
+            item.user_properties.append(("geomcheck_rendering", session.runs[model_arg].rendering))
     report = yield
     if report.failed and call.excinfo is not None and session is not None:
         session.show_once(item.nodeid, call.excinfo.value, report)

@@ -8,6 +8,8 @@ loads when a run's options are first built.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +42,7 @@ OPTIONS: dict[str, tuple[str, Callable[[str], Any] | None]] = {
     "artifacts-dir": (f"where figures are written (default: {ARTIFACTS_DIR})", None),
     "thresholds": ("TOML file of check thresholds and per-model expected failures, merged over the shipped ones and [tool.geomcheck.thresholds]", None),
     "geomcheck-control": ("also run an untrained twin of each model and report it beside the checkpoint: random-init (same architecture, fresh weights seeded by --seed, built from the config; off when not given)", str),
+    "geomcheck-json": ("write the run's results (each check's verdict and figure, each model's identity and statistics) to this JSON file", None),
     "baseline": ("compare every model against this model's committed baseline (registry name, hub id or baselines/ folder), e.g. a fine-tune against its base", None),
 }
 FLAGS: dict[str, str] = {
@@ -51,31 +54,50 @@ MODEL_HELP = "model to check: registry name or local directory; repeat for sever
 
 
 def add_ini(parser: pytest.Parser) -> None:
-    """Every option's ini key, and ``geomcheck_models``."""
+    """Every option's ini key, and ``geomcheck_models``; integer options are typed ``int``, so a TOML file
+    writes ``geomcheck_n_boot = 400`` without quotes."""
     parser.addini("geomcheck_models", "models to check when --model is not given", type="linelist", default=["smollm2-135m"])
-    for name, (help_text, _) in OPTIONS.items():
-        parser.addini(dest(name), help_text, type="string", default=ARTIFACTS_DIR if name == "artifacts-dir" else None)
+    for name, (help_text, parse) in OPTIONS.items():
+        parser.addini(dest(name), with_default(name, help_text), type="int" if parse is int else "string",
+                      default=ARTIFACTS_DIR if name == "artifacts-dir" else None)
 
 
-def add_options(parser: pytest.Parser, short: bool) -> None:
+def with_default(name: str, help_text: str) -> str:
+    """The help text with the default it takes when not given (RunOptions' field), as ``--help`` shows it."""
+    from geomcheck.pipeline import RunOptions
+
+    field = next((f for f in dataclasses.fields(RunOptions) if f.name == dest(name).removeprefix("geomcheck_")), None)
+    if field is None or field.default in (None, dataclasses.MISSING) or "default:" in help_text:
+        return help_text
+    shown = ",".join(field.default) if isinstance(field.default, tuple) else field.default
+    return f"{help_text} (default: {shown})"
+
+
+def add_options(parser: pytest.Parser, short: bool, listed: bool = True) -> None:
     """Register every option once, as ``--geomcheck-<name>`` or (``short``) as ``--<name>``; both spellings
-    share the dest ``geomcheck_<name>``, so code reading an option does not depend on its spelling."""
+    share the dest ``geomcheck_<name>``, so code reading an option does not depend on its spelling. Not
+    ``listed``, an option works but stays out of ``--help`` (where the short spelling already lists it)."""
     group = parser.getgroup("geomcheck", "geomcheck: activation-geometry checks")
 
     def flag(name: str) -> str:
         return "--" + name.removeprefix("geomcheck-") if short else "--geomcheck-" + name.removeprefix("geomcheck-")
 
-    group.addoption(flag("model"), action="append", dest="geomcheck_models", default=None, metavar="NAME", help=MODEL_HELP)
+    def shown(name: str, text: str) -> str:
+        # the namespaced options have no short twin, so they are always listed
+        return text if listed or name.startswith("geomcheck-") else argparse.SUPPRESS
+
+    group.addoption(flag("model"), action="append", dest="geomcheck_models", default=None, metavar="NAME", help=shown("model", MODEL_HELP))
     for name, (help_text, _) in OPTIONS.items():
         if short and name.startswith("geomcheck-"):
             continue  # already namespaced: one spelling only
         option_dest = dest(name)
         metavar = option_dest.removeprefix("geomcheck_").upper()
-        group.addoption(flag(name), dest=option_dest, default=None, metavar=metavar, help=f"{help_text} [ini: {option_dest}]".replace("%", "%%"))
+        text = f"{with_default(name, help_text)} [ini: {option_dest}]".replace("%", "%%")
+        group.addoption(flag(name), dest=option_dest, default=None, metavar=metavar, help=shown(name, text))
     for name, help_text in FLAGS.items():
         if short and name.startswith("geomcheck-"):
             continue
-        group.addoption(flag(name), action="store_true", dest=dest(name), help=help_text)
+        group.addoption(flag(name), action="store_true", dest=dest(name), help=shown(name, help_text))
 
 
 def dest(name: str) -> str:
@@ -84,9 +106,14 @@ def dest(name: str) -> str:
 
 
 def setting(config: pytest.Config, name: str) -> Any:
-    """An option's text from the command line, else the ini file; None where neither gives one."""
+    """An option's text from the command line, else the ini file (an ``int`` key: its number); None where
+    neither gives one."""
     value = config.getoption(dest(name))
-    value = value if value is not None else config.getini(dest(name))
+    if value is None:
+        try:
+            value = config.getini(dest(name))
+        except (TypeError, ValueError, pytest.UsageError) as exc:  # pytest's conversion of an int key, unnamed
+            raise options.OptionError(f"ini {dest(name)} is not valid: {exc}; expected a whole number, e.g. {dest(name)} = 4") from exc
     return value if value not in (None, "") else None
 
 
@@ -103,8 +130,15 @@ def run_options(config: pytest.Config) -> RunOptions:
         **given,
         chat_template=False if config.getoption("geomcheck_no_chat_template") else None,
         trust_remote_code=bool(config.getoption("geomcheck_trust_remote_code")),
-        progress=config.getoption("verbose") >= 0,
+        progress=config.getoption("verbose") >= 0 and _on_terminal(config),
     )
+
+
+def _on_terminal(config: pytest.Config) -> bool:
+    """Whether pytest writes to a terminal (checked by pytest before its capture replaces stdout): progress
+    bars only there, never in a CI log or a pipe."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    return reporter is not None and bool(reporter.isatty())
 
 
 def validate(config: pytest.Config) -> tuple[dict[str, str], dict[str, Any]]:

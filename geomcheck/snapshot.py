@@ -294,11 +294,18 @@ class BaselineOutcome:
     comparison all three were read from (None when there was no baseline to compare with)."""
 
     ok: bool
-    status: str  # created, updated, matched, missing, broken, drifted
+    status: str  # created, updated, matched, missing, first-run, broken, drifted
     location: str
     summary: str
     message: str = ""
     comparison: Comparison | None = None
+
+    @property
+    def skipped(self) -> bool:
+        """No baseline yet for the package's own checks (a first run from an installed package): nothing to
+        compare, which is a skip naming the command that creates one, not a failure; a project's own
+        ``checks/`` commits its baselines, so there a missing one fails."""
+        return self.status == "first-run"
 
     @property
     def drifts(self) -> list[Drift]:
@@ -319,15 +326,26 @@ def _display(location: str, root: Path | None) -> str:
     return location
 
 
+SHIPPED_CHECKS = Path(__file__).resolve().parent / "checks"
+
+
+def _is_shipped(test_location: PyTestLocation) -> bool:
+    """The check was collected from the package (``--pyargs geomcheck.checks``), not from a project's file."""
+    return Path(test_location.filepath).resolve().parent == SHIPPED_CHECKS
+
+
 def _update_command(test_location: PyTestLocation, model: str) -> str:
-    """``pytest checks/ --model NAME --snapshot-update``, with the checks' folder as run from here."""
+    """``pytest checks/ --model NAME --snapshot-update``, with the checks' folder as run from here; the
+    package's own checks as ``--pyargs geomcheck.checks`` (never their site-packages path)."""
     target = Path(test_location.filepath).parent
+    flag = model_flag(getattr(test_location.item, "config", None))
+    if _is_shipped(test_location):
+        return f"pytest --pyargs geomcheck.checks {flag} {shlex.quote(model)} --snapshot-update"
     try:
         rel = target.relative_to(Path.cwd())
         where = f"{rel}/" if str(rel) != "." else Path(test_location.filepath).name
     except ValueError:
         where = f"{target}/"
-    flag = model_flag(getattr(test_location.item, "config", None))
     return f"pytest {where} {flag} {shlex.quote(model)} --snapshot-update"
 
 
@@ -382,6 +400,8 @@ def check_baseline(
         return BaselineOutcome(True, "updated", location, f"baseline updated: {written}")
     if result.recalled_data is None:
         lines = missing_lines(model, location, command)
+        if _is_shipped(result.test_location):
+            return BaselineOutcome(False, "first-run", location, f"no baseline yet; create it with: {command}", " ".join(lines))
         return BaselineOutcome(False, "missing", location, "no baseline", "\n".join(lines))
     comparison = extension.comparison
     if comparison is None:  # syrupy read a file that is not a baseline: failure_lines names the problem

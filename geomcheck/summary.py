@@ -15,7 +15,7 @@ import pytest
 from _pytest import junitxml
 
 from geomcheck.session import DIGESTS, SESSION_KEY
-from geomcheck.settings import run_options
+from geomcheck.settings import run_options, setting
 
 if TYPE_CHECKING:
     from geomcheck.ci import CheckResult, Failure
@@ -41,6 +41,7 @@ class Summary:
         self.figures: dict[str, dict[str, Path]] = {}  # model -> figure kind -> file
         self.loads: dict[str, int] = {}
         self.phases: dict[str, dict[str, float]] = {}  # model -> phase -> seconds, as of its latest check
+        self.renderings: dict[str, str] = {}  # model -> what its prompts went in as (chat template or raw)
         self.digests: dict[str, ModelDigest] = {}  # model -> what was measured (from every worker)
         self.failures: list[Failure] = []
         self.models_figure: Path | None = None
@@ -66,6 +67,10 @@ class Summary:
             self.digests.setdefault(digest.model, digest)
         order = list(geomcheck_session.display_names.values())
         digests = sorted(self.digests.values(), key=lambda d: order.index(d.model) if d.model in order else len(order))
+        if (target := setting(session.config, "geomcheck-json")) is not None:
+            from geomcheck import results
+
+            results.write(target, results.payload(self.results, digests, self.renderings))
         if not digests:
             return
         self.comparison = comparison.table_lines(digests)
@@ -107,6 +112,8 @@ class Summary:
             self.loads[model] = properties["geomcheck_loads"]
         if "geomcheck_phases" in properties:
             self.phases[model] = properties["geomcheck_phases"]
+        if "geomcheck_rendering" in properties:
+            self.renderings[model] = properties["geomcheck_rendering"]
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         from geomcheck import ci
@@ -130,6 +137,8 @@ class Summary:
                 terminalreporter.write_line(f"{model}: figure {path}")
         for model, loads in self.loads.items():
             terminalreporter.write_line(f"{model}: model loaded {loads}×" + (" (all from cache)" if loads == 0 else ""))
+        for model, rendering in self.renderings.items():
+            terminalreporter.write_line(f"{model}: prompts rendered with {rendering}" if rendering == "chat template" else f"{model}: prompts fed as {rendering}")
         for digest in self.digests.values():
             if digest.geometry is not None and any("/kurtosis/" in key for key in digest.geometry.values):
                 terminalreporter.write_line(f"{digest.model}: {digest.geometry.tails()}")

