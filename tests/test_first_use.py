@@ -76,7 +76,7 @@ def test_a_read_only_empty_cache_computes_without_storing_with_one_warning(pytes
     assert "errors" not in outcomes and outcomes.get("passed", 0) + outcomes.get("failed", 0) == 3, result.stdout.str()
     text = result.stdout.str()
     assert text.count(f"geomcheck cache {cache} is not writable") == 1 and "computing without storing" in text, text
-    assert outcomes.get("warnings") == 1
+    assert text.count("CacheWarning:") == 1, text  # one cache warning (pytest's own, e.g. assertion rewriting, may join it)
     assert list(cache.iterdir()) == []
 
 
