@@ -27,7 +27,7 @@ import numpy as np
 
 from geomcheck import STREAMS
 from geomcheck.fingerprint import short
-from geomcheck.resampling import resample_indices
+from geomcheck.resampling import resample_counts
 from geomcheck.stats import NO_INTERVAL, SETS, STAT_NAMES, statistics_from_moments
 from geomcheck.trends import growth_fit
 
@@ -483,8 +483,7 @@ def paired_errors(readings: Readings, n_boot: int = 200, seed: int = 0) -> tuple
     if any(len(v) != 1 for v in shapes.values()):
         raise ValueError(f"paired readings must hold the same prompts, layers and features on both sides; got {shapes}")
     sizes = (len(ref[SETS[0]][streams[0]]), len(ref[SETS[1]][streams[0]]))
-    draws = resample_indices(sizes, n_boot, seed)
-    counts = [np.stack([np.bincount(rows[i], minlength=sizes[i]) for rows in draws]).astype(np.float64) for i in range(2)]
+    counts = resample_counts(sizes, n_boot, seed)
     values: dict[str, np.ndarray] = {}
     errors: dict[str, np.ndarray] = {}
     for stream in streams:

@@ -183,7 +183,8 @@ def growth_shape(values: np.ndarray, degenerate_jump: float) -> GrowthShape:
     exponential = growth_fit(kept)
     usable = np.isfinite(exponential.residuals)
     y = np.log(kept[usable])
-    x = np.log1p(np.arange(values.size)[usable].astype(np.float64))
+    layers = np.arange(values.size)[usable].astype(np.float64)
+    x = np.log1p(layers)
     power, intercept = _ols(x, y)
     power_rss = float(np.sum((y - intercept - power * x) ** 2))
     exponential_rss = float(np.nansum(exponential.residuals**2))
@@ -196,7 +197,7 @@ def growth_shape(values: np.ndarray, degenerate_jump: float) -> GrowthShape:
         power_r2=1.0 - power_rss / ss_tot if ss_tot > floor else 1.0,
         delta_aic=y.size * float(np.log(max(exponential_rss, floor) / max(power_rss, floor))),
         degenerate=degenerate,
-        nested_rate=_nested_rate(np.arange(values.size)[usable].astype(np.float64), y),
+        nested_rate=_nested_rate(layers, y),
     )
 
 
