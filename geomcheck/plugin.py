@@ -82,11 +82,21 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """An xdist worker hands what it measured to the controller, which draws models.png once."""
+    """An xdist worker hands what it measured to the controller, which draws models.png once; the
+    controller writes each model's record (``--geomcheck-record-to``)."""
     if hasattr(session.config, "workeroutput"):
         from geomcheck.comparison import to_wire
 
         session.config.workeroutput[DIGESTS] = [to_wire(d) for d in session.config.stash[SESSION_KEY].digests()]
+    elif (target := setting(session.config, "geomcheck-record-to")) is not None:
+        from geomcheck import record
+
+        lines, complete = record.write_session(session.config.stash[SESSION_KEY], session.config.invocation_params.dir / target)
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        for line in lines:
+            reporter.write_line(line) if reporter is not None else print(line)
+        if not complete and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def check_name(item: pytest.Item | pytest.Function) -> str:

@@ -82,6 +82,10 @@ def resolve(name_or_path: str) -> ModelSpec:
     known = registry()
     if name_or_path in known:
         return known[name_or_path]
+    if name_or_path.startswith("record:"):  # a run recorded elsewhere (geomcheck.record), in place of the model
+        from geomcheck import record
+
+        return record.read(record.record_folder(name_or_path)).spec
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return _spec_for_directory(path)
@@ -93,8 +97,8 @@ def resolve(name_or_path: str) -> ModelSpec:
     hint = f" Did you mean '{nearest[0]}'?" if nearest else ""
     raise UnknownModelError(
         f"unknown model '{name_or_path}'.{hint} Known models: {', '.join(sorted(known))}; "
-        "a hub id ORG/NAME or ORG/NAME@REVISION; a .gguf file; or the path of a local directory saved with "
-        "save_pretrained."
+        "a hub id ORG/NAME or ORG/NAME@REVISION; a .gguf file; the path of a local directory saved with "
+        "save_pretrained; or record:DIR, a run recorded with --geomcheck-record-to."
     )
 
 

@@ -42,6 +42,7 @@ class GeomcheckSession:
     shown: dict[int, tuple[BaseException, str]] = field(default_factory=dict)  # id(error) -> (error, first node id)
     figures: dict[str, dict[str, Path]] = field(default_factory=dict)  # model as given -> figure kind -> file
     controls: dict[str, ModelRun] = field(default_factory=dict)  # model as given -> its untrained twin's run
+    records: dict[str, Path] = field(default_factory=dict)  # model as given -> the record that stands in for it (captured elsewhere)
 
     def add_figure(self, model_arg: str, kind: str, path: Path) -> None:
         self.figures.setdefault(model_arg, {})[kind] = path
@@ -51,20 +52,20 @@ class GeomcheckSession:
         return run_options(self.config)
 
     def run(self, model_arg: str) -> ModelRun:
-        from geomcheck.pipeline import ModelRun
+        from geomcheck.record import new_run
 
         if model_arg not in self.runs:
-            self.runs[model_arg] = ModelRun(model_arg, self.options)
+            self.runs[model_arg] = new_run(model_arg, self.options, folder=self.records.get(model_arg))
         return self.runs[model_arg]
 
     def control_geometry(self, model_arg: str) -> Any:
         """The untrained twin's Geometry (``--geomcheck-control``), or None when no twin is asked for."""
         if self.options.control is None:
             return None
-        from geomcheck.pipeline import ModelRun
+        from geomcheck.record import new_run
 
         if model_arg not in self.controls:
-            self.controls[model_arg] = ModelRun(model_arg, self.options, control=self.options.control)
+            self.controls[model_arg] = new_run(model_arg, self.options, control=self.options.control, folder=self.records.get(model_arg))
         return self.controls[model_arg].geometry
 
     def computed(self, model_arg: str, what: str) -> Any:

@@ -43,6 +43,7 @@ OPTIONS: dict[str, tuple[str, Callable[[str], Any] | None]] = {
     "thresholds": ("TOML file of check thresholds and per-model expected failures, merged over the shipped ones and [tool.geomcheck.thresholds]", None),
     "geomcheck-control": ("also run an untrained twin of each model and report it beside the checkpoint: random-init (same architecture, fresh weights seeded by --seed, built from the config; off when not given)", str),
     "geomcheck-json": ("write the run's results (each check's verdict and figure, each model's identity and statistics) to this JSON file", None),
+    "geomcheck-record-to": ("at the end of the session, write each model's record (readings, statistics, weight overlaps, identity) to DIR/<model>/; gate it where the model is not, with --model record:DIR/<model>", None),
     "baseline": ("compare every model against this model's committed baseline (registry name, hub id or baselines/ folder), e.g. a fine-tune against its base", None),
 }
 FLAGS: dict[str, str] = {
@@ -50,7 +51,7 @@ FLAGS: dict[str, str] = {
     "no-chat-template": "feed prompts raw, without the chat template",
     "geomcheck-cache-clear": "empty geomcheck's activation/geometry/weights cache at the start of the run (like --cache-clear)",
 }
-MODEL_HELP = "model to check: registry name or local directory; repeat for several (default: smollm2-135m)"
+MODEL_HELP = "model to check: registry name, hub id ORG/NAME[@REV], local directory or record:DIR (a run recorded with --geomcheck-record-to); repeat for several (default: smollm2-135m)"
 
 
 def add_ini(parser: pytest.Parser) -> None:
@@ -154,6 +155,11 @@ def validate(config: pytest.Config) -> tuple[dict[str, str], dict[str, Any]]:
             if model_arg not in registry.registry() and path.is_dir() and (path / "config.json").exists():
                 options.model_directory(path, trust)
         specs = {model_arg: registry.resolve(model_arg) for model_arg in model_args}  # once: a hub id may ask the hub
+        for model_arg in model_args:
+            if model_arg.startswith("record:"):  # a record measured with other options is refused now, not per check
+                from geomcheck.record import new_run
+
+                new_run(model_arg, run_options(config))
         thresholds = load_thresholds(_project_pyproject(config), setting(config, "thresholds"))
         streams = setting(config, "streams")
         if streams and getattr(config.option, "update_snapshots", False) and set(options.streams(streams)) != set(STREAMS):
