@@ -49,6 +49,7 @@ OPTIONS: dict[str, tuple[str, Callable[[str], Any] | None]] = {
 FLAGS: dict[str, str] = {
     "trust-remote-code": "allow models to run code from their repository (off unless the registry entry says so)",
     "no-chat-template": "feed prompts raw, without the chat template",
+    "geomcheck-sweep": "the models are checkpoints of one model, in order: draw sweep.png (key figures and drift from the first checkpoint against the checkpoint) and print the sweep table",
     "geomcheck-cache-clear": "empty geomcheck's activation/geometry/weights cache at the start of the run (like --cache-clear)",
 }
 MODEL_HELP = "model to check: registry name, hub id ORG/NAME[@REV], local directory or record:DIR (a run recorded with --geomcheck-record-to); repeat for several (default: smollm2-135m)"
@@ -185,16 +186,18 @@ def check_baseline_folders(config: pytest.Config, specs: dict[str, registry.Mode
     ``--baseline`` that does not exist or that ``--snapshot-update`` would overwrite."""
     from geomcheck.baseline import baseline_name, baseline_override, baselines_root
 
+    override = baseline_override(config)
     folders: dict[str, tuple[str, str]] = {}
     for model_arg, spec in specs.items():
         folder, checkpoint = baseline_name(model_arg), (spec.source, spec.revision)  # revisions share a folder
-        if folders.setdefault(folder, checkpoint) != checkpoint:
+        # under --baseline every model reads the override's baselines only: a shared folder is never written
+        if folders.setdefault(folder, checkpoint) != checkpoint and override is None:
             first, second = (source if revision == "main" else f"{source}@{revision}" for source, revision in (folders[folder], checkpoint))
             raise pytest.UsageError(
                 f"two models would share the baselines of '{folder}': {first} and {second}. "
-                "Give the checkpoint folders distinct names, or check them in separate sessions with --baseline."
+                "Give the checkpoint folders distinct names, or gate them all against one reference's baseline with "
+                f"--baseline REF (a sweep: --geomcheck-sweep --baseline {first})."
             )
-    override = baseline_override(config)
     if override is None:
         return
     if config.getoption("update_snapshots", default=False):

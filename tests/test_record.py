@@ -162,3 +162,20 @@ def test_a_session_asking_other_measurements_than_the_record_is_refused_at_start
     broken = pytester.runpytest_subprocess("--model", f"record:{written.parent / 'nowhere'}", "-p", "no:cacheprovider")
     assert broken.ret == pytest.ExitCode.USAGE_ERROR
     broken.stderr.fnmatch_lines(["*record */nowhere does not exist: it is not a geomcheck record. Write one on the machine with the model: *--geomcheck-record-to*"])
+
+
+def test_the_example_workflow_gates_in_its_cpu_job_the_record_its_gpu_job_uploads():
+    yaml = pytest.importorskip("yaml")  # PyYAML comes with the test tools; the workflow itself is checked as data
+    from geomcheck.figures import _folder_name
+
+    workflow = yaml.safe_load((ROOT / "examples" / "geomcheck-record-gate.yml").read_text())
+    capture, gate = workflow["jobs"]["capture"], workflow["jobs"]["gate"]
+    uploaded = next(s["with"] for s in capture["steps"] if s.get("uses", "").startswith("actions/upload-artifact"))
+    downloaded = next(s["with"] for s in gate["steps"] if s.get("uses", "").startswith("actions/download-artifact"))
+    recorded = next(s["run"] for s in capture["steps"] if "--geomcheck-record-to" in s.get("run", ""))
+    gated = next(s["run"] for s in gate["steps"] if "record:" in s.get("run", ""))
+    assert gate["needs"] == "capture" and uploaded["name"] == downloaded["name"] and uploaded["path"] == downloaded["path"] == "records/"
+    assert "--geomcheck-record-to records" in recorded and '--model "record:records/$RECORD"' in gated
+    default_model = workflow["env"]["MODEL"].split("'")[1]
+    assert workflow["env"]["RECORD"] == _folder_name(default_model)  # the folder the capture writes
+    assert "--dtype bfloat16" in recorded and "--dtype bfloat16" in gated  # the same measuring options
