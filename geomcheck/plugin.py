@@ -74,11 +74,31 @@ def pytest_configure(config: pytest.Config) -> None:
         thresholds=thresholds,
         artifacts_dir=config.invocation_params.dir / setting(config, "artifacts-dir"),
     )
+    if (address := setting(config, "geomcheck-ray")) is not None:
+        configure_ray(config, address)
     if config.getoption("geomcheck_cache_clear") and not hasattr(config, "workerinput"):  # once, in the controller
         from geomcheck import cache
 
         cache.clear(run_options(config).cache_dir)
     config.pluginmanager.register(Summary(), "geomcheck-summary")
+
+
+def configure_ray(config: pytest.Config, address: str) -> None:
+    """``--geomcheck-ray``: the session's models are captured as Ray tasks, their records gated here."""
+    import functools
+
+    from geomcheck import distributed
+
+    if config.getoption("numprocesses", default=None):
+        raise pytest.UsageError("--geomcheck-ray runs every model's capture in parallel on Ray already: drop -n")
+    try:
+        gpus = distributed.gpus_option(setting(config, "geomcheck-ray-gpus"))
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from exc
+    session = config.stash[SESSION_KEY]
+    session.remote = functools.partial(
+        distributed.capture_all, list(session.display_names), session.options, address, gpus, session.artifacts_dir / "records"
+    )
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

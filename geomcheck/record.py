@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from safetensors import safe_open
-from safetensors.numpy import save_file
+from safetensors.numpy import save as safetensors_bytes
 
 import geomcheck
 from geomcheck import activations, atomic
@@ -301,22 +301,23 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
-def write(run: ModelRun, folder: Path, model_arg: str, baseline: str, baselines: Iterable[Mapping[str, Any]] = ()) -> Path:
-    """Write ``run``'s record to ``folder`` whole or not at all (a temp folder renamed into place); the
+def serialize(run: ModelRun, model_arg: str, baseline: str, baselines: Iterable[Mapping[str, Any]] = ()) -> dict[str, bytes]:
+    """``run``'s record as its files' bytes (what a Ray task sends back, :mod:`geomcheck.distributed`); the
     readings of the reference runs of ``baselines`` (their metas) are carried where the cache holds them.
     Deterministic: the same run gives the same bytes (no time stamps)."""
     for meta in baselines:
         run.readings_against(meta)
     weights = run.weights
-    files: dict[str, Arrays] = {
+    arrays: dict[str, Arrays] = {
         READINGS: activations.to_arrays(run.capture),
         GEOMETRY: geometry_to_arrays(as_computed(run.geometry)),
         WEIGHTS: {**weights.matrices, SHAPE: np.array([weights.d_model, weights.k], dtype=np.int64)},
-        REFERENCES: {f"{key}/{name}": a for key, arrays in run.references.items() for name, a in arrays.items()},
+        REFERENCES: {f"{key}/{name}": a for key, found in run.references.items() for name, a in found.items()},
     }
-    files = {name: {k: np.ascontiguousarray(a) for k, a in arrays.items()} for name, arrays in files.items() if arrays}
+    arrays = {name: {k: np.ascontiguousarray(a) for k, a in found.items()} for name, found in arrays.items() if found}
+    files = {name: safetensors_bytes(found) for name, found in arrays.items()}
     options = {name: getattr(run.options, name) for name in MEASURING_OPTIONS if name not in ("dtype", "chat_template")}
-    manifest: dict[str, Any] = {
+    manifest: dict[str, Any] = _plain({
         "format": FORMAT,
         "geomcheck": geomcheck.__version__,
         "model": model_arg,
@@ -330,23 +331,30 @@ def write(run: ModelRun, folder: Path, model_arg: str, baseline: str, baselines:
         "options": {**options, "streams": list(run.options.streams), "dtype": run.dtype, "chat_template": run.chat_template},
         "geometry": {"n_boot": run.geometry.n_boot, "seed": run.geometry.seed, "format": GEOMETRY_FORMAT},
         "weights": {"k": weights.k, "d_model": weights.d_model, "method": TOPK_METHOD},
-    }
+        "files": {name: {"sha256": hashlib.sha256(files[name]).hexdigest(), "arrays": {k: [a.dtype.str, list(a.shape)] for k, a in found.items()}}
+                  for name, found in arrays.items()},
+    })
+    manifest["sha256"] = _manifest_sha256(manifest)
+    return {**files, MANIFEST: (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()}
+
+
+def install(files: Mapping[str, bytes], folder: Path) -> Path:
+    """Write a record's files to ``folder`` whole or not at all: a temp folder beside it, renamed into place
+    (the old record out first, so a reader sees one whole record or, briefly, none)."""
     folder = Path(folder)
     if folder.exists() and not (folder / MANIFEST).is_file():
         raise RecordError(f"{folder} exists and is not a geomcheck record: refusing to replace it. Choose another --geomcheck-record-to.")
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
     try:
-        listed: dict[str, Any] = {}
-        for name, arrays in files.items():
-            save_file(arrays, str(staging / name))
+        for name, data in files.items():
+            with open(staging / name, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
             os.chmod(staging / name, atomic.READABLE)
-            listed[name] = {"sha256": _file_sha256(staging / name), "arrays": {k: [a.dtype.str, list(a.shape)] for k, a in arrays.items()}}
-        manifest = _plain({**manifest, "files": listed})
-        manifest["sha256"] = _manifest_sha256(manifest)
-        atomic.write_text(staging / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
         os.chmod(staging, 0o755)
-        if folder.exists():  # the old record out, the new one in: a reader sees one whole record or, briefly, none
+        if folder.exists():
             old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".old"))
             os.replace(folder, old / folder.name)
             os.replace(staging, folder)
@@ -357,6 +365,11 @@ def write(run: ModelRun, folder: Path, model_arg: str, baseline: str, baselines:
         if staging.exists():
             shutil.rmtree(staging)
     return folder
+
+
+def write(run: ModelRun, folder: Path, model_arg: str, baseline: str, baselines: Iterable[Mapping[str, Any]] = ()) -> Path:
+    """Write ``run``'s record (:func:`serialize`) to ``folder`` (:func:`install`)."""
+    return install(serialize(run, model_arg, baseline, baselines), folder)
 
 
 def as_computed(geometry: Geometry) -> Geometry:

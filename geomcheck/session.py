@@ -8,6 +8,7 @@ Here ``model_arg`` is the first and ``model`` the second.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -42,7 +43,8 @@ class GeomcheckSession:
     shown: dict[int, tuple[BaseException, str]] = field(default_factory=dict)  # id(error) -> (error, first node id)
     figures: dict[str, dict[str, Path]] = field(default_factory=dict)  # model as given -> figure kind -> file
     controls: dict[str, ModelRun] = field(default_factory=dict)  # model as given -> its untrained twin's run
-    records: dict[str, Path] = field(default_factory=dict)  # model as given -> the record that stands in for it (captured elsewhere)
+    records: dict[str, Path | BaseException] = field(default_factory=dict)  # model as given -> the record standing in for it (or its capture's error)
+    remote: Callable[[], dict[str, Path | BaseException]] | None = None  # captures every model elsewhere (--geomcheck-ray), once
 
     def add_figure(self, model_arg: str, kind: str, path: Path) -> None:
         self.figures.setdefault(model_arg, {})[kind] = path
@@ -55,7 +57,16 @@ class GeomcheckSession:
         from geomcheck.record import new_run
 
         if model_arg not in self.runs:
-            self.runs[model_arg] = new_run(model_arg, self.options, folder=self.records.get(model_arg))
+            if self.remote is not None:  # --geomcheck-ray: every model captured as a Ray task when the first is needed
+                remote, self.remote = self.remote, None
+                try:
+                    self.records.update(remote())
+                except Exception as exc:  # no Ray, no cluster: every model's checks fail with it (shown once)
+                    self.records.update(dict.fromkeys(self.display_names, exc))
+            found = self.records.get(model_arg)
+            if isinstance(found, BaseException):
+                raise found
+            self.runs[model_arg] = new_run(model_arg, self.options, folder=found)
         return self.runs[model_arg]
 
     def control_geometry(self, model_arg: str) -> Any:
@@ -65,7 +76,8 @@ class GeomcheckSession:
         from geomcheck.record import new_run
 
         if model_arg not in self.controls:
-            self.controls[model_arg] = new_run(model_arg, self.options, control=self.options.control, folder=self.records.get(model_arg))
+            found = self.records.get(model_arg)
+            self.controls[model_arg] = new_run(model_arg, self.options, control=self.options.control, folder=found if isinstance(found, Path) else None)
         return self.controls[model_arg].geometry
 
     def computed(self, model_arg: str, what: str) -> Any:

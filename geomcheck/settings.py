@@ -44,6 +44,8 @@ OPTIONS: dict[str, tuple[str, Callable[[str], Any] | None]] = {
     "geomcheck-control": ("also run an untrained twin of each model and report it beside the checkpoint: random-init (same architecture, fresh weights seeded by --seed, built from the config; off when not given)", str),
     "geomcheck-json": ("write the run's results (each check's verdict and figure, each model's identity and statistics) to this JSON file", None),
     "geomcheck-record-to": ("at the end of the session, write each model's record (readings, statistics, weight overlaps, identity) to DIR/<model>/; gate it where the model is not, with --model record:DIR/<model>", None),
+    "geomcheck-ray": ("capture each model as a Ray task and gate the records here: local (a Ray instance on this machine), auto (this machine's cluster) or ray://HEAD:10001; needs pip install geomcheck[ray]", None),
+    "geomcheck-ray-gpus": ("GPUs per Ray task (default: 1 with a cuda --device, else 0)", None),
     "baseline": ("compare every model against this model's committed baseline (registry name, hub id or baselines/ folder), e.g. a fine-tune against its base", None),
 }
 FLAGS: dict[str, str] = {
@@ -128,12 +130,20 @@ def run_options(config: pytest.Config) -> RunOptions:
         for name, (_, parse) in OPTIONS.items()
         if parse is not None and (value := setting(config, name)) is not None
     }
-    return RunOptions(
+    options = RunOptions(
         **given,
         chat_template=False if config.getoption("geomcheck_no_chat_template") else None,
         trust_remote_code=bool(config.getoption("geomcheck_trust_remote_code")),
         progress=config.getoption("verbose") >= 0 and _on_terminal(config),
     )
+    worker = getattr(config, "workerinput", {}).get("workerid")
+    if options.device == "cuda" and worker is not None:  # -n N: each xdist worker its own GPU
+        import torch
+
+        from geomcheck.distributed import worker_device
+
+        return dataclasses.replace(options, device=worker_device(options.device, worker, torch.cuda.device_count()))
+    return options
 
 
 def _on_terminal(config: pytest.Config) -> bool:
