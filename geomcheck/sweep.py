@@ -9,7 +9,8 @@ under its unpaired rule, counted and scored in tolerances. The unpaired toleranc
 (``max(abs, rel·|ref|, 4·SE)``, SE from the reference's bootstrap over prompts), so the score is a yardstick
 that grows with the size of the change. The gate's paired rule is not: its SE is the spread of the paired
 difference, which grows with the change itself, so it tells a consistent change from noise, not a larger
-change from a smaller one (measured: a layer's MLP scaled ×1.2 and ×1.5 both scored ~0.7 paired).
+change from a smaller one (seen 2026-12-03 on tests/test_sweep.py's tiny models: one layer's MLP scaled
+×1.2 and ×1.5 both scored ~0.7 paired, 0.027 and 0.068 unpaired).
 
 Baselines: the gate (``test_matches_baseline``) keeps its own rule per checkpoint. Local checkpoints of
 distinct folder names each have their baseline; a sweep gated against one reference passes

@@ -99,6 +99,9 @@ def test_a_record_reads_back_what_was_recorded_and_is_byte_identical_when_writte
         for stream, readings in streams.items():
             np.testing.assert_array_equal(run.capture.samples[prompt_set][stream], readings)
     assert run.weights.matrices.keys() == original.weights.matrices.keys() and run.loads == 0
+    assert run.geometry.n_boot == 0  # the recorded statistics; another --n-boot recomputes them from the readings
+    resampled = record.new_run(f"record:{written}", RunOptions(cache_dir=tmp_path, max_prompts=4, n_boot=40, progress=False))
+    assert resampled.geometry.n_boot == 40 and resampled.geometry.intervals and resampled.loads == 0
     again = record.write(original, tmp_path / "again", str(tiny_llama_dir), "tiny-llama")
     assert {p.name: p.read_bytes() for p in again.iterdir()} == {p.name: p.read_bytes() for p in written.iterdir()}
 
