@@ -54,6 +54,7 @@ def run_checks(project: pytest.Pytester, model: str, cache: Path, *extra: str) -
     return project.runpytest_subprocess("checks/", "--model", model, *FAST, "--geomcheck-cache-dir", str(cache), "-p", "no:cacheprovider", *extra, timeout=1800)
 
 
+@pytest.mark.slow  # pytester sessions on tiny models: tens of seconds on a loaded 2-core machine
 def test_a_record_gates_in_a_fresh_process_without_the_checkpoint_or_torch(project, tiny_llama_dir, tmp_path):
     model = Path(shutil.copytree(tiny_llama_dir, tmp_path / "tiny-llama"))
     run_checks(project, str(model), tmp_path / "gpu-cache", "--snapshot-update")  # the committed baseline
@@ -151,6 +152,7 @@ def test_a_changed_byte_a_missing_file_or_array_and_another_format_are_refused_n
         assert record.read(older).model == record.read(written).model
 
 
+@pytest.mark.slow  # pytester sessions on tiny models: tens of seconds on a loaded 2-core machine
 def test_a_session_asking_other_measurements_than_the_record_is_refused_at_start_up(pytester, written, monkeypatch):
     monkeypatch.setenv("PYTEST_ADDOPTS", "-p geomcheck.activate")
     pytester.makepyfile(test_x="def test_x(geometry):\n    pass\n")

@@ -25,6 +25,7 @@ def minimal_check(pytester: pytest.Pytester, opted_in) -> None:
     pytester.makepyfile(test_read="def test_read(geometry, weights):\n    pass\n")
 
 
+@pytest.mark.slow  # pytester sessions on tiny models: tens of seconds on a loaded 2-core machine
 def test_three_checkpoints_scaled_in_one_layer_drift_the_more_the_larger_the_scale(pytester, minimal_check, tiny_llama_dir, tmp_path):
     models = [scaled_copy(tiny_llama_dir, tmp_path / f"tiny-x{scale}", scale) for scale in SCALES]
     args = [a for model in models for a in ("--model", str(model))]
@@ -42,6 +43,7 @@ def test_three_checkpoints_scaled_in_one_layer_drift_the_more_the_larger_the_sca
     assert figure.stat().st_size > 10_000
 
 
+@pytest.mark.slow  # pytester sessions on tiny models: tens of seconds on a loaded 2-core machine
 def test_revisions_of_one_hub_id_sweep_against_one_reference_baseline(pytester, opted_in, hub_cache, tmp_path):  # noqa: F811
     """Revisions share their repository's baseline folder: refused without ``--baseline`` (the message says
     how to sweep), gated against the one reference with it."""
