@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from geomcheck import thresholds
+from geomcheck.checks.test_streams_separate import POST_LN
 from geomcheck.checks.test_streams_separate import test_streams_separate as check_streams_separate
 from geomcheck.pipeline import ModelRun, RunOptions
 from geomcheck.trends import POSITION_SHARE, attention_shares, pooled_attention_share
@@ -100,10 +101,12 @@ def test_on_a_post_ln_family_the_check_skips_saying_why_and_a_pre_ln_model_is_un
     bert = ModelRun(str(save_bert(tmp_path / "bert")), RunOptions(cache_dir=tmp_path / "cache", max_prompts=8, n_boot=20, progress=False)).geometry
     assert bert.post_ln and {"pre", "mid", "post"} <= set(bert.streams)
     print("tiny BERT's pooled share (harmful), not a share:", pooled_attention_share(*(bert.curve(s, "var_mean/harmful") for s in ("pre", "mid", "post"))))
-    with pytest.raises(pytest.skip.Exception, match="post-LN family: every stream is a LayerNorm output"):
-        check_streams_separate(bert, SHIPPED, None, lambda text, control=None: None)
-    llama = ModelRun(str(tiny_llama_dir), RunOptions(cache_dir=tmp_path / "cache", max_prompts=8, n_boot=20, progress=False)).geometry
     recorded: list[str] = []
+    with pytest.raises(pytest.skip.Exception, match="post-LN family: every stream is a LayerNorm output"):
+        check_streams_separate(bert, SHIPPED, None, lambda text, control=None: recorded.append(text))
+    assert recorded == [f"skipped: {POST_LN}"]  # the summary shows why
+    llama = ModelRun(str(tiny_llama_dir), RunOptions(cache_dir=tmp_path / "cache", max_prompts=8, n_boot=20, progress=False)).geometry
+    recorded.clear()
     assert not llama.post_ln
     check_streams_separate(llama, SHIPPED, None, lambda text, control=None: recorded.append(text))  # passes (shares ≈ 1.02)
     assert "attention's share" in recorded[0]
