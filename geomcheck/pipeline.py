@@ -29,6 +29,7 @@ from geomcheck import activations
 from geomcheck.activations import Capture, check_complete
 from geomcheck.cache import Arrays, ArrayCache, cache_key
 from geomcheck.drift import Readings
+from geomcheck.families import family_named
 from geomcheck.fingerprint import Fingerprint, FingerprintError, of_model, short
 from geomcheck.geometry import Geometry, geometry_from_arrays, geometry_from_samples, geometry_to_arrays
 from geomcheck.prompts import prompts_hash, resolve_prompts
@@ -388,7 +389,7 @@ class ModelRun:
         with self.timed("statistics"):
             arrays = self._cached("geometry", key, compute, meta)
             self._measured = unpack_measured(arrays)
-            return geometry_from_arrays(arrays)
+            return replace(geometry_from_arrays(arrays), post_ln=family_named(self.spec.family).post_ln)
 
     @cached_property
     def weights(self) -> WeightOverlap:
