@@ -271,7 +271,8 @@ class _SetBlock:
         per_prompt = squared.mean(axis=-1)  # (n, k): var_mean is its mean, up to ddof
         m = subsample[0].sum()  # every row draws the same m
         sub_mean = subsample @ per_prompt / m  # (B, k)
-        sub_error = np.sqrt(np.maximum(subsample @ (per_prompt * per_prompt) / m - sub_mean * sub_mean, 0.0) / (m - 1))
+        sub_spread = subsample @ (per_prompt * per_prompt) / m - sub_mean * sub_mean
+        sub_error = np.sqrt(np.where(sub_spread > 0, sub_spread, np.nan) / (m - 1))  # one prompt drawn m times: no pivot
         top = self.observed[1].argmax(axis=-1)
         top_squares = np.take_along_axis(squared, top[None, :, None], axis=-1)[..., 0]
         picked = self.replicate[1].argmax(axis=-1)  # (B, k): each replicate's top feature
@@ -280,7 +281,11 @@ class _SetBlock:
         fourth = np.einsum("bi,ikb->bk", counts, top_squared * top_squared) / n
         return {
             "var_mean": (np.sqrt(per_prompt.var(axis=0, ddof=1) / n), sub_mean, sub_error),
-            "var_max": (np.sqrt(top_squares.var(axis=0, ddof=1) / n), self.replicate[1].max(axis=-1), np.sqrt(np.maximum(fourth - second * second, 0.0) / (n - 1))),
+            "var_max": (
+                np.sqrt(top_squares.var(axis=0, ddof=1) / n),
+                self.replicate[1].max(axis=-1),
+                np.sqrt(np.maximum(fourth - second * second, 0.0) / (n - 1)),
+            ),
         }
 
     def kurtosis(self) -> np.ndarray:
@@ -464,8 +469,8 @@ def _intervals(values: Values, centers: Values, draws: Values, point: Values, er
             undefined = np.isnan(values[debiased])
             intervals[key] = Interval(np.where(undefined, np.nan, np.fmin(truth.low, value)), np.where(undefined, np.nan, np.fmax(truth.high, value)))
         elif f"{key}_se" in errors:
-            symmetric = statistic.startswith("var_max/")
-            intervals[key] = studentized_interval(value, point[f"{key}_se"], errors[f"{key}_pivots"], errors[f"{key}_se"], centers[key], bounds=bounds, log=True, symmetric=symmetric)
+            pivots, symmetric = errors[f"{key}_pivots"], statistic.startswith("var_max/")
+            intervals[key] = studentized_interval(value, point[f"{key}_se"], pivots, errors[f"{key}_se"], centers[key], bounds=bounds, log=True, symmetric=symmetric)
         else:
             intervals[key] = basic_interval(value, draws[key], centers[key], bounds=bounds)
     return intervals

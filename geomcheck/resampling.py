@@ -55,7 +55,8 @@ def subsample_counts(sizes: tuple[int, int], n_boot: int, seed: int) -> tuple[np
     if n_boot < 1:
         raise ValueError(f"n_boot must be at least 1; got {n_boot}")
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
-    return tuple(rng.multinomial(subsample_size(size), np.full(size, 1.0 / size), size=n_boot).astype(np.float64) for size in sizes)  # type: ignore[return-value]
+    first, second = (rng.multinomial(subsample_size(size), np.full(size, 1.0 / size), size=n_boot).astype(np.float64) for size in sizes)
+    return first, second
 
 
 def permutation_masks(sizes: tuple[int, int], n_perm: int, seed: int) -> np.ndarray:
