@@ -12,7 +12,7 @@ without a bootstrap of its own. Pure numpy: the arrays may come from a fresh cap
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -296,6 +296,24 @@ class _SetBlock:
 def _flat(replicate: Moments) -> Moments:
     """Replicate moments ``(B, k, d)`` as rows ``(B·k, d)``, the layout statistics_from_moments takes."""
     return replicate[0].reshape(-1, replicate[0].shape[-1]), replicate[1].reshape(-1, replicate[1].shape[-1])
+
+
+def resampled_statistics(
+    harmful: np.ndarray, harmless: np.ndarray, counts: tuple[np.ndarray, np.ndarray]
+) -> Iterator[tuple[tuple[slice, slice], dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """The per-layer curves of :func:`geomcheck.stats.statistics_from_moments`, observed and of each
+    resample ``counts`` draws, block by block of the engine (working memory a fraction of the samples,
+    which stay as they are): yields ``((replicates, layers), observed (k,), replicates (rows, k))``,
+    the observed curves once per block of layers, repeated for its chunks of replicates."""
+    sizes = len(harmful), len(harmless)
+    layer_blocks, row_blocks = _blocks(harmful.shape[1], harmful.shape[2], max(len(counts[0]), 1))
+    for layers in layer_blocks:
+        whole = _SetBlock.of(harmful[:, layers]), _SetBlock.of(harmless[:, layers])
+        observed = statistics_from_moments(*whole[0].observed, *whole[1].observed, sizes)
+        for chunk in row_blocks:
+            pair = whole[0].resampled(counts[0][chunk]), whole[1].resampled(counts[1][chunk])
+            curves = statistics_from_moments(*_flat(pair[0].replicate), *_flat(pair[1].replicate), sizes)
+            yield (chunk, layers), observed, {name: curve.reshape(len(counts[0][chunk]), -1) for name, curve in curves.items()}
 
 
 def _observed_cosine_error(blocks: tuple[_SetBlock, _SetBlock], sizes: tuple[int, int]) -> np.ndarray:
