@@ -104,11 +104,20 @@ def debiased_cosine(
     means is already unbiased. Where a corrected norm is not positive the means are not resolved from
     noise and the result is nan. It may slightly exceed 1 in magnitude (not clipped).
     """
+    return _debiased(harmful_mean, harmful_var, n_harmful, harmless_mean, harmless_var, n_harmless)[0]
+
+
+def _debiased(
+    harmful_mean: np.ndarray, harmful_var: np.ndarray, n_harmful: int, harmless_mean: np.ndarray, harmless_var: np.ndarray, n_harmless: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`debiased_cosine` and both corrected squared norms (1 where the means are not resolved),
+    which :func:`cosine_gradients` reuses rather than computing them again over every replicate."""
     norm_harmful = np.asarray(debiased_norm2(harmful_mean, harmful_var, n_harmful), dtype=np.float64)
     norm_harmless = np.asarray(debiased_norm2(harmless_mean, harmless_var, n_harmless), dtype=np.float64)
     resolved = (norm_harmful > 0) & (norm_harmless > 0)
-    scale = np.sqrt(np.where(resolved, norm_harmful, 1.0)) * np.sqrt(np.where(resolved, norm_harmless, 1.0))
-    return np.where(resolved, _dot(harmful_mean, harmless_mean) / scale, np.nan)
+    norm_harmful, norm_harmless = np.where(resolved, norm_harmful, 1.0), np.where(resolved, norm_harmless, 1.0)
+    scale = np.sqrt(norm_harmful) * np.sqrt(norm_harmless)
+    return np.where(resolved, _dot(harmful_mean, harmless_mean) / scale, np.nan), norm_harmful, norm_harmless
 
 
 Moments = tuple[np.ndarray, np.ndarray]  # a set's mean and per-feature variance (ddof=1) over its samples
@@ -128,11 +137,9 @@ def cosine_gradients(harmful: Moments, harmless: Moments, sizes: tuple[int, int]
     needs no d x d covariance. Gradients are finite everywhere (0-safe norms); the cosine is nan where the
     means are not resolved, and so is any error made from it."""
     (mean_h, var_h), (mean_n, var_n) = harmful, harmless
-    cosine = debiased_cosine(mean_h, var_h, sizes[0], mean_n, var_n, sizes[1])
-    resolved = np.isfinite(cosine)
-    norm_h, norm_n = (np.where(resolved, debiased_norm2(*m), 1.0) for m in ((mean_h, var_h, sizes[0]), (mean_n, var_n, sizes[1])))
+    cosine, norm_h, norm_n = _debiased(mean_h, var_h, sizes[0], mean_n, var_n, sizes[1])
     scale = np.sqrt(norm_h) * np.sqrt(norm_n)
-    safe = np.where(resolved, cosine, 0.0)
+    safe = np.where(np.isfinite(cosine), cosine, 0.0)
     gradient_h = mean_n / scale[..., None] - (safe / norm_h)[..., None] * mean_h
     gradient_n = mean_h / scale[..., None] - (safe / norm_n)[..., None] * mean_n
     return cosine, gradient_h, gradient_n
