@@ -29,6 +29,7 @@ from geomcheck import activations
 from geomcheck.activations import Capture, check_complete
 from geomcheck.cache import Arrays, ArrayCache, cache_key
 from geomcheck.drift import Readings
+from geomcheck.families import family_named
 from geomcheck.fingerprint import Fingerprint, FingerprintError, of_model, short
 from geomcheck.geometry import Geometry, geometry_from_arrays, geometry_from_samples, geometry_to_arrays
 from geomcheck.prompts import prompts_hash, resolve_prompts
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from geomcheck.models import LoadedModel
 
 MIN_PROMPTS = 2  # a variance needs two samples
-GEOMETRY_FORMAT = 6  # layout and interval method of cached geometry entries; bump when either changes
+GEOMETRY_FORMAT = 7  # layout and interval method of cached geometry entries; bump when either changes
 MEASURED = "measured"  # entry array holding, as JSON bytes, what the run that computed it measured
 # Code that computes the activations (modeling, tokenization): part of the activations key. torch, the
 # attention implementation and the device are not: they change rounding only, which the baseline
@@ -404,7 +405,7 @@ class ModelRun:
         with self.timed("statistics"):
             arrays = self._cached("geometry", key, compute, meta)
             self._measured = unpack_measured(arrays)
-            return geometry_from_arrays(arrays)
+            return replace(geometry_from_arrays(arrays), post_ln=family_named(self.spec.family).post_ln)
 
     @cached_property
     def weights(self) -> WeightOverlap:

@@ -69,8 +69,9 @@ class GeomcheckSession:
             self.runs[model_arg] = new_run(model_arg, self.options, folder=found)
         return self.runs[model_arg]
 
-    def control_geometry(self, model_arg: str) -> Any:
-        """The untrained twin's Geometry (``--geomcheck-control``), or None when no twin is asked for."""
+    def control(self, model_arg: str, what: str) -> Any:
+        """The untrained twin's ``<what>`` (``geometry``, ``weights``, ``capture``: ``--geomcheck-control``), computed as the
+        checkpoint's is, or None when no twin is asked for."""
         if self.options.control is None:
             return None
         from geomcheck.record import new_run
@@ -78,7 +79,7 @@ class GeomcheckSession:
         if model_arg not in self.controls:
             found = self.records.get(model_arg)
             self.controls[model_arg] = new_run(model_arg, self.options, control=self.options.control, folder=found if isinstance(found, Path) else None)
-        return self.controls[model_arg].geometry
+        return getattr(self.controls[model_arg], what)
 
     def computed(self, model_arg: str, what: str) -> Any:
         """``run(model_arg).<what>``; a model whose run failed once is not retried (no second load, no second

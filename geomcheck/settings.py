@@ -170,7 +170,8 @@ def validate(config: pytest.Config) -> tuple[dict[str, str], dict[str, Any]]:
             if model_arg.startswith("record:"):  # a record measured with other options is refused now, not per check
                 from geomcheck.record import new_run
 
-                new_run(model_arg, run_options(config))
+                options_now = run_options(config)
+                new_run(model_arg, options_now, control=options_now.control)
         thresholds = load_thresholds(_project_pyproject(config), setting(config, "thresholds"))
         streams = setting(config, "streams")
         if streams and getattr(config.option, "update_snapshots", False) and set(options.streams(streams)) != set(STREAMS):
