@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 
-from geomcheck.settings import add_options
+from geomcheck.options import add_options
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -1,8 +1,8 @@
 """The pytest plugin (entry point ``geomcheck.plugin``): its hooks and the fixtures checks ask for.
 
-Thin glue: the options live in :mod:`geomcheck.settings`, the session's model runs in
+Thin glue: the options live in :mod:`geomcheck.options`, the session's model runs in
 :mod:`geomcheck.session`, the end-of-session report in :mod:`geomcheck.summary`; everything handed to a
-check comes from :mod:`geomcheck.pipeline`. Each model is loaded and run at most once per session, however
+check comes from :mod:`geomcheck.run.pipeline`. Each model is loaded and run at most once per session, however
 many checks read it.
 
 A check is parametrized over ``model_name``, the model as given to ``--model`` (registry name, hub id or
@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from geomcheck.session import DIGESTS, SESSION_KEY, GeomcheckSession
-from geomcheck.settings import add_ini, add_options, run_options, setting, validate
+from geomcheck.options import add_ini, add_options, run_options, setting, validate
 from geomcheck.summary import Summary
 
 if TYPE_CHECKING:  # the heavy modules load when a check first needs them, not at pytest start-up
-    from geomcheck.drift import DriftMatrix
-    from geomcheck.geometry import Geometry
-    from geomcheck.pipeline import ModelRun, WeightOverlap
+    from geomcheck.gate.drift import DriftMatrix
+    from geomcheck.stats.geometry import Geometry
+    from geomcheck.run.pipeline import ModelRun, WeightOverlap
 
 # every model-parametrized fixture of the plugin requests one of these (geometry, weights and activations ask for
 # model_run for this alone): a test that reaches one is a check (is_check)
@@ -75,7 +75,7 @@ def pytest_configure(config: pytest.Config) -> None:
         artifacts_dir=config.invocation_params.dir / setting(config, "artifacts-dir"),
     )
     if config.getoption("geomcheck_cache_clear") and not hasattr(config, "workerinput"):  # once, in the controller
-        from geomcheck import cache
+        from geomcheck.run import cache
 
         cache.clear(run_options(config).cache_dir)
     config.pluginmanager.register(Summary(), "geomcheck-summary")
@@ -84,7 +84,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """An xdist worker hands what it measured to the controller, which draws models.png once."""
     if hasattr(session.config, "workeroutput"):
-        from geomcheck.comparison import to_wire
+        from geomcheck.report.across_models import to_wire
 
         session.config.workeroutput[DIGESTS] = [to_wire(d) for d in session.config.stash[SESSION_KEY].digests()]
 
@@ -199,7 +199,7 @@ def geometry(request: pytest.FixtureRequest, model_run: ModelRun, model_name: st
     """Per-layer statistics with 95% bootstrap intervals, parametrized over --model; draws the note's figure.
     Read it with ``value``/``curve("mid", "var_mean/harmful")``, ``interval``, ``describe``, ``growth``,
     ``cosine_trend``, ``separation`` and ``derive`` (a statistic of your own, with its interval)."""
-    from geomcheck import figures
+    from geomcheck.report import figures
 
     return _computed_and_drawn(request, geomcheck_session, model_name, "geometry", figures.write_geometry)
 
@@ -221,7 +221,7 @@ def activations(model_run: ModelRun, geomcheck_session: GeomcheckSession, model_
 @pytest.fixture(scope="session")
 def weights(request: pytest.FixtureRequest, model_run: ModelRun, model_name: str, geomcheck_session: GeomcheckSession) -> WeightOverlap:
     """Layers × layers overlap of each layer's top-k residual-writing directions; draws the heatmap."""
-    from geomcheck import figures
+    from geomcheck.report import figures
 
     return _computed_and_drawn(request, geomcheck_session, model_name, "weights", figures.write_overlap, "weight-overlap")
 
@@ -233,7 +233,7 @@ def geomcheck_overlay(geometry: Geometry, model_name: str, geomcheck_session: Ge
     other figures."""
 
     def draw(baseline: Geometry, drift: DriftMatrix | None = None) -> Path:
-        from geomcheck import figures
+        from geomcheck.report import figures
 
         model, out_dir = geomcheck_session.display_names[model_name], geomcheck_session.artifacts_dir
         with geomcheck_session.run(model_name).timed("figures"):

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from geomcheck.settings import run_options
+from geomcheck.options import run_options
 
 if TYPE_CHECKING:
-    from geomcheck.comparison import ModelDigest
-    from geomcheck.pipeline import ModelRun, RunOptions
+    from geomcheck.report.across_models import ModelDigest
+    from geomcheck.run.pipeline import ModelRun, RunOptions
 
 SESSION_KEY = pytest.StashKey["GeomcheckSession"]()
 DIGESTS = "geomcheck_digests"  # xdist workeroutput key: what each worker measured, for the controller
@@ -51,7 +51,7 @@ class GeomcheckSession:
         return run_options(self.config)
 
     def run(self, model_arg: str) -> ModelRun:
-        from geomcheck.pipeline import ModelRun
+        from geomcheck.run.pipeline import ModelRun
 
         if model_arg not in self.runs:
             self.runs[model_arg] = ModelRun(model_arg, self.options)
@@ -61,7 +61,7 @@ class GeomcheckSession:
         """The untrained twin's Geometry (``--geomcheck-control``), or None when no twin is asked for."""
         if self.options.control is None:
             return None
-        from geomcheck.pipeline import ModelRun
+        from geomcheck.run.pipeline import ModelRun
 
         if model_arg not in self.controls:
             self.controls[model_arg] = ModelRun(model_arg, self.options, control=self.options.control)
@@ -82,7 +82,7 @@ class GeomcheckSession:
 
     def digests(self) -> list[ModelDigest]:
         """What this process measured, per model: only what the checks computed; nothing runs for it."""
-        from geomcheck.comparison import ModelDigest, overlap_ratios
+        from geomcheck.report.across_models import ModelDigest, overlap_ratios
 
         digests = []
         for model_arg, run in self.runs.items():

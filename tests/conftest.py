@@ -14,7 +14,7 @@ import matplotlib.figure  # noqa: F401
 import pytest
 import torch
 
-from geomcheck.prompts import builtin_prompts
+from geomcheck.run.prompts import builtin_prompts
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"

@@ -12,8 +12,8 @@ import torch
 
 from geomcheck import thresholds
 from geomcheck.checks.test_streams_separate import test_streams_separate as check_streams_separate
-from geomcheck.pipeline import ModelRun, RunOptions
-from geomcheck.trends import POSITION_SHARE, attention_shares, pooled_attention_share
+from geomcheck.run.pipeline import ModelRun, RunOptions
+from geomcheck.stats.trends import POSITION_SHARE, attention_shares, pooled_attention_share
 
 from conftest import tiny_tokenizer
 

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geomcheck import cache as cache_module
-from geomcheck.cache import ArrayCache, CacheError, CacheWarning
-from geomcheck.options import OptionError, validate_thresholds
+from geomcheck.run import cache as cache_module
+from geomcheck.run.cache import ArrayCache, CacheError, CacheWarning
+from geomcheck.errors import OptionError
+from geomcheck.thresholds import validate_thresholds
 from geomcheck.thresholds import shipped as shipped_thresholds
 
 pytestmark = pytest.mark.usefixtures("opted_in")
@@ -190,7 +191,7 @@ def test_the_memory_estimate_never_imports_custom_code_without_the_flag(tmp_path
 
     import torch
 
-    from geomcheck import models
+    from geomcheck.run import models
 
     model = custom_code_dir(tmp_path / "evil")
     monkeypatch.setattr(sys, "stdin", io.StringIO("y\n" * 5))
@@ -240,7 +241,7 @@ def test_an_error_under_an_expected_failure_fails_the_run_and_is_shown_once(pyte
     assert outcomes.get("errors", 0) + outcomes.get("failed", 0) == 7
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     text = result.stdout.str()
-    assert len(re.findall(r"^E\s+geomcheck.registry.ModelLoadError: ", text, re.M)) == 1  # one traceback
+    assert len(re.findall(r"^E\s+geomcheck.run.registry.ModelLoadError: ", text, re.M)) == 1  # one traceback
     assert len(re.findall(r"^(same error as \S+|\S+: not run, its run failed in an earlier check)", text, re.M)) == 6  # six one-liners
     assert "tiny-llama: not run, its run failed in an earlier check" in text  # the weights, not retried
     assert not list((tmp_path / "cache").rglob("*.safetensors"))
@@ -257,7 +258,7 @@ def test_a_missing_prompt_file_under_an_expected_failure_fails_the_run(pytester:
 
 
 def test_a_capture_that_missed_prompts_is_never_cached():
-    from geomcheck.activations import Capture, IncompleteCaptureError, check_complete
+    from geomcheck.run.activations import Capture, IncompleteCaptureError, check_complete
 
     empty = np.zeros((0, 2, 3), np.float32)
     capture = Capture({"harmful": {"mid": empty}, "harmless": {"mid": empty}}, 2, 3)
@@ -327,7 +328,7 @@ def test_cache_clear_empties_only_geomcheck_folders_and_the_summary_shows_a_larg
 
 
 def test_a_killed_conversions_staging_folder_is_removed(tmp_path):
-    from geomcheck.models import remove_stale_staging
+    from geomcheck.run.models import remove_stale_staging
 
     target = tmp_path / "converted" / "smollm2-135m-0.1.2"
     staging = target.with_name(target.name + ".tmp-4242")

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geomcheck.baseline import FORMAT, BaselineFileError, baseline_payload, dumps, geometry_from_payload, parse_baseline
-from geomcheck.drift import Tolerance, compare, compare_all, drift_matrix, resolve_tolerance, tolerances_from_config
-from geomcheck.snapshot import BaselineMismatchWarning, GeometryBaselineExtension, failure_lines
-from geomcheck.geometry import geometry_from_samples
-from geomcheck.stats import STAT_NAMES
+from geomcheck.gate.baseline import FORMAT, BaselineFileError, baseline_payload, dumps, geometry_from_payload, parse_baseline
+from geomcheck.gate.drift import Tolerance, compare, compare_all, drift_matrix, resolve_tolerance, tolerances_from_config
+from geomcheck.gate.extension import BaselineMismatchWarning, GeometryBaselineExtension, failure_lines
+from geomcheck.stats.geometry import geometry_from_samples
+from geomcheck.stats.estimators import STAT_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 META = {
@@ -471,7 +471,7 @@ def test_the_drift_map_of_the_changed_checkpoint_marks_the_changed_layer(tiny_ll
     """The round trip's changed checkpoint (layer 1's MLP output ×100): its ``post`` stream and every stream
     after it leave tolerance; nothing before it moves at all, so the drift map's first drifting layer is 1.
     (×3 is not enough on this random-init model: it stays within 0.25 tolerances, and the gate passes.)"""
-    from geomcheck.pipeline import ModelRun, RunOptions
+    from geomcheck.run.pipeline import ModelRun, RunOptions
 
     def drift_payload(model: Path, cache: str) -> dict:
         run = ModelRun(str(model), RunOptions(cache_dir=tmp_path / cache, max_prompts=8, n_boot=20, progress=False))

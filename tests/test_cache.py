@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from geomcheck.cache import ArrayCache, CacheWarning, cache_key
+from geomcheck.run.cache import ArrayCache, CacheWarning, cache_key
 
 
 def arrays():
@@ -58,7 +58,7 @@ def test_corrupt_entry_is_detected_and_recomputed(tmp_path, damage):
 WRITER = """
 import sys, numpy as np
 from pathlib import Path
-from geomcheck.cache import ArrayCache
+from geomcheck.run.cache import ArrayCache
 cache = ArrayCache(Path(sys.argv[1]))
 big = {"x": np.random.default_rng(0).standard_normal((64, 1024, 1024)).astype(np.float32)}  # 256 MB
 print("ready", flush=True)

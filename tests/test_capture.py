@@ -21,10 +21,10 @@ from transformers import (
     Qwen3Config,
 )
 
-from geomcheck import models
+from geomcheck.run import models
 from geomcheck import STREAMS
-from geomcheck.capture import capture, shared_prefix_length, tokenize
-from geomcheck.families import BY_MODEL_TYPE, StreamUnavailableError, find_sites
+from geomcheck.run.capture import capture, shared_prefix_length, tokenize
+from geomcheck.run.families import BY_MODEL_TYPE, StreamUnavailableError, find_sites
 
 VOCAB = 256
 D_MODEL = 64

@@ -17,8 +17,8 @@ from geomcheck.checks import test_cosine_falls as cosine_falls
 from geomcheck.checks import test_streams_separate as streams_separate
 from geomcheck.checks import test_variance_grows as variance_grows
 from geomcheck.checks import test_weights_share_directions as weights_share_directions
-from geomcheck.geometry import Geometry, geometry_from_samples
-from geomcheck.pipeline import WeightOverlap
+from geomcheck.stats.geometry import Geometry, geometry_from_samples
+from geomcheck.run.pipeline import WeightOverlap
 
 LAYERS, PROMPTS, FEATURES = 8, 24, 16
 SHIPPED = thresholds.shipped()

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import save_tiny_llama
-from geomcheck import models, registry
-from geomcheck.pipeline import ModelRun, RunOptions
+from geomcheck.run import models
+from geomcheck.run import registry
+from geomcheck.run.pipeline import ModelRun, RunOptions
 
 SHA_A = "a" * 40
 SHA_B = "b" * 40

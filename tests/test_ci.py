@@ -6,8 +6,8 @@ from pathlib import Path
 
 from test_comparison import geometry_of
 
-from geomcheck.ci import CheckResult, Failure, annotations, append_step_summary, markdown_summary, step_summary_path
-from geomcheck.comparison import ModelDigest
+from geomcheck.report.ci import CheckResult, Failure, annotations, append_step_summary, markdown_summary, step_summary_path
+from geomcheck.report.across_models import ModelDigest
 
 RESULTS = [
     CheckResult("smol", "matches_baseline", None, "3 of 450 values drifted; worst 7.2× at mid/cosine layer 11", "failed"),

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.colors import to_rgb
 
-from geomcheck.comparison import ModelDigest, from_wire, table_lines, to_wire
-from geomcheck.figures import models_figure, write_models
-from geomcheck.geometry import geometry_from_samples
+from geomcheck.report.across_models import ModelDigest, from_wire, table_lines, to_wire
+from geomcheck.report.figures import models_figure, write_models
+from geomcheck.stats.geometry import geometry_from_samples
 
 
 def geometry_of(layers: int, seed: int, n_boot: int = 10):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from geomcheck import options
-from geomcheck.pipeline import ModelRun, RunOptions
+from geomcheck.run.pipeline import ModelRun, RunOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 

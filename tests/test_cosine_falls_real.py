@@ -9,9 +9,9 @@ import pytest
 
 from geomcheck import thresholds
 from geomcheck.checks.test_cosine_falls import test_cosine_falls as cosine_falls
-from geomcheck.geometry import geometry_from_samples
-from geomcheck.pipeline import ModelRun, RunOptions
-from geomcheck.prompts import builtin_prompts
+from geomcheck.stats.geometry import geometry_from_samples
+from geomcheck.run.pipeline import ModelRun, RunOptions
+from geomcheck.run.prompts import builtin_prompts
 
 THRESHOLDS = thresholds.shipped()["cosine_falls"]
 

@@ -9,7 +9,7 @@ over ``LAYERS`` trials: a binomial standard error of 0.5–0.7 points around 95%
 import numpy as np
 import pytest
 
-from geomcheck.geometry import geometry_from_samples
+from geomcheck.stats.geometry import geometry_from_samples
 
 LAYERS, FEATURES = 1800, 16
 TARGET = {"gaussian": 0.93, "t3": 0.90}  # issue #24: ≥ 0.93 Gaussian, ≥ 0.90 under t3, for var_mean and var_max

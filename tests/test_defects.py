@@ -15,12 +15,15 @@ import numpy as np
 import pytest
 from test_badinput import run_bad
 
-from geomcheck import ci, fingerprint
-from geomcheck.baseline import BaselineFileError, baseline_payload, dumps, parse_baseline
-from geomcheck.fingerprint import StatIndex, of_directory
-from geomcheck.geometry import geometry_from_samples
-from geomcheck.options import MAX_N_BOOT, MIN_N_BOOT, OptionError, validate_thresholds
-from geomcheck.snapshot import GeometryBaselineExtension, failure_lines
+from geomcheck.report import ci
+from geomcheck.run import fingerprint
+from geomcheck.gate.baseline import BaselineFileError, baseline_payload, dumps, parse_baseline
+from geomcheck.run.fingerprint import StatIndex, of_directory
+from geomcheck.stats.geometry import geometry_from_samples
+from geomcheck.errors import OptionError
+from geomcheck.options import MAX_N_BOOT, MIN_N_BOOT
+from geomcheck.thresholds import validate_thresholds
+from geomcheck.gate.extension import GeometryBaselineExtension, failure_lines
 from geomcheck.thresholds import shipped as shipped_thresholds
 
 pytestmark = pytest.mark.usefixtures("opted_in")
@@ -180,7 +183,7 @@ def test_a_prompt_file_linked_to_a_device_is_a_usage_error(pytester: pytest.Pyte
 
 
 def test_a_prompt_file_too_large_is_refused(tmp_path, monkeypatch):
-    from geomcheck import prompts
+    from geomcheck.run import prompts
 
     monkeypatch.setattr(prompts, "MAX_PROMPT_FILE_BYTES", 100)
     path = tmp_path / "big.txt"

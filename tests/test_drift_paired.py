@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from geomcheck.baseline import baseline_payload
-from geomcheck.drift import Readings, aliased_layers, compare_all, compare_payloads, drift_matrix, identity_summary, paired_errors
-from geomcheck.geometry import geometry_from_samples
-from geomcheck.snapshot import accept_hint, comparison_lines
+from geomcheck.gate.baseline import baseline_payload
+from geomcheck.gate.drift import Readings, aliased_layers, compare_all, compare_payloads, drift_matrix, identity_summary, paired_errors
+from geomcheck.stats.geometry import geometry_from_samples
+from geomcheck.gate.extension import accept_hint, comparison_lines
 
 META = {"model": "tiny", "name": "tiny", "dtype": "float32", "weights": "sha256:aaaa", "tokenizer": "sha256:bbbb"}
 N, LAYERS, D = 48, 4, 24

@@ -17,10 +17,12 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel
 
-from geomcheck import STREAMS, families, models
-from geomcheck.capture import UnrecordedFamilyWarning, capture
-from geomcheck.families import FAMILIES, Read, StreamUnavailableError, UnknownFamilyError, layout, residual_writers
-from geomcheck.proof import StreamProofError
+from geomcheck import STREAMS
+from geomcheck.run import families
+from geomcheck.run import models
+from geomcheck.run.capture import UnrecordedFamilyWarning, capture
+from geomcheck.run.families import FAMILIES, Read, StreamUnavailableError, UnknownFamilyError, layout, residual_writers
+from geomcheck.run.proof import StreamProofError
 from qwen1_standin import QWenConfig, QWenLMHeadModel
 
 VOCAB, D, FF, N_LAYERS = 128, 32, 64, 3
@@ -269,7 +271,7 @@ def test_unknown_model_type_that_only_looks_like_llama_is_refused_by_the_proof()
 
 def test_unknown_model_type_of_another_layout_is_refused_with_how_to_add():
     model = rename(build("gpt2"), "my_gpt")
-    with pytest.raises(UnknownFamilyError, match="'my_gpt' has no family record.*geomcheck/families.py"):
+    with pytest.raises(UnknownFamilyError, match="'my_gpt' has no family record.*geomcheck/run/families.py"):
         run(model, PROMPTS[:2])
 
 
@@ -292,7 +294,7 @@ def test_registry_entries_name_their_configs_family():
 
 def test_readme_table_is_generated_from_the_records():
     readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-    assert families.streams_table() in readme, "regenerate: python -c 'from geomcheck.families import streams_table; print(streams_table())'"
+    assert families.streams_table() in readme, "regenerate: python -c 'from geomcheck.run.families import streams_table; print(streams_table())'"
 
 
 def test_family_names_resolve_without_torch_objects():

@@ -1,4 +1,4 @@
-"""Tests of geomcheck.figures: the Figure objects are inspected before saving (titles, scales, line
+"""Tests of geomcheck.report.figures: the Figure objects are inspected before saving (titles, scales, line
 labels and data), and the written files are checked to be complete PNGs with no temp files left."""
 
 import io
@@ -10,9 +10,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 from matplotlib.image import imread
 
-from geomcheck.baseline import baseline_payload
-from geomcheck.drift import DriftMatrix, compare_all, drift_matrix
-from geomcheck.figures import (
+from geomcheck.gate.baseline import baseline_payload
+from geomcheck.gate.drift import DriftMatrix, compare_all, drift_matrix
+from geomcheck.report.figures import (
     CHANGE_TITLE,
     DRIFT_CLIP,
     PNG_METADATA,
@@ -25,9 +25,9 @@ from geomcheck.figures import (
     write_geometry,
     write_overlap,
 )
-from geomcheck.geometry import Geometry, geometry_from_samples
-from geomcheck.pipeline import WeightOverlap
-from geomcheck.weights import overlap_matrix
+from geomcheck.stats.geometry import Geometry, geometry_from_samples
+from geomcheck.run.pipeline import WeightOverlap
+from geomcheck.stats.weights import overlap_matrix
 
 PROMPTS, LAYERS, FEATURES = 8, 5, 6
 STREAMS = ("pre", "mid")

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geomcheck import figures
-from geomcheck.figures import KEY_FIELD, content_key, stored_key, write_geometry, write_overlap
-from geomcheck.geometry import geometry_from_samples
-from geomcheck.pipeline import WeightOverlap
+from geomcheck.report import figures
+from geomcheck.report.figures import KEY_FIELD, content_key, stored_key, write_geometry, write_overlap
+from geomcheck.stats.geometry import geometry_from_samples
+from geomcheck.run.pipeline import WeightOverlap
 
 ROOT = Path(__file__).resolve().parents[1]
 

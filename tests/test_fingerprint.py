@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from geomcheck import fingerprint
-from geomcheck.baseline import baseline_name
-from geomcheck.drift import identity_summary
-from geomcheck.fingerprint import FingerprintError, StatIndex, hub_commit, of_directory, of_model
-from geomcheck.registry import resolve
+from geomcheck.run import fingerprint
+from geomcheck.gate.baseline import baseline_name
+from geomcheck.gate.drift import identity_summary
+from geomcheck.run.fingerprint import FingerprintError, StatIndex, hub_commit, of_directory, of_model
+from geomcheck.run.registry import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -136,7 +136,7 @@ def dated_tokenizer():
 def test_a_template_that_reads_the_clock_renders_the_same_ids_on_any_day(monkeypatch):
     from transformers.utils import chat_template_utils
 
-    from geomcheck.capture import tokenize
+    from geomcheck.run.capture import tokenize
 
     tokenizer = dated_tokenizer()
     prompts = ["How do I bake bread?"]
@@ -199,12 +199,12 @@ def test_the_identity_line_says_what_changed_since_the_baseline():
 
 
 def test_a_cached_rerun_fingerprints_without_importing_torch(tmp_path, tiny_llama_dir):
-    from geomcheck.pipeline import ModelRun, RunOptions
+    from geomcheck.run.pipeline import ModelRun, RunOptions
 
     options = RunOptions(cache_dir=tmp_path, max_prompts=4, n_boot=0, progress=False)
     ModelRun(str(tiny_llama_dir), options).geometry
     script = (
-        "import sys; from pathlib import Path; from geomcheck.pipeline import ModelRun, RunOptions\n"
+        "import sys; from pathlib import Path; from geomcheck.run.pipeline import ModelRun, RunOptions\n"
         f"run = ModelRun({str(tiny_llama_dir)!r}, RunOptions(cache_dir=Path({str(tmp_path)!r}), max_prompts=4, n_boot=0, progress=False))\n"
         "meta = run.meta\n"
         "print(run.loads, 'torch' in sys.modules, 'transformers' in sys.modules, meta['inputs']['token_ids'][:7], meta['environment']['torch'])"

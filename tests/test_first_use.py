@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from geomcheck import fingerprint
-from geomcheck.cache import ArrayCache
-from geomcheck.figures import save_figure
-from geomcheck.fingerprint import StatIndex, of_directory
+from geomcheck.run import fingerprint
+from geomcheck.run.cache import ArrayCache
+from geomcheck.report.figures import save_figure
+from geomcheck.run.fingerprint import StatIndex, of_directory
 
 pytestmark = pytest.mark.usefixtures("opted_in")
 CHECKS = Path(__file__).resolve().parents[1] / "geomcheck" / "checks"
@@ -71,7 +71,7 @@ def test_a_read_only_empty_cache_computes_without_storing_with_one_warning(pytes
     monkeypatch.setattr(os, "open", lambda path, *a, **k: refused(path) or real_open(path, *a, **k))
     shutil.copy(CHECKS / "test_variance_grows.py", pytester.path)
     result = pytester.runpytest("--model", str(tiny_llama_dir), "--max-prompts", "6", "--n-boot", "40", "--geomcheck-cache-dir",
-                                str(cache), "-p", "no:cacheprovider", "-W", "always::geomcheck.cache.CacheWarning")
+                                str(cache), "-p", "no:cacheprovider", "-W", "always::geomcheck.run.cache.CacheWarning")
     outcomes = result.parseoutcomes()
     assert "errors" not in outcomes and outcomes.get("passed", 0) + outcomes.get("failed", 0) == 3, result.stdout.str()
     text = result.stdout.str()

@@ -10,8 +10,8 @@ import pytest
 
 from geomcheck import thresholds
 from geomcheck.checks.test_variance_grows import test_variance_grows as check_variance_grows
-from geomcheck.geometry import Geometry, geometry_from_samples
-from geomcheck.trends import degenerate_layers, growth_fit, growth_shape
+from geomcheck.stats.geometry import Geometry, geometry_from_samples
+from geomcheck.stats.trends import degenerate_layers, growth_fit, growth_shape
 
 SHIPPED = thresholds.shipped()["variance_grows"]
 SCATTER = 0.3  # standard deviation of log(variance) about the curve, drawn once per layer and run

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geomcheck.geometry import geometry_from_samples
+from geomcheck.stats.geometry import geometry_from_samples
 
 CHECKS = Path(__file__).resolve().parent.parent / "checks"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from geomcheck import models
+from geomcheck.run import models
 
 SEED_MODELS = ["llama-3.2-3b", "qwen3-8b", "qwen2.5-7b", "qwen2.5-32b", "mistral-nemo-12b"]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from geomcheck.pipeline import ModelRun, PromptSetWarning, RunOptions
+from geomcheck.run.pipeline import ModelRun, PromptSetWarning, RunOptions
 
 
 def options(tmp_path, **overrides) -> RunOptions:
@@ -61,7 +61,7 @@ def test_geometry_without_bootstrap_has_point_values_of_the_samples(tmp_path, ti
 
 
 def test_a_model_too_large_for_the_device_is_refused_before_loading(tmp_path, tiny_llama_dir, monkeypatch):
-    from geomcheck import models
+    from geomcheck.run import models
 
     monkeypatch.setattr(models, "available_memory", lambda device: 1024)
     run = ModelRun(str(tiny_llama_dir), options(tmp_path))
@@ -71,7 +71,7 @@ def test_a_model_too_large_for_the_device_is_refused_before_loading(tmp_path, ti
 
 
 def test_nan_activations_fail_naming_model_layer_stream_and_the_fp16_hint(tmp_path, tiny_llama_dir):
-    from geomcheck.capture import NonFiniteActivationError
+    from geomcheck.run.capture import NonFiniteActivationError
 
     run = ModelRun(str(tiny_llama_dir), options(tmp_path))
     with torch.no_grad():
@@ -104,8 +104,8 @@ def test_cached_geometry_equals_the_computed_one_and_skips_the_activations(tmp_p
 
 
 def test_capture_hooks_work_on_a_model_sharded_by_accelerate_with_layers_offloaded(tmp_path, tiny_llama_dir):
-    from geomcheck import models
-    from geomcheck.capture import capture
+    from geomcheck.run import models
+    from geomcheck.run.capture import capture
 
     spec = models.resolve(str(tiny_llama_dir))
     split = {"embed_tokens": "cpu", "layers.0": "cpu", "layers.1": "cpu", "layers.2": "disk", "layers.3": "disk", "norm": "cpu", "rotary_emb": "cpu"}
@@ -130,7 +130,7 @@ def test_phases_count_their_own_time_not_the_phases_nested_inside(tmp_path):
     """A capture that first needs the model does not count the load: the phases add up to the wall time."""
     import time
 
-    from geomcheck.pipeline import PHASES, ModelRun, RunOptions
+    from geomcheck.run.pipeline import PHASES, ModelRun, RunOptions
 
     run = ModelRun("smollm2-135m", RunOptions(cache_dir=tmp_path))
     start = time.perf_counter()

@@ -49,7 +49,7 @@ def test_help_in_an_opted_in_project_lists_each_option_once_with_its_default(pyt
 
 
 def test_the_long_spelling_still_works_in_an_opted_in_project(pytester: pytest.Pytester):
-    from geomcheck.settings import run_options
+    from geomcheck.options import run_options
 
     assert run_options(pytester.parseconfigure("--geomcheck-n-boot", "41")).n_boot == 41
 
@@ -57,7 +57,7 @@ def test_the_long_spelling_still_works_in_an_opted_in_project(pytester: pytest.P
 @pytest.mark.parametrize("table", ["tool.pytest.ini_options", "tool.pytest"])
 def test_integer_ini_values_need_no_quotes_in_toml(pytester: pytest.Pytester, table: str):
     """``[tool.pytest]`` (pytest 9's native TOML) refused an unquoted number for a "string" key."""
-    from geomcheck.settings import run_options
+    from geomcheck.options import run_options
 
     pytester.makepyprojecttoml(f"[{table}]\ngeomcheck_n_boot = 41\ngeomcheck_batch_size = 3\n")
     options = run_options(pytester.parseconfigure())
@@ -99,8 +99,8 @@ def test_ids_are_model_and_stream(pytester: pytest.Pytester, project):
 
 def test_an_option_not_given_keeps_the_run_options_default(pytester: pytest.Pytester):
     """Each default lives in RunOptions: the plugin passes only what the command line or ini gives."""
-    from geomcheck.pipeline import RunOptions
-    from geomcheck.settings import run_options
+    from geomcheck.run.pipeline import RunOptions
+    from geomcheck.options import run_options
 
     config = pytester.parseconfigure()
     assert run_options(config) == replace(RunOptions(), progress=False)  # pytester's stdout is no terminal
@@ -111,7 +111,7 @@ def test_an_option_not_given_keeps_the_run_options_default(pytester: pytest.Pyte
 
 def test_progress_bars_only_when_pytest_writes_to_a_terminal(pytester: pytest.Pytester):
     """In a CI log or a pipe each bar's redraws are one multi-KB line: bars only on a terminal, never under -q."""
-    from geomcheck.settings import run_options
+    from geomcheck.options import run_options
 
     def progress(*args: str, tty: bool) -> bool:
         config = pytester.parseconfigure(*args)

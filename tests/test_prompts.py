@@ -1,4 +1,4 @@
-"""Tests for geomcheck.prompts: shipped sets, file loaders, specs, hashing."""
+"""Tests for geomcheck.run.prompts: shipped sets, file loaders, specs, hashing."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geomcheck.prompts import (
+from geomcheck.run.prompts import (
     BUILTIN_SETS,
     PromptFileError,
     builtin_prompts,

@@ -15,9 +15,10 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from conftest import tiny_tokenizer
-from geomcheck import STREAMS, models
-from geomcheck.capture import capture
-from geomcheck.families import find_sites, layout
+from geomcheck import STREAMS
+from geomcheck.run import models
+from geomcheck.run.capture import capture
+from geomcheck.run.families import find_sites, layout
 from qwen1_standin import QWenConfig, QWenLMHeadModel
 
 CHATML = (

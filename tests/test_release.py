@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 
 import geomcheck
-from geomcheck import registry
+from geomcheck.run import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))

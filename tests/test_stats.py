@@ -1,4 +1,4 @@
-"""Example-based tests of geomcheck.stats, geomcheck.resampling, geomcheck.trends and geomcheck.weights on
+"""Example-based tests of geomcheck.stats.estimators, geomcheck.stats.resampling, geomcheck.stats.trends and geomcheck.stats.weights on
 inputs whose answers are known in closed form."""
 
 import math
@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from geomcheck.resampling import basic_interval, bootstrap, debiased_world, permutation_null, studentized_interval
-from geomcheck.stats import (
+from geomcheck.stats.resampling import basic_interval, bootstrap, debiased_world, permutation_null, studentized_interval
+from geomcheck.stats.estimators import (
     RANGES,
     STAT_NAMES,
     Interval,
@@ -19,8 +19,8 @@ from geomcheck.stats import (
     statistics_from_moments,
     statistics_from_samples,
 )
-from geomcheck.trends import GrowthFit, cosine_trend, growth_fit, separation
-from geomcheck.weights import (
+from geomcheck.stats.trends import GrowthFit, cosine_trend, growth_fit, separation
+from geomcheck.stats.weights import (
     overlap_matrix,
     random_overlap,
     subspace_overlap,
@@ -393,8 +393,8 @@ def test_basic_interval_is_clipped_to_the_range_of_the_statistic():
 def _loop_geometry(samples, n_boot, seed):
     """The per-replicate loop that geometry_from_samples replaced (main at 51455f5), kept here only to hold
     the matrix-product engine to it: values, replicates and plug-in centres."""
-    from geomcheck.geometry import _all_statistics
-    from geomcheck.resampling import replicates
+    from geomcheck.stats.geometry import _all_statistics
+    from geomcheck.stats.resampling import replicates
 
     streams = tuple(samples["harmful"])
     harmful = np.stack([samples["harmful"][s] for s in streams], axis=1)
@@ -431,7 +431,7 @@ def test_the_matrix_product_engine_equals_the_per_replicate_loop(dtype, block_by
     """Same seed, same resamples: every value, replicate and centre of the old loop to 1e-5 relative, and
     every interval but the variances' (which are now studentized on the log scale) equal to it. Data with
     growing variance, a massive feature and means close enough that some replicates are unresolved."""
-    from geomcheck.geometry import geometry_from_samples
+    from geomcheck.stats.geometry import geometry_from_samples
 
     rng = np.random.default_rng(11)
     layers, d = 6, 24
@@ -444,7 +444,7 @@ def test_the_matrix_product_engine_equals_the_per_replicate_loop(dtype, block_by
         for name, shift, n in (("harmful", 0.0, 23), ("harmless", 0.4, 19))
     }
     if block_bytes:  # one layer and 6 replicates per block: the chunked path real model sizes take
-        monkeypatch.setattr("geomcheck.geometry.BLOCK_BYTES", block_bytes)
+        monkeypatch.setattr("geomcheck.stats.geometry.BLOCK_BYTES", block_bytes)
     values, draws, centers, errors = _loop_geometry(samples, n_boot=40, seed=5)
     geometry = geometry_from_samples(samples, n_boot=40, seed=5)
     draws.pop("pre/cosine_se"), draws.pop("mid/cosine_se"), draws.pop("post/cosine_se")
@@ -470,7 +470,7 @@ def test_the_matrix_product_engine_equals_the_per_replicate_loop(dtype, block_by
 def test_an_undefined_statistic_has_an_undefined_interval_never_a_zero_width_one():
     """Means not resolved from noise: the debiased cosine is nan, and so are both cosines' intervals
     (the plain cosine's used to collapse onto its biased point); a variance stays defined and wide."""
-    from geomcheck.geometry import geometry_from_samples
+    from geomcheck.stats.geometry import geometry_from_samples
 
     rng = np.random.default_rng(3)
     samples = {name: {"mid": 0.01 + rng.normal(size=(30, 8, 40))} for name in ("harmful", "harmless")}
@@ -487,7 +487,7 @@ def test_an_undefined_statistic_has_an_undefined_interval_never_a_zero_width_one
 
 
 def test_intervals_of_bounded_statistics_lie_in_their_range_and_hold_the_estimate():
-    from geomcheck.geometry import geometry_from_samples
+    from geomcheck.stats.geometry import geometry_from_samples
 
     rng = np.random.default_rng(8)
     samples = {name: {"pre": shift + rng.normal(size=(12, 6, 5)) * 1.5 ** np.arange(6)[:, None]} for name, shift in (("harmful", 0.3), ("harmless", 0.2))}
@@ -509,7 +509,7 @@ def test_studentized_interval_on_the_log_scale_stays_positive_and_is_nan_when_ev
     undefined = studentized_interval(2.0, 0.2, np.full(10, np.nan), np.full(10, np.nan), center=1.0, log=True)
     assert math.isnan(undefined.low) and math.isnan(undefined.high)
 def test_early_late_fall_leaves_out_the_middle_layer_and_non_finite_values():
-    from geomcheck.trends import early_late_fall
+    from geomcheck.stats.trends import early_late_fall
 
     assert early_late_fall(np.full(6, 0.95)) == 0.0  # a constant curve does not fall
     assert early_late_fall(np.array([1.0, 0.9, 100.0, 0.7, 0.6])) == pytest.approx(0.3)  # middle of 5 in neither half

@@ -1,4 +1,4 @@
-"""Property tests of geomcheck.stats, tied to the note's change-of-basis view.
+"""Property tests of geomcheck.stats.estimators, tied to the note's change-of-basis view.
 
 A shared orthogonal change of basis of the residual stream must not change a
 statistic that describes geometry (the cosine of the means, the total
@@ -11,8 +11,8 @@ from hypothesis import assume, find, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from geomcheck.resampling import bootstrap
-from geomcheck.stats import statistics_from_samples
+from geomcheck.stats.resampling import bootstrap
+from geomcheck.stats.estimators import statistics_from_samples
 
 FAST = settings(deadline=None, max_examples=60)
 

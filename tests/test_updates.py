@@ -1,4 +1,4 @@
-"""The note's mechanism on activations (geomcheck.updates and the shipped check test_updates_share_directions):
+"""The note's mechanism on activations (geomcheck.stats.updates and the shipped check test_updates_share_directions):
 the alignment statistic against a brute-force computation, its rotation null by Monte Carlo, and the check's
 verdict where the layers' updates share a direction and where they do not."""
 
@@ -11,7 +11,7 @@ import pytest
 
 from geomcheck import thresholds
 from geomcheck.checks.test_updates_share_directions import test_updates_share_directions as updates_share_directions
-from geomcheck.updates import rotation_null_sd, update_alignment
+from geomcheck.stats.updates import rotation_null_sd, update_alignment
 
 SESSION = SimpleNamespace(options=SimpleNamespace(n_boot=200, seed=0))
 THRESHOLDS = thresholds.shipped()["updates_share_directions"]

@@ -1,4 +1,4 @@
-"""The rotation null of hypothesis 4 (:func:`geomcheck.weights.rotation_null`): its closed-form mean and
+"""The rotation null of hypothesis 4 (:func:`geomcheck.stats.weights.rotation_null`): its closed-form mean and
 standard deviation agree with a Monte Carlo of the procedure itself, on fixed matrices turned by random
 rotations."""
 
@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from geomcheck.weights import overlap_matrix, rotation_null, summarize_overlap, top_left_singular_vectors
+from geomcheck.stats.weights import overlap_matrix, rotation_null, summarize_overlap, top_left_singular_vectors
 
 
 def haar_rotation(rng: np.random.Generator, d: int) -> np.ndarray:

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from geomcheck.checkpoint import CheckpointError, checkpoint_writers, writer_names
-from geomcheck.families import BY_MODEL_TYPE, residual_writers
-from geomcheck.pipeline import ModelRun, RunOptions
-from geomcheck.weights import subspace_overlap, top_left_singular_vectors
+from geomcheck.run.checkpoint import CheckpointError, checkpoint_writers, writer_names
+from geomcheck.run.families import BY_MODEL_TYPE, residual_writers
+from geomcheck.run.pipeline import ModelRun, RunOptions
+from geomcheck.stats.weights import subspace_overlap, top_left_singular_vectors
 
 
 def full_svd_basis(weight: np.ndarray, k: int) -> np.ndarray:
@@ -49,7 +49,8 @@ def test_tiny_matrices_fall_back_to_a_full_svd():
 def test_topk_equals_a_float64_full_svd_on_every_smollm2_layer():
     """Acceptance of issue 22: on SmolLM2's real (de-quantised GGUF) weights, every layer's top-16 subspace
     by svds in float32 overlaps the float64 full SVD's by ≥ 0.9999 (randomized sketches reach 0.5-0.75)."""
-    from geomcheck import models, registry
+    from geomcheck.run import models
+    from geomcheck.run import registry
 
     spec = registry.resolve("smollm2-135m")
     worst = {}

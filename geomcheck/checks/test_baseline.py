@@ -7,9 +7,9 @@ The baseline is ``baselines/<model>/test_baseline/test_matches_baseline.json``; 
 
 import pytest
 
-from geomcheck.baseline import geometry_from_payload
-from geomcheck.drift import drift_matrix, tolerances_from_config
-from geomcheck.snapshot import GeometryBaselineExtension, check_baseline
+from geomcheck.gate.baseline import geometry_from_payload
+from geomcheck.gate.drift import drift_matrix, tolerances_from_config
+from geomcheck.gate.extension import GeometryBaselineExtension, check_baseline
 
 
 def test_matches_baseline(geometry, model_run, snapshot, thresholds, geomcheck_overlay, geomcheck_record):

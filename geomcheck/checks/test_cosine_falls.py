@@ -5,7 +5,7 @@ variance grows), with an interval, and by more than shuffled labels make the pla
 Null rejected: the true cosine of the means is the same at every depth (fall interval above ``min_fall``),
 and the two sets are one distribution (``min_null_ratio``)."""
 
-from geomcheck.trends import cosine_trend, early_late_fall
+from geomcheck.stats.trends import cosine_trend, early_late_fall
 
 
 def test_cosine_falls(geometry, stream, thresholds, geomcheck_record):

@@ -16,8 +16,8 @@ import math
 
 import pytest
 
-from geomcheck.geometry import SETS, Geometry
-from geomcheck.trends import POSITION_SHARE, attention_shares, describe_layers, pooled_attention_share
+from geomcheck.stats.geometry import SETS, Geometry
+from geomcheck.stats.trends import POSITION_SHARE, attention_shares, describe_layers, pooled_attention_share
 
 
 def _shares(geometry: Geometry, prompt_set: str) -> Geometry:

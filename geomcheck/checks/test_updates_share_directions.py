@@ -9,8 +9,8 @@ into; ``min_mean_cosine`` asks for an alignment large enough to be "similar", no
 import numpy as np
 import pytest
 
-from geomcheck.resampling import basic_interval, resample_indices
-from geomcheck.updates import BRANCHES, rotation_null_sd, update_alignment
+from geomcheck.stats.resampling import basic_interval, resample_indices
+from geomcheck.stats.updates import BRANCHES, rotation_null_sd, update_alignment
 
 
 def test_updates_share_directions(activations, geomcheck_session, thresholds, geomcheck_record):

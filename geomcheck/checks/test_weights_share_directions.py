@@ -5,7 +5,7 @@ Null rejected: each layer's top-k subspace is uniformly random, independently of
 turned by its own random rotation). It cannot tell shared *learned* directions from a privileged basis: a
 few coordinates (massive activations, a norm's scale) that every layer writes into are shared directions too."""
 
-from geomcheck.weights import excess_shared_dimensions, summarize_overlap
+from geomcheck.stats.weights import excess_shared_dimensions, summarize_overlap
 
 
 def test_weights_share_directions(weights, thresholds, geomcheck_record):

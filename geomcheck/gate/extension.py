@@ -1,7 +1,7 @@
 """The baseline check through syrupy: a thin single-file extension and the check's entry point.
 
 :class:`GeometryBaselineExtension` is a syrupy single-file extension, so syrupy keeps doing what it is good
-at: reading and writing the file (:mod:`geomcheck.baseline`), ``--snapshot-update`` (create, update,
+at: reading and writing the file (:mod:`geomcheck.gate.baseline`), ``--snapshot-update`` (create, update,
 "1 snapshot generated/updated/failed" in the summary) and unused-snapshot detection and cleanup. Two of
 its hooks are replaced:
 
@@ -9,7 +9,7 @@ its hooks are replaced:
   ``<rootdir>/baselines/<model>/<test module>/`` and drop the model from the file name (it is the folder);
   the layout below ``baselines/<model>`` is syrupy's own single-file layout, so discovery of unused
   baselines works unchanged, and only the models of the session are ever looked at.
-* ``matches`` compares *numerically* (:func:`geomcheck.drift.compare_payloads`) instead of comparing
+* ``matches`` compares *numerically* (:func:`geomcheck.gate.drift.compare_payloads`) instead of comparing
   strings, so numerical noise passes and a real change fails, and keeps that one comparison for the
   check; paired on the same prompts where the reference run's readings are at hand (``readings``),
   unpaired otherwise; it also detects a baseline made with another dtype, prompt set or geomcheck version (a
@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 
 from geomcheck.activate import model_flag  # the update command says --model only where the project opted in
-from geomcheck.baseline import (
+from geomcheck.gate.baseline import (
     BaselineFileError,
     baseline_name,
     baseline_override,
@@ -47,7 +47,7 @@ from geomcheck.baseline import (
     parse_baseline,
     write_atomically,
 )
-from geomcheck.drift import (
+from geomcheck.gate.drift import (
     Comparison,
     Coverage,
     Drift,
@@ -58,14 +58,14 @@ from geomcheck.drift import (
     growth_changes,
     identity_summary,
 )
-from geomcheck.fingerprint import short
-from geomcheck.trends import describe_layers
+from geomcheck.run.fingerprint import short
+from geomcheck.stats.trends import describe_layers
 
 if TYPE_CHECKING:
     from syrupy.assertion import SnapshotAssertion
     from syrupy.location import PyTestLocation
 
-    from geomcheck.geometry import Geometry
+    from geomcheck.stats.geometry import Geometry
 
 MODEL_PARAM = "model_name"  # the plugin's parametrization over --model
 MAX_REPORTED = 10
@@ -152,7 +152,7 @@ class GeometryBaselineExtension(SingleFileSnapshotExtension):
 
     @classmethod
     def write_snapshot_collection(cls, *, snapshot_collection: Any, name_order: Any = None) -> None:
-        """Syrupy's single-file write, made atomic (:func:`geomcheck.baseline.write_atomically`)."""
+        """Syrupy's single-file write, made atomic (:func:`geomcheck.gate.baseline.write_atomically`)."""
         write_atomically(snapshot_collection.location, next(iter(snapshot_collection)).data)
 
     def read_snapshot_data_from_location(self, *, snapshot_location: str, snapshot_name: str, session_id: str) -> Any:
@@ -326,7 +326,7 @@ def _display(location: str, root: Path | None) -> str:
     return location
 
 
-SHIPPED_CHECKS = Path(__file__).resolve().parent / "checks"
+SHIPPED_CHECKS = Path(__file__).resolve().parent.parent / "checks"
 
 
 def _is_shipped(test_location: PyTestLocation) -> bool:
@@ -374,7 +374,7 @@ def check_baseline(
     ``assertion`` is ``snapshot.use_extension(GeometryBaselineExtension)``. Syrupy reads the file,
     matches numerically and, under ``--snapshot-update``, writes it; this returns what happened with a
     message fit for ``pytest.fail``. ``readings`` maps the baseline's meta to both runs' per-prompt
-    readings (e.g. :meth:`geomcheck.pipeline.ModelRun.readings_against`): paired drift where it finds them.
+    readings (e.g. :meth:`geomcheck.run.pipeline.ModelRun.readings_against`): paired drift where it finds them.
     """
     extension = assertion.extension
     if not isinstance(extension, GeometryBaselineExtension):

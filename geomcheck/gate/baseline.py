@@ -9,8 +9,8 @@ for every stream and per-layer statistic, each layer's value and 95% bootstrap i
       ...
 
 so a regenerated baseline reviews as a per-layer diff. Files are parsed as data (``json``), never executed.
-Comparing two payloads is :mod:`geomcheck.drift`; reading and writing them through syrupy is
-:mod:`geomcheck.snapshot`. Free of torch (and of syrupy), so the plugin can name folders at start-up.
+Comparing two payloads is :mod:`geomcheck.gate.drift`; reading and writing them through syrupy is
+:mod:`geomcheck.gate.extension`. Free of torch (and of syrupy), so the plugin can name folders at start-up.
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 import geomcheck
-from geomcheck import STREAMS, atomic, registry
-from geomcheck.stats import STAT_NAMES
+from geomcheck import STREAMS, atomic
+from geomcheck.run import registry
+from geomcheck.stats.estimators import STAT_NAMES
 
 if TYPE_CHECKING:
-    from geomcheck.geometry import Geometry
+    from geomcheck.stats.geometry import Geometry
 
 FORMAT = "geomcheck-baseline/1"
 BASELINES_DIRNAME = "baselines"
@@ -48,7 +49,7 @@ class BaselineFileError(ValueError):
 
 def baseline_payload(geometry: Geometry, meta: Mapping[str, Any]) -> dict[str, Any]:
     """A geometry's per-layer curves with intervals, and the run's metadata, as stored in a baseline."""
-    from geomcheck.geometry import INTERVALS
+    from geomcheck.stats.geometry import INTERVALS
 
     info = {key: _plain(value) for key, value in meta.items()}
     info.setdefault("name", baseline_name(str(info.get("model", "?"))))
@@ -81,8 +82,8 @@ def baseline_payload(geometry: Geometry, meta: Mapping[str, Any]) -> dict[str, A
 
 def geometry_from_payload(payload: Mapping[str, Any]) -> Geometry:
     """The per-layer curves (and intervals) a baseline holds, as a Geometry, e.g. to draw it beside a run."""
-    from geomcheck.geometry import Geometry
-    from geomcheck.stats import Interval
+    from geomcheck.stats.geometry import Geometry
+    from geomcheck.stats.estimators import Interval
 
     values: dict[str, np.ndarray] = {}
     intervals: dict[str, Interval] = {}
@@ -265,7 +266,7 @@ def baseline_name(model: str) -> str:
     name (so a committed baseline serves the same checkpoint folder on every machine), as one safe path
     component: never empty, ``.`` or ``..``, never a separator. Two directories with the same folder name
     in one session are refused by the plugin; across sessions the baseline's fingerprint and source
-    tell them apart in the report (:func:`geomcheck.drift.identity_summary`). Anything else (a folder name given to
+    tell them apart in the report (:func:`geomcheck.gate.drift.identity_summary`). Anything else (a folder name given to
     ``--baseline``) is sanitized the same way.
     """
     path = Path(model).expanduser()

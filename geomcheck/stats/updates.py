@@ -40,7 +40,7 @@ def rotation_null_sd(d: int, layers: int) -> float:
 
     For one pair of layers the mean over prompts is ``⟨R, M⟩`` with ``R`` uniformly random orthogonal and
     ``‖M‖_F ≤ 1``, so its variance is at most ``1/d``; pairs are uncorrelated under the null (as in
-    :func:`geomcheck.weights.rotation_null`), so the mean over ``L(L − 1)/2`` pairs has at most ``1/d`` over
+    :func:`geomcheck.stats.weights.rotation_null`), so the mean over ``L(L − 1)/2`` pairs has at most ``1/d`` over
     their number. Exact when every prompt's update at a layer points the same way; smaller otherwise.
     """
     if layers < 2 or d < 1:

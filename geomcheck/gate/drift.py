@@ -1,6 +1,6 @@
 """Drift: a current run's per-layer statistics against its baseline, compared once, with tolerance.
 
-Pure functions of numpy and the standard library on baseline payloads (:mod:`geomcheck.baseline`):
+Pure functions of numpy and the standard library on baseline payloads (:mod:`geomcheck.gate.baseline`):
 :func:`compare_payloads` scores every value once, and the check's verdict, its failure message, the
 overlay and the drift map all read that one :class:`Comparison`. No pytest, no syrupy, no torch.
 
@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 
 from geomcheck import STREAMS
-from geomcheck.fingerprint import short
-from geomcheck.resampling import resample_counts
-from geomcheck.stats import NO_INTERVAL, SETS, STAT_NAMES, statistics_from_moments
-from geomcheck.trends import growth_fit
+from geomcheck.run.fingerprint import short
+from geomcheck.stats.resampling import resample_counts
+from geomcheck.stats.estimators import NO_INTERVAL, SETS, STAT_NAMES, statistics_from_moments
+from geomcheck.stats.trends import growth_fit
 
 Samples = Mapping[str, Mapping[str, np.ndarray]]  # {set: {stream: (prompts, layers, features)}}
 
@@ -306,8 +306,8 @@ def compare(
 ) -> list[Drift]:
     """The values that moved beyond tolerance, worst first (empty: the geometry matches its baseline).
 
-    ``baseline`` and ``current`` are baseline payloads (:func:`geomcheck.baseline.baseline_payload`, or a
-    file read with :func:`geomcheck.baseline.parse_baseline`); ``tolerances`` overrides :data:`DEFAULT_TOLERANCES` per statistic (see
+    ``baseline`` and ``current`` are baseline payloads (:func:`geomcheck.gate.baseline.baseline_payload`, or a
+    file read with :func:`geomcheck.gate.baseline.parse_baseline`); ``tolerances`` overrides :data:`DEFAULT_TOLERANCES` per statistic (see
     :func:`resolve_tolerance`). The SE term comes from the *baseline's* stored interval, so the verdict
     depends only on the committed file and the current values.
     """
@@ -387,7 +387,7 @@ def coverage(baseline: Mapping[str, Any], current: Mapping[str, Any]) -> Coverag
 
 
 def source_kind(meta: Mapping[str, Any]) -> str:
-    """How a checkpoint is identified (:mod:`geomcheck.fingerprint`): a ``package`` and a ``gguf`` file by
+    """How a checkpoint is identified (:mod:`geomcheck.run.fingerprint`): a ``package`` and a ``gguf`` file by
     one file's digest (weights and tokenizer alike), a ``hub`` snapshot by its commit, a ``directory`` per file.
     Digests of two kinds are not comparable file by file."""
     if meta.get("package"):

@@ -1,7 +1,7 @@
 """Residual-stream capture: forward hooks record ``pre``, ``mid`` and ``post`` at every layer.
 
-Which module each stream is read from is defined per family in :mod:`geomcheck.families`; the first batch
-of every capture also runs the proof of :mod:`geomcheck.proof`, which refuses a site that is not the residual.
+Which module each stream is read from is defined per family in :mod:`geomcheck.run.families`; the first batch
+of every capture also runs the proof of :mod:`geomcheck.run.proof`, which refuses a site that is not the residual.
 
 Prompts are sorted by length, right-padded, and read at the last real token (or averaged over the
 real tokens), so a prompt's activations do not depend on its batch. Only the base model runs.
@@ -20,10 +20,10 @@ import torch
 from tqdm.auto import tqdm
 
 from geomcheck import POSITIONS, STREAMS
-from geomcheck.activations import DTYPE, Capture
-from geomcheck.rendering import fixed_clock
-from geomcheck.families import GENERIC, Family, Layout, Site, base_model, layout
-from geomcheck.proof import StreamProofError, verify
+from geomcheck.run.activations import DTYPE, Capture
+from geomcheck.run.rendering import fixed_clock
+from geomcheck.run.families import GENERIC, Family, Layout, Site, base_model, layout
+from geomcheck.run.proof import StreamProofError, verify
 
 
 class UnrecordedFamilyWarning(UserWarning):
@@ -45,7 +45,7 @@ class Batch:
 
 def tokenize(tokenizer, prompts: Sequence[str], chat_template: bool, max_length: int | None = None) -> list[list[int]]:
     """Token ids per prompt; instruct models see their chat template, as in real use, rendered on a fixed
-    date (:func:`geomcheck.rendering.fixed_clock`) so the ids do not depend on the day."""
+    date (:func:`geomcheck.run.rendering.fixed_clock`) so the ids do not depend on the day."""
     if chat_template:
         with fixed_clock():
             ids = [
@@ -213,7 +213,7 @@ def _full_inputs(resolved: Layout, batch: Batch, device: torch.device) -> dict[s
 
 def prove(runner: torch.nn.Module, resolved: Layout, inputs: Mapping[str, object], mask: torch.Tensor, position: str) -> None:
     """Run one batch with the proof's extra hooks (every stream, both branches, the final norm) and
-    ``output_hidden_states``, then check the identities of :mod:`geomcheck.proof`; the hooks are removed after."""
+    ``output_hidden_states``, then check the identities of :mod:`geomcheck.run.proof`; the hooks are removed after."""
     sites = {**resolved.sites(resolved.streams()), **resolved.branch_sites()}
     if (norm := resolved.final_norm()) is not None:
         sites |= {"final_in": [Site(norm, "input")], "final_out": [Site(norm, "output")]}
@@ -254,7 +254,7 @@ def capture(
     proof: bool = True,
 ) -> Capture:
     """Run every prompt set through the model once, keeping each prompt's reading of every stream
-    (float32; what that costs: :mod:`geomcheck.activations`).
+    (float32; what that costs: :mod:`geomcheck.run.activations`).
 
     ``token_ids`` (from :func:`tokenize`) are fed as given, so a caller can fingerprint the exact inputs.
     ``family`` overrides the model's own record (tests); ``proof=False`` skips the run-time proof on the

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from geomcheck.geometry import Geometry, geometry_from_arrays, geometry_to_arrays
-from geomcheck.weights import summarize_overlap
+from geomcheck.stats.geometry import Geometry, geometry_from_arrays, geometry_to_arrays
+from geomcheck.stats.weights import summarize_overlap
 
 Wire = dict[str, Any]  # what execnet can carry: dicts, lists, str, int, float, None
 

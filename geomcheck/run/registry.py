@@ -19,7 +19,7 @@ from typing import Any
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
 # A hub id as transformers users write it, optionally pinned: Qwen/Qwen2.5-7B-Instruct@<branch, tag or commit>
 HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[\w./-]+))?$")
-from geomcheck.families import family_name
+from geomcheck.run.families import family_name
 
 # Chat templates the registry supplies to tokenizers that ship none (``fallback_chat_template`` in models.toml).
 CHAT_TEMPLATES = {

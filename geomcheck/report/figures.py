@@ -30,12 +30,12 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from geomcheck import atomic
-from geomcheck.geometry import SETS, Geometry, geometry_to_arrays
-from geomcheck.weights import random_overlap, summarize_overlap
+from geomcheck.stats.geometry import SETS, Geometry, geometry_to_arrays
+from geomcheck.stats.weights import random_overlap, summarize_overlap
 
 if TYPE_CHECKING:  # the pipeline pulls in torch, the baseline syrupy; drawing a figure needs neither
-    from geomcheck.drift import DriftMatrix
-    from geomcheck.pipeline import WeightOverlap
+    from geomcheck.gate.drift import DriftMatrix
+    from geomcheck.run.pipeline import WeightOverlap
 
 PANELS = (
     ("cosine", "cosine of harmful/harmless means", "linear"),
@@ -167,7 +167,7 @@ def _draw_fits(ax: Axes, geometry: Geometry, stream: str) -> None:
     ``degenerate_jump``): thin solid the exponential, dash-dot the power law, in each set's colour, named
     in a note inside the panel (lines labelled ``_fit …`` stay out of the figure's one legend)."""
     from geomcheck import thresholds
-    from geomcheck.trends import growth_shape
+    from geomcheck.stats.trends import growth_shape
 
     jump = thresholds.shipped()["variance_grows"]["degenerate_jump"]
     notes: list[str] = []

@@ -3,7 +3,7 @@
 Both resample the prompts of two sets (harmful, harmless) laid out as ``samples x layers x features``; a
 statistic is any function of the two sets that returns named numbers or arrays. The draws also come as
 matrices (:func:`resample_counts`, :func:`permutation_masks`), whose products with the samples and their
-powers give every replicate's moments at once (:mod:`geomcheck.geometry` computes its statistics so).
+powers give every replicate's moments at once (:mod:`geomcheck.stats.geometry` computes its statistics so).
 Plain numpy.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from geomcheck.stats import Interval, Moments, debiased_norm2
+from geomcheck.stats.estimators import Interval, Moments, debiased_norm2
 
 Statistic = Callable[[np.ndarray, np.ndarray], Mapping[str, "np.ndarray | float"]]
 
@@ -127,7 +127,7 @@ def _symmetric_power(matrices: np.ndarray, power: float) -> np.ndarray:
 def debiased_world(harmful: Moments, harmless: Moments, sizes: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Shifts of each set's mean (``(..., d)``, to add to its samples) after which the two sample means
     have the debiased geometry: squared norms corrected by ``tr(Σ̂)/n``, the same dot product. Takes each
-    set's :func:`geomcheck.stats.moments` and the sets' sizes.
+    set's :func:`geomcheck.stats.estimators.moments` and the sets' sizes.
 
     The bootstrap resamples an empirical distribution as if it were the truth, and there the sample
     means lie further apart than the true ones (noise adds ``tr(Σ)/n`` to each squared norm), so the

@@ -7,7 +7,7 @@ clock pinned to :data:`TEMPLATE_DATE`, which is recorded with every cache entry 
 **Why the activations cache is keyed by the rendering's causes, not by the token ids.** A cached re-run
 must neither load the model nor import torch, and computing token ids needs the tokenizer (transformers,
 ~seconds). The token ids are a function of the tokenizer files and chat template (in the weights
-fingerprint, :mod:`geomcheck.fingerprint`), the prompt text, the rendering options (chat template on or
+fingerprint, :mod:`geomcheck.run.fingerprint`), the prompt text, the rendering options (chat template on or
 off, position), this date and the tokenizer code (transformers and tokenizers versions): all in the key.
 The digest of the exact ids fed to the model (:func:`token_ids_digest`) and of the template text are
 recorded in the entry and the baseline, so a comparison can still show that the inputs changed.

@@ -2,7 +2,7 @@
 
 One statistics path: the readings are always kept, because the bootstrap intervals, the shuffled-label
 null and a user's own statistics (the ``activations`` fixture) all resample the prompts; the point values
-are computed from the same readings (:func:`geomcheck.geometry.geometry_from_samples`). They cost
+are computed from the same readings (:func:`geomcheck.stats.geometry.geometry_from_samples`). They cost
 prompts × layers × d_model × streams × 4 bytes (float32), in memory and in the activations cache: ~1.1 GB
 for the 275 built-in prompts on a 64-layer, 5120-wide model (Qwen2.5-32B).
 

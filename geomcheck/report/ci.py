@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from geomcheck.comparison import ModelDigest, table_lines
+from geomcheck.report.across_models import ModelDigest, table_lines
 
 STEP_SUMMARY = "GITHUB_STEP_SUMMARY"
 OUTCOMES = {"passed": "✅ passed", "failed": "❌ failed", "skipped": "⏭ skipped", "xfail": "➖ expected failure"}

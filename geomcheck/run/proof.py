@@ -24,7 +24,7 @@ from collections.abc import Mapping
 
 import torch
 
-from geomcheck.families import GENERIC, HOW_TO_ADD, Layout
+from geomcheck.run.families import GENERIC, HOW_TO_ADD, Layout
 
 TOLERANCES = {torch.float32: 1e-4, torch.float64: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
@@ -77,7 +77,7 @@ def verify(layout: Layout, readings: Mapping[str, torch.Tensor], hidden: torch.T
         raise StreamProofError(
             f"family '{layout.family.name}' (model_type '{layout.model_type}'): output_hidden_states holds {hidden.shape[1]} "
             f"entries for {readings['pre'].shape[1]} blocks (expected one more: the embeddings, then each block's output), "
-            "so the streams cannot be proven; the model's code differs from its family record in geomcheck/families.py."
+            "so the streams cannot be proven; the model's code differs from its family record in geomcheck/run/families.py."
         )
     limit = tolerance(dtype)
     failures = []
@@ -98,5 +98,5 @@ def verify(layout: Layout, readings: Mapping[str, torch.Tensor], hidden: torch.T
     if family is GENERIC:
         message += f" This model_type has no family record and the generic (Llama) layout does not fit it: {HOW_TO_ADD}."
     else:
-        message += " The model's code differs from its family record in geomcheck/families.py; fix the record."
+        message += " The model's code differs from its family record in geomcheck/run/families.py; fix the record."
     raise StreamProofError(message)

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import geomcheck
 from geomcheck import atomic
-from geomcheck.baseline import _plain, baseline_payload
+from geomcheck.gate.baseline import _plain, baseline_payload
 
 if TYPE_CHECKING:
-    from geomcheck.ci import CheckResult
-    from geomcheck.comparison import ModelDigest
+    from geomcheck.report.ci import CheckResult
+    from geomcheck.report.across_models import ModelDigest
 
 FORMAT = 1
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from geomcheck.stats import Interval
+from geomcheck.stats.estimators import Interval
 
 # Rounding noise on an exact fit must not be reported as a break in trend:
 # residuals below this multiple of the log-values' magnitude count as zero.
@@ -345,7 +345,7 @@ def early_late_fall(values: np.ndarray) -> float:
     middle layer of an odd count in neither), non-finite layers ignored; nan where a half has none.
 
     Hypothesis 3 on the debiased cosine: every layer counts, not the last alone, and the difference is a
-    mean of the curve, so :meth:`geomcheck.geometry.Geometry.derive` gives it an interval from the same
+    mean of the curve, so :meth:`geomcheck.stats.geometry.Geometry.derive` gives it an interval from the same
     resamples. Constant true cosines give a fall of 0 however the noise grows with depth.
     """
     values = np.asarray(values, dtype=np.float64)

@@ -31,7 +31,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from geomcheck import atomic
-from geomcheck.registry import ModelLoadError, ModelSpec
+from geomcheck.run.registry import ModelLoadError, ModelSpec
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
 # A model's own code (``auto_map`` → ``custom_model.py`` and the modules it imports from the same folder) is
@@ -66,7 +66,7 @@ def short(digest: str | None) -> str:
 
 
 def of_model(spec: ModelSpec, cache_dir: Path) -> Fingerprint:
-    """The fingerprint of what :func:`geomcheck.models.load` will load for ``spec``."""
+    """The fingerprint of what :func:`geomcheck.run.models.load` will load for ``spec``."""
     if spec.local_path is None and spec.package is None and spec.gguf_file is None:  # a hub id
         commit = spec.commit or hub_commit(spec.hub_id, spec.revision)
         return Fingerprint(weights=f"git:{commit}", tokenizer=f"git:{commit}", revision=commit)
@@ -212,7 +212,7 @@ class StatIndex:
                 merged = {k: v for k, v in {**current, **self.updates}.items() if os.path.exists(k)}
                 atomic.write_text(self.path, json.dumps(merged, sort_keys=True))
         except OSError as exc:  # a read-only cache: the digests stay in memory, the next run re-hashes
-            from geomcheck.cache import warn_unwritable
+            from geomcheck.run.cache import warn_unwritable
 
             warn_unwritable(self.path.parent, exc)
             self.entries, self.updates = {**self.entries, **self.updates}, {}

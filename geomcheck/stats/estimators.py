@@ -2,8 +2,8 @@
 and the :class:`Interval` their uncertainty is stated in.
 
 Arrays of samples are laid out as ``samples x layers x features``. Plain numpy, independent of torch and
-pytest. Beside it, by job: :mod:`geomcheck.resampling` (bootstrap intervals and label-permutation nulls
-over the prompts) and :mod:`geomcheck.trends` (the tests of shape the hypotheses are phrased in).
+pytest. Beside it, by job: :mod:`geomcheck.stats.resampling` (bootstrap intervals and label-permutation nulls
+over the prompts) and :mod:`geomcheck.stats.trends` (the tests of shape the hypotheses are phrased in).
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def cosine_standard_error(
     """Delta-method standard error of :func:`debiased_cosine`, per layer, from samples ``(n, ..., d)``.
 
     The variance of the samples' projections on :func:`cosine_gradients`, over each set's size. It
-    studentizes the cosine's bootstrap (see :func:`geomcheck.resampling.studentized_interval`): the
+    studentizes the cosine's bootstrap (see :func:`geomcheck.stats.resampling.studentized_interval`): the
     cosine's spread depends on the angle itself, so its replicates are only comparable once divided by
     it. ``*_moments`` are the sets' moments where already at hand, or moved (the bootstrap's debiased
     world moves the means, never the spread). nan where the means are not resolved.
@@ -181,7 +181,7 @@ def statistics_from_moments(
 
     ``plug_in=True`` gives the same functionals of the *empirical* distribution (variances with ddof=0,
     the plain cosine for the debiased one): the value the bootstrap replicates scatter around, which the
-    basic bootstrap interval pivots on (see :func:`geomcheck.resampling.basic_interval`).
+    basic bootstrap interval pivots on (see :func:`geomcheck.stats.resampling.basic_interval`).
     """
     arrays = [np.asarray(x, dtype=np.float64) for x in (harmful_mean, harmful_var, harmless_mean, harmless_var)]
     shapes = {x.shape for x in arrays}

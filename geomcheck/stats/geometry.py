@@ -1,7 +1,7 @@
 """One model's geometry: the note's per-layer curves and the hypotheses' summary figures, with intervals.
 
 Every value is named by one key form, ``<stream>/<statistic>`` (the vocabulary: :data:`CURVES` and
-:data:`SUMMARIES` in :mod:`geomcheck.stats`, tabled in the README), and every value reads the same way:
+:data:`SUMMARIES` in :mod:`geomcheck.stats.estimators`, tabled in the README), and every value reads the same way:
 ``geometry.value(key)``, ``geometry.interval(key)``, ``geometry.describe(key)``.
 
 Everything is computed in one seeded bootstrap pass over prompts, and the replicates are kept, so a
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from geomcheck.resampling import (
+from geomcheck.stats.resampling import (
     basic_interval,
     debiased_world,
     permutation_masks,
@@ -25,7 +25,7 @@ from geomcheck.resampling import (
     resample_indices,
     studentized_interval,
 )
-from geomcheck.stats import (
+from geomcheck.stats.estimators import (
     NO_INTERVAL,
     RANGES,
     SETS,
@@ -36,7 +36,7 @@ from geomcheck.stats import (
     mean_cosine,
     statistics_from_moments,
 )
-from geomcheck.trends import GrowthFit, Separation, Trend, cosine_trend, growth_fit, mean_log_ratio, separation
+from geomcheck.stats.trends import GrowthFit, Separation, Trend, cosine_trend, growth_fit, mean_log_ratio, separation
 
 __all__ = ["INTERVALS", "SETS", "Geometry", "bootstrap_samples", "geometry_from_samples"]
 
@@ -284,7 +284,7 @@ def _flat(replicate: Moments) -> Moments:
 def _cosine_errors(
     blocks: tuple[_SetBlock, _SetBlock], counts: tuple[np.ndarray, np.ndarray], shifts: tuple[np.ndarray, np.ndarray], sizes: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`geomcheck.stats.cosine_standard_error` of the observed sets and of every replicate (moved by
+    """:func:`geomcheck.stats.estimators.cosine_standard_error` of the observed sets and of every replicate (moved by
     ``shifts`` into the debiased world): the prompts' projections on each replicate's gradient are one batched matrix product
     per set, their spread over each replicate's prompts a count-weighted sum."""
     replicate = [(block.replicate[0] + shift, block.replicate[1]) for block, shift in zip(blocks, shifts)]
@@ -329,7 +329,7 @@ def geometry_from_samples(samples: Samples, n_boot: int = 200, seed: int = 0) ->
     """Point values from all prompts; intervals from ``n_boot`` resamplings of the prompts, and the
     shuffled-label null of the cosine from as many permutations (same seed).
 
-    The resampling runs in the debiased world (:func:`geomcheck.resampling.debiased_world`), where the
+    The resampling runs in the debiased world (:func:`geomcheck.stats.resampling.debiased_world`), where the
     means lie as far apart as the debiased estimate says. The cosines' intervals are studentized and are
     intervals of the true cosine of the means (so the plain cosine's is widened to hold its biased point,
     and is undefined where the debiased one is); ``var_mean`` and ``var_max`` are studentized on the log

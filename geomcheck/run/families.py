@@ -9,7 +9,7 @@ Read sites, in TransformerLens' terms ``blocks.{l}.hook_resid_{pre,mid,post}``:
 
 Each record also names the module whose output is the attention branch *as added* to the residual (after a
 sandwich or post norm where the family has one) and the same for the MLP branch: the run-time proof
-(:mod:`geomcheck.proof`) checks on every capture's first batch that ``mid - pre`` and ``post - mid`` equal
+(:mod:`geomcheck.run.proof`) checks on every capture's first batch that ``mid - pre`` and ``post - mid`` equal
 them, so a wrong site stops the run instead of producing numbers.
 
 Write sites (hypothesis 4): the attention output projection and the MLP down projection, returned as
@@ -214,7 +214,7 @@ GENERIC = _llama_like("generic", prefix_reuse=False)
 BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}
 
 HOW_TO_ADD = (
-    "add a Family record for it to geomcheck/families.py (where its layers live, which module's input is `mid`, "
+    "add a Family record for it to geomcheck/run/families.py (where its layers live, which module's input is `mid`, "
     "which modules' outputs are the attention and MLP branches as added, its two writer matrices) and its tiny "
     "config to tests/test_families.py; see the README, 'Add a family'"
 )

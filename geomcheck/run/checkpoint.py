@@ -5,7 +5,7 @@ minutes for Qwen2.5-32B in bf16), so the weights check reads each writer tensor 
 is stored in: safetensors through ``safe_open`` (one file or a sharded index), PyTorch ``.bin`` files
 through ``torch.load(mmap=True, weights_only=True)`` (no pickle code runs), GGUF through the ``gguf``
 package, de-quantising only the tensor asked for. Which tensors are the writers comes from the family
-record (:mod:`geomcheck.families`): the block list's path, a layer number, the writer's path.
+record (:mod:`geomcheck.run.families`): the block list's path, a layer number, the writer's path.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from geomcheck.families import BY_MODEL_TYPE, GENERIC, WRITERS, Family
+from geomcheck.run.families import BY_MODEL_TYPE, GENERIC, WRITERS, Family
 
 
 # What transformers' classes put before the block list in tensor names, as the gguf package's table spells them.

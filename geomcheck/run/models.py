@@ -21,7 +21,7 @@ import torch
 from filelock import FileLock
 from safetensors import SafetensorError
 
-from geomcheck.registry import (  # noqa: F401  (re-exported: the registry is part of this module's interface)
+from geomcheck.run.registry import (  # noqa: F401  (re-exported: the registry is part of this module's interface)
     CHAT_TEMPLATES,
     WEIGHT_FILES,
     ModelLoadError,

@@ -2,7 +2,7 @@
 
 The model is loaded lazily and at most once; activations and weight overlaps go through the on-disk
 cache, so a re-run with identical inputs loads no model at all. "Identical" is decided by content: the
-cache keys hold the checkpoint's fingerprint (:mod:`geomcheck.fingerprint`), not its name or path.
+cache keys hold the checkpoint's fingerprint (:mod:`geomcheck.run.fingerprint`), not its name or path.
 """
 
 from __future__ import annotations
@@ -24,19 +24,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 import geomcheck
-from geomcheck import STREAMS, registry
-from geomcheck import activations
-from geomcheck.activations import Capture, check_complete
-from geomcheck.cache import Arrays, ArrayCache, cache_key
-from geomcheck.drift import Readings
-from geomcheck.fingerprint import Fingerprint, FingerprintError, of_model, short
-from geomcheck.geometry import Geometry, geometry_from_arrays, geometry_from_samples, geometry_to_arrays
-from geomcheck.prompts import prompts_hash, resolve_prompts
-from geomcheck.rendering import TEMPLATE_DATE, text_digest, token_ids_digest
-from geomcheck.weights import TOPK_METHOD, overlap_matrix, top_left_singular_vectors
+from geomcheck import STREAMS
+from geomcheck.run import registry
+from geomcheck.run import activations
+from geomcheck.run.activations import Capture, check_complete
+from geomcheck.run.cache import Arrays, ArrayCache, cache_key
+from geomcheck.gate.drift import Readings
+from geomcheck.run.fingerprint import Fingerprint, FingerprintError, of_model, short
+from geomcheck.stats.geometry import Geometry, geometry_from_arrays, geometry_from_samples, geometry_to_arrays
+from geomcheck.run.prompts import prompts_hash, resolve_prompts
+from geomcheck.run.rendering import TEMPLATE_DATE, text_digest, token_ids_digest
+from geomcheck.stats.weights import TOPK_METHOD, overlap_matrix, top_left_singular_vectors
 
 if TYPE_CHECKING:
-    from geomcheck.models import LoadedModel
+    from geomcheck.run.models import LoadedModel
 
 MIN_PROMPTS = 2  # a variance needs two samples
 GEOMETRY_FORMAT = 6  # layout and interval method of cached geometry entries; bump when either changes
@@ -186,7 +187,7 @@ class ModelRun:
         while it was loading is refused, since its activations would be stored under the old fingerprint."""
         expected = self.fingerprint
         with self.timed("load/convert"):
-            from geomcheck import models
+            from geomcheck.run import models
 
             self.check_memory()
             self.loads += 1
@@ -220,7 +221,7 @@ class ModelRun:
 
     def check_memory(self) -> None:
         """Print the memory estimate, and refuse a model that cannot fit on its device."""
-        from geomcheck import models
+        from geomcheck.run import models
 
         longest = max(len(p) for prompts in self.prompts.values() for p in prompts) // 2 + 64  # ~tokens incl. template
         estimate = models.estimate_memory(
@@ -321,7 +322,7 @@ class ModelRun:
         """Activations of both sets, from the cache when an identical run stored them."""
 
         def compute() -> Arrays:
-            from geomcheck.capture import NonFiniteActivationError
+            from geomcheck.run.capture import NonFiniteActivationError
 
             loaded = self.loaded
             try:
@@ -342,7 +343,7 @@ class ModelRun:
         import torch
         import transformers
 
-        from geomcheck.capture import capture, tokenize
+        from geomcheck.run.capture import capture, tokenize
 
         max_length = getattr(loaded.model.config, "max_position_embeddings", None)
         token_ids = {name: tokenize(loaded.tokenizer, p, self.chat_template, max_length) for name, p in self.prompts.items()}
@@ -393,11 +394,11 @@ class ModelRun:
     @cached_property
     def weights(self) -> WeightOverlap:
         """Layers × layers overlap of the top-k output directions, per kind of writing matrix, read from the
-        checkpoint's files tensor by tensor: the model is never loaded for it (:mod:`geomcheck.checkpoint`)."""
+        checkpoint's files tensor by tensor: the model is never loaded for it (:mod:`geomcheck.run.checkpoint`)."""
 
         def compute() -> Arrays:
-            from geomcheck.checkpoint import checkpoint_writers
-            from geomcheck.families import residual_writers
+            from geomcheck.run.checkpoint import checkpoint_writers
+            from geomcheck.run.families import residual_writers
 
             # the untrained twin has no files: its writers are the freshly initialised model's
             writers = residual_writers(self.loaded.model) if self.control else checkpoint_writers(self.checkpoint_location())
@@ -422,7 +423,7 @@ class ModelRun:
     def checkpoint_location(self) -> Path:
         """The checkpoint's weights as files: its directory, or its GGUF file. A hub model not in the local
         cache has its weight files (not the model) fetched at the fingerprinted commit."""
-        from geomcheck import models
+        from geomcheck.run import models
 
         spec = self.spec
         if spec.local_path or spec.snapshot:
