@@ -28,7 +28,7 @@ from geomcheck.errors import OptionError
 from geomcheck.run import registry
 from geomcheck.run.prompts import PromptFileError, resolve_prompts
 from geomcheck.run.registry import WEIGHT_FILES
-from geomcheck.spelling import dest, with_ini
+from geomcheck.spelling import Spelling, current, dest, flag, with_ini
 from geomcheck.thresholds import load as load_thresholds, project_file
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def _n_boot(settings: Mapping[str, Any]) -> None:
             f"quantiles of the resamples, so at least {MIN_N_BOOT} are needed (default 200); use 0 for point values only"
         )
     if number > MAX_N_BOOT:
-        from geomcheck.stats.estimators import STAT_NAMES
+        from geomcheck.stats.vocabulary import STAT_NAMES
 
         per_layer = len(STAT_NAMES) * len(STREAMS) * 8  # bytes of one resample's values at one layer
         gib = number * per_layer * 30 / 2**30
@@ -118,7 +118,7 @@ def device(value: str) -> None:
     wanted = int(index) if index else 0
     if wanted >= count:
         where = f"this machine has {count} {kind} device(s)" + ("" if count else f" (torch {torch.__version__})")
-        raise OptionError(f"{with_ini('device')} = {value!r} is not available: {where}. Use --device cpu or a device listed by torch.")
+        raise OptionError(f"{with_ini('device')} = {value!r} is not available: {where}. Use {flag('device')} cpu or a device listed by torch.")
 
 
 def _directory(settings: Mapping[str, Any], name: str) -> None:
@@ -146,7 +146,7 @@ def validate_settings(settings: Mapping[str, Any]) -> None:
     if not settings.get("geomcheck-cache-dir") and os.environ.get("GEOMCHECK_CACHE"):
         path = Path(os.environ["GEOMCHECK_CACHE"]).expanduser()
         if path.exists() and not path.is_dir():
-            raise OptionError(f"$GEOMCHECK_CACHE = {str(path)!r} is a file, not a directory: point it at a directory (it is created if missing), or pass --geomcheck-cache-dir")
+            raise OptionError(f"$GEOMCHECK_CACHE = {str(path)!r} is a file, not a directory: point it at a directory (it is created if missing), or pass {flag('geomcheck-cache-dir')}")
     _directory(settings, "artifacts-dir")
     if settings.get("geomcheck-json") and Path(settings["geomcheck-json"]).expanduser().is_dir():
         raise OptionError(f"{with_ini('geomcheck-json')} = {settings['geomcheck-json']!r} is a directory: name the results file, e.g. results.json")
@@ -168,24 +168,24 @@ def model_directory(path: Path, trust_remote_code: bool) -> None:
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise OptionError(f"--model {path}: {config_file} is not a readable JSON config ({exc}); save the model with save_pretrained") from exc
+        raise OptionError(f"{flag('model')} {path}: {config_file} is not a readable JSON config ({exc}); save the model with save_pretrained") from exc
     if not isinstance(config, dict):
-        raise OptionError(f"--model {path}: {config_file} must hold a JSON object; got {type(config).__name__}")
+        raise OptionError(f"{flag('model')} {path}: {config_file} must hold a JSON object; got {type(config).__name__}")
     if config.get("auto_map") and not trust_remote_code:
         raise OptionError(
-            f"--model {path}: its config.json maps to Python code in the directory (auto_map {sorted(config['auto_map'])}); "
-            "geomcheck does not run a model's own code unless you pass --trust-remote-code (read the code first)"
+            f"{flag('model')} {path}: its config.json maps to Python code in the directory (auto_map {sorted(config['auto_map'])}); "
+            f"geomcheck does not run a model's own code unless you pass {flag('trust-remote-code')} (read the code first)"
         )
     model_type = config.get("model_type")
     known = _known_model_types()
     if not config.get("auto_map") and known is not None and model_type not in known:
         raise OptionError(
-            f"--model {path}: config.json has model_type {model_type!r}, which this transformers does not know; "
+            f"{flag('model')} {path}: config.json has model_type {model_type!r}, which this transformers does not know; "
             "upgrade transformers, or fix model_type"
         )
     if not any(any(path.glob(pattern)) for pattern in WEIGHT_FILES):
         raise OptionError(
-            f"--model {path}: the directory has a config.json but no weight files ({', '.join(WEIGHT_FILES)}); "
+            f"{flag('model')} {path}: the directory has a config.json but no weight files ({', '.join(WEIGHT_FILES)}); "
             "save the weights there with model.save_pretrained(path), or pass the directory that holds them"
         )
 
@@ -259,25 +259,24 @@ def add_options(parser: pytest.Parser, short: bool, listed: bool = True) -> None
     ``listed``, an option works but stays out of ``--help`` (where the short spelling already lists it)."""
     group = parser.getgroup("geomcheck", "geomcheck: activation-geometry checks")
 
-    def flag(name: str) -> str:
-        return "--" + name.removeprefix("geomcheck-") if short else "--geomcheck-" + name.removeprefix("geomcheck-")
+    spell = Spelling(short).flag
 
     def shown(name: str, text: str) -> str:
         # the namespaced options have no short twin, so they are always listed
         return text if listed or name.startswith("geomcheck-") else argparse.SUPPRESS
 
-    group.addoption(flag("model"), action="append", dest="geomcheck_models", default=None, metavar="NAME", help=shown("model", MODEL_HELP))
+    group.addoption(spell("model"), action="append", dest="geomcheck_models", default=None, metavar="NAME", help=shown("model", MODEL_HELP))
     for name, (help_text, _) in OPTIONS.items():
         if short and name.startswith("geomcheck-"):
             continue  # already namespaced: one spelling only
         option_dest = dest(name)
         metavar = option_dest.removeprefix("geomcheck_").upper()
         text = f"{with_default(name, help_text)} [ini: {option_dest}]".replace("%", "%%")
-        group.addoption(flag(name), dest=option_dest, default=None, metavar=metavar, help=shown(name, text))
+        group.addoption(spell(name), dest=option_dest, default=None, metavar=metavar, help=shown(name, text))
     for name, help_text in FLAGS.items():
         if short and name.startswith("geomcheck-"):
             continue
-        group.addoption(flag(name), action="store_true", dest=dest(name), help=shown(name, help_text))
+        group.addoption(spell(name), action="store_true", dest=dest(name), help=shown(name, help_text))
 
 
 def setting(config: pytest.Config, name: str) -> Any:
@@ -330,11 +329,11 @@ def validate(config: pytest.Config) -> tuple[dict[str, str], dict[str, Any]]:
                 model_directory(path, trust)
         specs = {model_arg: registry.resolve(model_arg) for model_arg in model_args}  # once: a hub id may ask the hub
         thresholds = load_thresholds(_project_pyproject(config), setting(config, "thresholds"))
-        streams = setting(config, "streams")
-        if streams and getattr(config.option, "update_snapshots", False) and set(streams(streams)) != set(STREAMS):
+        given = setting(config, "streams")
+        if given and getattr(config.option, "update_snapshots", False) and set(streams(given)) != set(STREAMS):
             raise OptionError(
-                f"--snapshot-update with --streams {','.join(streams(streams))} would drop the other streams from the committed "
-                f"baselines; update with every stream (--streams {','.join(STREAMS)})"
+                f"--snapshot-update with {flag('streams')} {','.join(streams(given))} would drop the other streams from the committed "
+                f"baselines; update with every stream ({flag('streams')} {','.join(STREAMS)})"
             )
     except (OptionError, registry.UnknownModelError, registry.ModelLoadError) as exc:
         raise pytest.UsageError(str(exc)) from exc
@@ -361,18 +360,18 @@ def check_baseline_folders(config: pytest.Config, specs: dict[str, registry.Mode
             first, second = (source if revision == "main" else f"{source}@{revision}" for source, revision in (folders[folder], checkpoint))
             raise pytest.UsageError(
                 f"two models would share the baselines of '{folder}': {first} and {second}. "
-                "Give the checkpoint folders distinct names, or check them in separate sessions with --baseline."
+                f"Give the checkpoint folders distinct names, or check them in separate sessions with {flag('baseline')}."
             )
     override = baseline_override(config)
     if override is None:
         return
     if config.getoption("update_snapshots", default=False):
         raise pytest.UsageError(
-            f"--baseline {override} with --snapshot-update would overwrite {override}'s baseline with another model's "
-            f"numbers. Update it from its own model: pytest checks/ --model {override} --snapshot-update"
+            f"{flag('baseline')} {override} with --snapshot-update would overwrite {override}'s baseline with another model's "
+            f"numbers. Update it from its own model: {current().update_command(model=override)}"
         )
     folder = baselines_root(config) / baseline_name(override)
     if not folder.is_dir():
         raise pytest.UsageError(
-            f"--baseline {override}: no baselines in {folder}. Create them with: pytest checks/ --model {override} --snapshot-update"
+            f"{flag('baseline')} {override}: no baselines in {folder}. Create them with: {current().update_command(model=override)}"
         )

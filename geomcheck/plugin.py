@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from geomcheck.session import DIGESTS, SESSION_KEY, GeomcheckSession
+from geomcheck import spelling
 from geomcheck.options import add_ini, add_options, run_options, setting, validate
+from geomcheck.session import DIGESTS, SESSION_KEY, GeomcheckSession
+from geomcheck.spelling import Spelling
 from geomcheck.summary import Summary
 
 if TYPE_CHECKING:  # the heavy modules load when a check first needs them, not at pytest start-up
@@ -62,7 +64,12 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
     return ByModel(config, log)
 
 
+SPELLING_KEY = pytest.StashKey[Spelling]()  # the spelling this session replaced, restored at its end
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    # before anything can raise a message that names an option: the project's opt-in state spells them
+    config.stash[SPELLING_KEY] = spelling.use(Spelling(short=config.pluginmanager.has_plugin("geomcheck.activate")))
     config.addinivalue_line("markers", "geomcheck_streams(*streams): streams a check is parametrized over")
     config.addinivalue_line("markers", "geomcheck_check: set by geomcheck on the tests it parametrizes over models")
     if not config.pluginmanager.hasplugin("xdist"):  # set on each model's checks; xdist registers it itself
@@ -79,6 +86,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
         cache.clear(run_options(config).cache_dir)
     config.pluginmanager.register(Summary(), "geomcheck-summary")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if SPELLING_KEY in config.stash:  # an in-process run (pytester) leaves the outer session's spelling as it was
+        spelling.use(config.stash[SPELLING_KEY])
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -250,6 +262,24 @@ def geomcheck_overlay(geometry: Geometry, model_name: str, geomcheck_session: Ge
 def thresholds(request: pytest.FixtureRequest, geomcheck_session: GeomcheckSession, model_name: str) -> dict[str, Any]:
     """This check's thresholds for this model ([<check>] merged with [models.<model>.<check>])."""
     return geomcheck_session.thresholds_for(check_name(request.node), geomcheck_session.display_names[model_name])
+
+
+@pytest.fixture
+def baseline_update_command(request: pytest.FixtureRequest) -> str:
+    """The command that rewrites this check's baselines (``NAME`` standing for the model), as the user can
+    type it here: the checks' folder as seen from where pytest runs, the package's own checks as
+    ``--pyargs geomcheck.checks`` (never their site-packages path), options spelled for the project's opt-in."""
+    from geomcheck.gate.extension import SHIPPED_CHECKS
+
+    path = Path(request.path)
+    if path.resolve().parent == SHIPPED_CHECKS:
+        return f"pytest --pyargs geomcheck.checks {spelling.flag('model')} NAME --snapshot-update"
+    try:
+        rel = path.parent.relative_to(Path.cwd())
+        where = f"{rel}/" if str(rel) != "." else path.name
+    except ValueError:
+        where = f"{path.parent}/"
+    return spelling.current().update_command(where)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from geomcheck.errors import GeomcheckError
 from geomcheck.options import run_options
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ SESSION_KEY = pytest.StashKey["GeomcheckSession"]()
 DIGESTS = "geomcheck_digests"  # xdist workeroutput key: what each worker measured, for the controller
 
 
-class ModelRunFailed(RuntimeError):
+class ModelRunFailed(GeomcheckError, RuntimeError):
     """A model's run failed in an earlier check of this session; the first failure shows the error."""
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from geomcheck import STREAMS
 from geomcheck.errors import OptionError
-from geomcheck.spelling import with_ini
+from geomcheck.spelling import flag, with_ini
 
 EXPECTED_FAILURES = "expected_failures"
 TYPO_CUTOFF = 0.85  # a table name this close to a shipped check's is a misspelling, not a check of the user's
@@ -71,7 +71,7 @@ def load(pyproject: Path | None, path: str | None = None) -> dict[str, Any]:
         sources.append(f"[tool.geomcheck.thresholds] of {pyproject}")
     if path:
         thresholds = merge(thresholds, read_thresholds_file(path))
-        sources.append(f"--thresholds {path}")
+        sources.append(f"{flag('thresholds')} {path}")
     validate_thresholds(thresholds, "thresholds (" + " + ".join(sources) + ")")
     return thresholds
 

@@ -16,7 +16,7 @@ from geomcheck.gate.baseline import FORMAT, BaselineFileError, baseline_payload,
 from geomcheck.gate.drift import Tolerance, compare, compare_all, drift_matrix, resolve_tolerance, tolerances_from_config
 from geomcheck.gate.extension import BaselineMismatchWarning, GeometryBaselineExtension, failure_lines
 from geomcheck.stats.geometry import geometry_from_samples
-from geomcheck.stats.estimators import STAT_NAMES
+from geomcheck.stats.vocabulary import STAT_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 META = {

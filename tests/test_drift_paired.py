@@ -4,8 +4,6 @@ no model runs here (the measured sensitivity on smollm2-135m is `make bench-sens
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
@@ -13,6 +11,8 @@ from geomcheck.gate.baseline import baseline_payload
 from geomcheck.gate.drift import Readings, aliased_layers, compare_all, compare_payloads, drift_matrix, identity_summary, paired_errors
 from geomcheck.stats.geometry import geometry_from_samples
 from geomcheck.gate.extension import accept_hint, comparison_lines
+from geomcheck import spelling
+from geomcheck.spelling import Spelling
 
 META = {"model": "tiny", "name": "tiny", "dtype": "float32", "weights": "sha256:aaaa", "tokenizer": "sha256:bbbb"}
 N, LAYERS, D = 48, 4, 24
@@ -151,18 +151,18 @@ def test_the_identity_line_names_only_the_files_that_differ():
     assert line == "weights 9f8e7d6 → 1111111 (model.safetensors); environment unchanged"
 
 
-def location(config=None) -> SimpleNamespace:
-    return SimpleNamespace(filepath="/nowhere/checks/test_baseline.py", item=SimpleNamespace(config=config))
-
-
 def test_the_update_hint_names_the_model_that_changed():
-    hint = accept_hint(location(), "./my-finetune", None)
+    hint = accept_hint(Spelling(short=False).update_command("/nowhere/checks/"), "./my-finetune", None)
     assert hint == "If the change is intended, update the baseline: pytest /nowhere/checks/ --geomcheck-model ./my-finetune --snapshot-update"
 
 
-def test_under_baseline_the_hint_gives_the_finetune_its_own_baseline_and_keeps_the_base():
-    hint = accept_hint(location(), "./my-finetune", "smollm2-135m")
-    assert "./my-finetune was compared with smollm2-135m's baseline (--baseline)" in hint
-    assert "./my-finetune --snapshot-update (without --baseline" in hint and "baselines/my-finetune/" in hint
+@pytest.mark.parametrize("short", [True, False])
+def test_under_baseline_the_hint_gives_the_finetune_its_own_baseline_and_keeps_the_base(short, monkeypatch):
+    monkeypatch.setattr(spelling, "_current", Spelling(short))
+    hint = accept_hint(Spelling(short).update_command("/nowhere/checks/"), "./my-finetune", "smollm2-135m")
+    flag = "--baseline" if short else "--geomcheck-baseline"
+    assert f"./my-finetune was compared with smollm2-135m's baseline ({flag})" in hint
+    assert f"./my-finetune --snapshot-update (without {flag}" in hint and "baselines/my-finetune/" in hint
+    assert ("--model ./my-finetune" if short else "--geomcheck-model ./my-finetune") in hint
     assert "smollm2-135m --snapshot-update" not in hint  # re-baselining the base is not what accepts a fine-tune
     assert "smollm2-135m's baseline stays as it is" in hint

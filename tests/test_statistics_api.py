@@ -10,7 +10,7 @@ from conftest import write_readme_example
 
 from geomcheck.stats.geometry import bootstrap_samples, geometry_from_arrays, geometry_from_samples, geometry_to_arrays
 from geomcheck.stats.resampling import basic_interval
-from geomcheck.stats.estimators import CURVES, SUMMARIES, expand
+from geomcheck.stats.vocabulary import CURVES, SUMMARIES, expand
 from geomcheck.stats.trends import growth_fit
 
 ROOT = Path(__file__).resolve().parent.parent

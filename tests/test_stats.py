@@ -7,18 +7,8 @@ import numpy as np
 import pytest
 
 from geomcheck.stats.resampling import basic_interval, bootstrap, debiased_world, permutation_null, studentized_interval
-from geomcheck.stats.estimators import (
-    RANGES,
-    STAT_NAMES,
-    Interval,
-    cosine_standard_error,
-    debiased_cosine,
-    debiased_norm2,
-    mean_cosine,
-    moments,
-    statistics_from_moments,
-    statistics_from_samples,
-)
+from geomcheck.stats.estimators import Interval, cosine_standard_error, debiased_cosine, debiased_norm2, mean_cosine, moments
+from geomcheck.stats.vocabulary import RANGES, STAT_NAMES, statistics_from_moments, statistics_from_samples
 from geomcheck.stats.trends import GrowthFit, cosine_trend, growth_fit, separation
 from geomcheck.stats.weights import (
     overlap_matrix,

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from geomcheck.stats.resampling import bootstrap
-from geomcheck.stats.estimators import statistics_from_samples
+from geomcheck.stats.vocabulary import statistics_from_samples
 
 FAST = settings(deadline=None, max_examples=60)
 

@@ -5,6 +5,7 @@ variance grows), with an interval, and by more than shuffled labels make the pla
 Null rejected: the true cosine of the means is the same at every depth (fall interval above ``min_fall``),
 and the two sets are one distribution (``min_null_ratio``)."""
 
+from geomcheck.spelling import flag
 from geomcheck.stats.trends import cosine_trend, early_late_fall
 
 
@@ -14,7 +15,7 @@ def test_cosine_falls(geometry, stream, thresholds, geomcheck_record):
     ≥ min_null_ratio × its level for label-shuffled sets."""
     ratio_key, fall_key = f"{stream}/cosine_null_ratio", f"{stream}/cosine_fall"
     assert ratio_key in geometry.values, (
-        "hypothesis 3 is tested against shuffled labels and with an interval, which need the samples: run with --n-boot > 0"
+        f"hypothesis 3 is tested against shuffled labels and with an interval, which need the samples: run with {flag('n-boot')} > 0"
     )
     debiased = geometry.curve(stream, "cosine_debiased")
     geometry.derive(fall_key, lambda values: early_late_fall(values[f"{stream}/cosine_debiased"]))

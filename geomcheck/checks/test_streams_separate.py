@@ -16,6 +16,7 @@ import math
 
 import pytest
 
+from geomcheck.spelling import flag
 from geomcheck.stats.geometry import SETS, Geometry
 from geomcheck.stats.trends import POSITION_SHARE, attention_shares, describe_layers, pooled_attention_share
 
@@ -37,7 +38,7 @@ def test_streams_separate(geometry, thresholds, geomcheck_control, geomcheck_rec
     prompt sets. The untrained twin's share is reported beside it (``--geomcheck-control``); with
     ``min_share_over_control`` > 0 the share must also exceed the twin's by that much."""
     if not {"pre", "mid", "post"} <= set(geometry.streams):
-        pytest.skip("needs streams pre, mid and post (see --streams): attention's share is log(mid/pre) / log(post/pre)")
+        pytest.skip(f"needs streams pre, mid and post (see {flag('streams')}): attention's share is log(mid/pre) / log(post/pre)")
     figures, twins, problems = [], [], []
     for prompt_set in SETS:
         key = f"mid/log_ratio_to_pre/{prompt_set}"

@@ -9,6 +9,7 @@ into; ``min_mean_cosine`` asks for an alignment large enough to be "similar", no
 import numpy as np
 import pytest
 
+from geomcheck.spelling import flag
 from geomcheck.stats.resampling import basic_interval, resample_indices
 from geomcheck.stats.updates import BRANCHES, rotation_null_sd, update_alignment
 
@@ -18,7 +19,7 @@ def test_updates_share_directions(activations, geomcheck_session, thresholds, ge
     distinct layers: ≥ min_mean_cosine, and the lower end of its 95% bootstrap interval over prompts ≥
     min_null_z standard deviations of the rotation null (an upper bound on them) above 0."""
     if not {"pre", "mid", "post"} <= set(activations["harmful"]):
-        pytest.skip("the per-layer updates need streams pre, mid and post (run with --streams pre,mid,post)")
+        pytest.skip(f"the per-layer updates need streams pre, mid and post (run with {flag('streams')} pre,mid,post)")
     options = geomcheck_session.options
     figures, problems = [], []
     for branch, (before, after) in BRANCHES.items():

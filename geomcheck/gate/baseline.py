@@ -28,8 +28,9 @@ import numpy as np
 
 import geomcheck
 from geomcheck import STREAMS, atomic
+from geomcheck.errors import GeomcheckError
 from geomcheck.run import registry
-from geomcheck.stats.estimators import STAT_NAMES
+from geomcheck.stats.vocabulary import STAT_NAMES
 
 if TYPE_CHECKING:
     from geomcheck.stats.geometry import Geometry
@@ -39,7 +40,7 @@ BASELINES_DIRNAME = "baselines"
 ROW_FIELDS = ("layer", "value", "low", "high")
 
 
-class BaselineFileError(ValueError):
+class BaselineFileError(GeomcheckError, ValueError):
     """A baseline file that is not valid JSON or lacks what a baseline holds; the message names the fix."""
 
 

@@ -28,7 +28,8 @@ import numpy as np
 from geomcheck import STREAMS
 from geomcheck.run.fingerprint import short
 from geomcheck.stats.resampling import resample_counts
-from geomcheck.stats.estimators import NO_INTERVAL, SETS, STAT_NAMES, statistics_from_moments
+from geomcheck.stats.estimators import SETS
+from geomcheck.stats.vocabulary import NO_INTERVAL, RECORDS, STAT_NAMES, statistics_from_moments
 from geomcheck.stats.trends import growth_fit
 
 Samples = Mapping[str, Mapping[str, np.ndarray]]  # {set: {stream: (prompts, layers, features)}}
@@ -109,19 +110,11 @@ def interval_se(low: float | None, high: float | None) -> float | None:
 
 
 # Keys: a statistic family ("cosine", "var_mean", "var_max"), a statistic ("var_mean/harmful") or a full
-# key ("mid/cosine"); the most specific one given wins. Variances are in squared activation units, so
-# their ``abs`` is a floor against rounding around exact zeros, far below any real variance.
+# key ("mid/cosine"); the most specific one given wins. The defaults are the vocabulary's, one per family.
 DEFAULT_TOLERANCE = Tolerance()
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {
-    "cosine": Tolerance(rel=1e-3, abs=1e-6),
-    "var_mean": Tolerance(rel=1e-3, abs=1e-9),
-    "var_max": Tolerance(rel=1e-3, abs=1e-9),
-    "var_q99": Tolerance(rel=1e-3, abs=1e-9),
-    "cosine_debiased": Tolerance(rel=1e-3, abs=1e-6),
-    "top_share": Tolerance(rel=1e-3, abs=1e-6),
-    "top_feature": Tolerance(rel=0.0, abs=0.5),  # a feature index: the same feature, or drift
+    record.family: Tolerance(rel=record.tolerance[0], abs=record.tolerance[1]) for record in RECORDS if record.tolerance is not None
 }
-
 
 def resolve_tolerance(stream: str, statistic: str, overrides: Mapping[str, Tolerance] | None = None) -> Tolerance:
     """The tolerance of one statistic: the most specific of ``stream/statistic``, ``statistic`` and

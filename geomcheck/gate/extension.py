@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 
-from geomcheck.activate import model_flag  # the update command says --model only where the project opted in
+from geomcheck.errors import GeomcheckWarning
 from geomcheck.gate.baseline import (
     BaselineFileError,
     baseline_name,
@@ -59,6 +59,7 @@ from geomcheck.gate.drift import (
     identity_summary,
 )
 from geomcheck.run.fingerprint import short
+from geomcheck import spelling
 from geomcheck.stats.trends import describe_layers
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ MAX_REPORTED = 10
 ReadingsLookup = Callable[[Mapping[str, Any]], "Readings | None"]  # a baseline's meta -> both runs' readings
 
 
-class BaselineMismatchWarning(UserWarning):
+class BaselineMismatchWarning(GeomcheckWarning):
     """The baseline was made with another dtype, prompt set, geomcheck version or position."""
 
 
@@ -96,6 +97,7 @@ class GeometryBaselineExtension(SingleFileSnapshotExtension):
         self.mismatch: str | None = None  # the BaselineMismatchWarning text of the last comparison
         self.comparison: Comparison | None = None  # the last comparison; None: no baseline, or a broken one
         self.readings: ReadingsLookup | None = None  # the reference's readings for a paired comparison
+        self.update_command: str | None = None  # rewrites a baseline, NAME standing for the model
 
     def configure(
         self,
@@ -104,8 +106,10 @@ class GeometryBaselineExtension(SingleFileSnapshotExtension):
         updating: bool = False,
         defer_warnings: bool = False,
         readings: ReadingsLookup | None = None,
+        update_command: str | None = None,
     ) -> None:
         self.tolerances = tolerances
+        self.update_command = update_command
         self.updating = updating
         self.defer_warnings = defer_warnings
         self.readings = readings
@@ -175,7 +179,8 @@ class GeometryBaselineExtension(SingleFileSnapshotExtension):
         self.comparison = compare_payloads(baseline, current, self.tolerances, readings)
         cov = self.comparison.coverage
         model = str(current["meta"].get("name", "?"))
-        self.mismatch = None if self.updating else mismatch_warning(cov, model, location)
+        command = _for_model(self.update_command or spelling.current().update_command(), str(current["meta"].get("model", model)))
+        self.mismatch = None if self.updating else mismatch_warning(cov, model, location, command)
         if self.mismatch and not self.defer_warnings:
             warnings.warn(self.mismatch, BaselineMismatchWarning, stacklevel=2)
         if self.comparison.drifts or missing_streams(baseline, current):
@@ -190,22 +195,22 @@ class GeometryBaselineExtension(SingleFileSnapshotExtension):
 # Reports
 
 
-def mismatch_warning(cov: Coverage, model: str, location: str) -> str | None:
+def mismatch_warning(cov: Coverage, model: str, location: str, command: str) -> str | None:
     """The text of the :class:`BaselineMismatchWarning` for a coverage, or None when nothing is amiss."""
     parts = [f"{name}: baseline {a!r}, now {b!r}" for name, a, b in cov.meta]
     if cov.unfingerprinted:
         parts.append(
             "it records no fingerprint of the checkpoint, inputs and environment it measured (made by an older "
-            f"geomcheck); regenerate it: pytest checks/ --model {model} --snapshot-update"
+            f"geomcheck); regenerate it: {command}"
         )
     if cov.only_in_baseline:
-        parts.append(f"not computed in this run (e.g. --streams): {', '.join(cov.only_in_baseline)}")
+        parts.append(f"not computed in this run (e.g. {spelling.flag('streams')}): {', '.join(cov.only_in_baseline)}")
     if not parts:
         return None
     return (
         f"the baseline of {model} ({location}) was made with another setup: {'; '.join(parts)}. "
         "Differences may reflect the setup rather than the model; if the new setup is intended, "
-        "update the baseline with --snapshot-update."
+        f"update the baseline: {command}"
     )
 
 
@@ -243,19 +248,19 @@ def failure_lines(
     snapshot_data: Any,
     location: str,
     tolerances: Mapping[str, Tolerance] | None = None,
-    update_command: str = "pytest checks/ --model NAME --snapshot-update",
+    update_command: str | None = None,
 ) -> list[str]:
     """Why a current payload does not match a baseline text (missing, broken, drifted, incomplete)."""
-    current = parse_baseline(serialized_data, "<current run>")
-    model = str(current["meta"].get("name", "?"))
-    command = update_command.replace("NAME", shlex.quote(str(current["meta"].get("model", model))))
+    run = parse_baseline(serialized_data, "<current run>")
+    model = str(run["meta"].get("name", "?"))
+    command = _for_model(update_command or spelling.current().update_command(), str(run["meta"].get("model", model)))
     if not snapshot_data:
         return missing_lines(model, location, command)
     try:
         baseline = parse_baseline(snapshot_data, location, fix=f"regenerate it (this overwrites the file) with: {command}")
     except BaselineFileError as exc:
         return [str(exc)]
-    return comparison_lines(compare_payloads(baseline, current, tolerances), model, location, command)
+    return comparison_lines(compare_payloads(baseline, run, tolerances), model, location, command)
 
 
 def comparison_lines(comparison: Comparison, model: str, location: str, command: str, accept: str | None = None) -> list[str]:
@@ -334,31 +339,21 @@ def _is_shipped(test_location: PyTestLocation) -> bool:
     return Path(test_location.filepath).resolve().parent == SHIPPED_CHECKS
 
 
-def _update_command(test_location: PyTestLocation, model: str) -> str:
-    """``pytest checks/ --model NAME --snapshot-update``, with the checks' folder as run from here; the
-    package's own checks as ``--pyargs geomcheck.checks`` (never their site-packages path)."""
-    target = Path(test_location.filepath).parent
-    flag = model_flag(getattr(test_location.item, "config", None))
-    if _is_shipped(test_location):
-        return f"pytest --pyargs geomcheck.checks {flag} {shlex.quote(model)} --snapshot-update"
-    try:
-        rel = target.relative_to(Path.cwd())
-        where = f"{rel}/" if str(rel) != "." else Path(test_location.filepath).name
-    except ValueError:
-        where = f"{target}/"
-    return f"pytest {where} {flag} {shlex.quote(model)} --snapshot-update"
+def _for_model(update_command: str, model: str) -> str:
+    """The update command (``NAME`` standing for the model) for ``model``."""
+    return update_command.replace("NAME", shlex.quote(model))
 
 
-def accept_hint(test_location: PyTestLocation, changed: str, reference: str | None) -> str:
+def accept_hint(update_command: str, changed: str, reference: str | None) -> str:
     """How to accept an intended drift of ``changed``, the model that was run. Gated against another
     model's baseline (``--baseline reference``), it gets a baseline of its own, and the reference's stays."""
     if reference is None or baseline_name(reference) == baseline_name(changed):
-        return f"If the change is intended, update the baseline: {_update_command(test_location, changed)}"
-    own = baseline_name(changed)
+        return f"If the change is intended, update the baseline: {_for_model(update_command, changed)}"
+    own, baseline = baseline_name(changed), spelling.flag("baseline")
     return (
-        f"{changed} was compared with {reference}'s baseline (--baseline). If the change is intended, give "
-        f"{changed} a baseline of its own: {_update_command(test_location, changed)} (without --baseline; it writes "
-        f"baselines/{own}/, which later runs of {changed} without --baseline compare against). {reference}'s baseline stays as it is."
+        f"{changed} was compared with {reference}'s baseline ({baseline}). If the change is intended, give "
+        f"{changed} a baseline of its own: {_for_model(update_command, changed)} (without {baseline}; it writes "
+        f"baselines/{own}/, which later runs of {changed} without {baseline} compare against). {reference}'s baseline stays as it is."
     )
 
 
@@ -368,6 +363,7 @@ def check_baseline(
     meta: Mapping[str, Any] | None = None,
     tolerances: Mapping[str, Tolerance] | None = None,
     readings: ReadingsLookup | None = None,
+    update_command: str | None = None,
 ) -> BaselineOutcome:
     """Compare a geometry (with its run's ``meta``) or a payload with its committed baseline.
 
@@ -375,11 +371,16 @@ def check_baseline(
     matches numerically and, under ``--snapshot-update``, writes it; this returns what happened with a
     message fit for ``pytest.fail``. ``readings`` maps the baseline's meta to both runs' per-prompt
     readings (e.g. :meth:`geomcheck.run.pipeline.ModelRun.readings_against`): paired drift where it finds them.
+    ``update_command`` rewrites the baseline, ``NAME`` standing for the model (the plugin's
+    ``baseline_update_command`` fixture spells it for the project; by default ``pytest checks/ ...``).
     """
     extension = assertion.extension
     if not isinstance(extension, GeometryBaselineExtension):
         raise TypeError("check_baseline needs snapshot.use_extension(GeometryBaselineExtension)")
-    extension.configure(tolerances=tolerances, updating=bool(assertion.update_snapshots), defer_warnings=True, readings=readings)
+    update_command = update_command or spelling.current().update_command()
+    extension.configure(
+        tolerances=tolerances, updating=bool(assertion.update_snapshots), defer_warnings=True, readings=readings, update_command=update_command
+    )
     extension.mismatch, extension.comparison = None, None
     payload = dict(data) if isinstance(data, Mapping) else baseline_payload(data, meta or {})
     matched = assertion == payload
@@ -392,7 +393,7 @@ def check_baseline(
         warnings.warn(extension.mismatch.replace(result.snapshot_location, location), BaselineMismatchWarning, stacklevel=2)
     model = str(payload["meta"].get("name") or baseline_name(str(payload["meta"].get("model", "?"))))
     changed, reference = str(payload["meta"].get("model", model)), baseline_override(config)
-    command = _update_command(result.test_location, reference or changed)  # rewrites the file compared with
+    command = _for_model(update_command, reference or changed)  # rewrites the file compared with
     written = f"{location} (weights {short(payload['meta'].get('weights'))})"
     if result.created:
         return BaselineOutcome(True, "created", location, f"baseline written: {written}")
@@ -421,7 +422,7 @@ def check_baseline(
         if newer:
             text += f"; not in the baseline, so not compared: {', '.join(newer)} (add them with: {command})"
         return BaselineOutcome(True, "matched", location, f"{text}; {identity}", comparison=comparison)
-    lines = comparison_lines(comparison, model, location, command, accept_hint(result.test_location, changed, reference))
+    lines = comparison_lines(comparison, model, location, command, accept_hint(update_command, changed, reference))
     lines.append(f"identity: {identity}")
     worst_text = f"; worst {drifts[0].score:.3g}× at {drifts[0].key} layer {drifts[0].layer}" if drifts else ""
     absent = missing_streams(comparison.baseline, comparison.current)

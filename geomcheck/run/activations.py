@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from geomcheck import STREAMS
+from geomcheck.errors import GeomcheckError
 
 FORMAT = 2  # layout of cached activations entries (to_arrays); bump when it changes
 DTYPE = np.float32
@@ -32,7 +33,7 @@ class Capture:
     d_model: int
 
 
-class IncompleteCaptureError(RuntimeError):
+class IncompleteCaptureError(GeomcheckError, RuntimeError):
     """A capture did not see every prompt of every set and stream: it must not be used, nor cached."""
 
 

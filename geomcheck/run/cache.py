@@ -29,17 +29,18 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from geomcheck import atomic
+from geomcheck.errors import GeomcheckError, GeomcheckWarning
 
 Arrays = dict[str, np.ndarray]
 KINDS = ("activations", "geometry", "weights", "converted", "offload", "fingerprints")  # what --geomcheck-cache-clear removes
 LARGE_BYTES = 2**30  # the terminal summary shows the cache's size from this size on
 
 
-class CacheWarning(UserWarning):
+class CacheWarning(GeomcheckWarning):
     """A cache entry was unusable and is being recomputed, or a result could not be stored."""
 
 
-class CacheError(RuntimeError):
+class CacheError(GeomcheckError, RuntimeError):
     """The cache cannot be used as configured (a file where a folder or an entry belongs, an invalid result)."""
 
 

@@ -20,17 +20,19 @@ import torch
 from tqdm.auto import tqdm
 
 from geomcheck import POSITIONS, STREAMS
+from geomcheck.errors import GeomcheckError, GeomcheckWarning
 from geomcheck.run.activations import DTYPE, Capture
 from geomcheck.run.rendering import fixed_clock
 from geomcheck.run.families import GENERIC, Family, Layout, Site, base_model, layout
 from geomcheck.run.proof import StreamProofError, verify
+from geomcheck.spelling import flag
 
 
-class UnrecordedFamilyWarning(UserWarning):
+class UnrecordedFamilyWarning(GeomcheckWarning):
     """A model_type without a family record was read with the generic layout, which passed the proof."""
 
 
-class NonFiniteActivationError(FloatingPointError):
+class NonFiniteActivationError(GeomcheckError, FloatingPointError):
     """NaN or Inf in the residual stream; names the layer and stream."""
 
 
@@ -309,5 +311,5 @@ def _check_finite(readings: Mapping[str, torch.Tensor]) -> None:
         layer, _, stream = min(bad)
         raise NonFiniteActivationError(
             f"NaN/Inf in stream '{stream}' at layer {layer}. In float16 the largest activations overflow "
-            "(max 65504); re-run with --dtype bfloat16 or float32."
+            f"(max 65504); re-run with {flag('dtype')} bfloat16 or float32."
         )

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from geomcheck.errors import GeomcheckError
 from geomcheck.run.families import BY_MODEL_TYPE, GENERIC, WRITERS, Family
 
 
@@ -26,7 +27,7 @@ from geomcheck.run.families import BY_MODEL_TYPE, GENERIC, WRITERS, Family
 HF_PREFIXES = ("", "model.", "transformer.")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(GeomcheckError, ValueError):
     """The checkpoint's files do not hold the writer matrices its family names."""
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from geomcheck import STREAMS
+from geomcheck.errors import GeomcheckError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -36,11 +37,11 @@ if TYPE_CHECKING:
 WRITERS = ("attn_out", "mlp_out")
 
 
-class StreamUnavailableError(ValueError):
+class StreamUnavailableError(GeomcheckError, ValueError):
     """The architecture has no such site (e.g. no ``mid`` when attention and MLP run in parallel)."""
 
 
-class UnknownFamilyError(ValueError):
+class UnknownFamilyError(GeomcheckError, ValueError):
     """A ``model_type`` without a family record whose modules do not follow the generic (Llama) layout."""
 
 

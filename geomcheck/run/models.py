@@ -31,6 +31,7 @@ from geomcheck.run.registry import (  # noqa: F401  (re-exported: the registry i
     registry,
     resolve,
 )
+from geomcheck.spelling import flag
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -81,7 +82,7 @@ def check_dtype_on_device(dtype: torch.dtype, device: str) -> None:
     except (RuntimeError, TypeError) as exc:
         raise ModelLoadError(
             f"dtype {dtype} is not supported on device '{device}' ({exc}). "
-            "Choose another with --dtype (float32 works everywhere)."
+            f"Choose another with {flag('dtype')} (float32 works everywhere)."
         ) from exc
 
 

@@ -25,16 +25,19 @@ import numpy as np
 
 import geomcheck
 from geomcheck import STREAMS
+from geomcheck.errors import GeomcheckWarning
 from geomcheck.run import registry
 from geomcheck.run import activations
 from geomcheck.run.activations import Capture, check_complete
 from geomcheck.run.cache import Arrays, ArrayCache, cache_key
 from geomcheck.gate.drift import Readings
 from geomcheck.run.fingerprint import Fingerprint, FingerprintError, of_model, short
+from geomcheck.stats import vocabulary
 from geomcheck.stats.geometry import Geometry, geometry_from_arrays, geometry_from_samples, geometry_to_arrays
 from geomcheck.run.prompts import prompts_hash, resolve_prompts
 from geomcheck.run.rendering import TEMPLATE_DATE, text_digest, token_ids_digest
 from geomcheck.stats.weights import TOPK_METHOD, overlap_matrix, top_left_singular_vectors
+from geomcheck.spelling import flag
 
 if TYPE_CHECKING:
     from geomcheck.run.models import LoadedModel
@@ -51,11 +54,11 @@ KEYED_SOFTWARE = ("transformers", "tokenizers")
 PHASES = ("fingerprint", "load/convert", "capture", "statistics", "weights", "figures", "baseline")
 
 
-class PromptSetWarning(UserWarning):
+class PromptSetWarning(GeomcheckWarning):
     """The two prompt sets are of very different sizes."""
 
 
-class ChatTemplateWarning(UserWarning):
+class ChatTemplateWarning(GeomcheckWarning):
     """A model that looks like an instruct/chat model ships no chat template: its prompts are measured raw."""
 
 
@@ -136,7 +139,7 @@ class ModelRun:
             if size < MIN_PROMPTS:
                 raise ValueError(
                     f"the {name} set has {size} prompt(s); the statistics need at least {MIN_PROMPTS} per set. "
-                    "Add prompts or raise --max-prompts."
+                    f"Add prompts or raise {flag('max-prompts')}."
                 )
         if max(sizes.values()) > 2 * min(sizes.values()):
             warnings.warn(
@@ -156,7 +159,7 @@ class ModelRun:
             warnings.warn(
                 f"{self.spec.name} looks like an instruct/chat model but its tokenizer ships no chat template: its prompts are "
                 "measured raw, not as the model is used. Give it its template (tokenizer.chat_template, chat_template.jinja; "
-                "a registry entry: fallback_chat_template in models.toml), or pass --no-chat-template to measure raw prompts on purpose.",
+                f"a registry entry: fallback_chat_template in models.toml), or pass {flag('no-chat-template')} to measure raw prompts on purpose.",
                 ChatTemplateWarning,
                 stacklevel=3,  # past functools' cached_property, at the code that asked
             )
@@ -234,8 +237,8 @@ class ModelRun:
         if estimate.total_bytes > free and self.options.device_map is None:
             raise models.ModelLoadError(
                 f"{self.name} needs ~{estimate.total_bytes / 2**30:.1f} GiB but {self.options.device} has "
-                f"{free / 2**30:.1f} GiB free. Use --dtype bfloat16, --device-map auto (spreads layers over GPUs "
-                "and CPU), a smaller --batch-size, or a larger device."
+                f"{free / 2**30:.1f} GiB free. Use {flag('dtype')} bfloat16, {flag('device-map')} auto (spreads layers over GPUs "
+                f"and CPU), a smaller {flag('batch-size')}, or a larger device."
             )
 
     @property
@@ -384,7 +387,10 @@ class ModelRun:
             geometry = geometry_from_samples(self.capture.samples, n_boot=self.options.n_boot, seed=self.options.seed)
             return {**geometry_to_arrays(geometry), MEASURED: pack_measured(self.measured)}
 
-        key = {"format": GEOMETRY_FORMAT, "activations": self._activations_key, "n_boot": self.options.n_boot, "seed": self.options.seed}
+        key = {
+            "format": GEOMETRY_FORMAT, "vocabulary": vocabulary.digest(),  # a new or changed statistic is never served stale
+            "activations": self._activations_key, "n_boot": self.options.n_boot, "seed": self.options.seed,
+        }
         meta = self._run_meta
         with self.timed("statistics"):
             arrays = self._cached("geometry", key, compute, meta)

@@ -21,6 +21,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
+from geomcheck.errors import GeomcheckError
+from geomcheck.spelling import flag
+
 __all__ = [
     "BUILTIN_SETS",
     "DEFAULT_FIELD",
@@ -47,7 +50,7 @@ _BOM = b"\xef\xbb\xbf"
 _HASH_TAG = b"geomcheck-prompts-v1\n"
 
 
-class PromptFileError(ValueError):
+class PromptFileError(GeomcheckError, ValueError):
     """A prompt file cannot be used; the message names the file and the fix.
 
     Subclasses ValueError so callers that already guard against bad
@@ -100,7 +103,7 @@ def _read_text(path: Path) -> str:
     if path.is_file() and path.stat().st_size > MAX_PROMPT_FILE_BYTES:
         raise PromptFileError(
             f"prompt file {str(path)!r} is larger than {MAX_PROMPT_FILE_BYTES // 2**20} MiB, far more than a contrast set "
-            "needs; pass a smaller file (use --max-prompts to use fewer prompts of a set)"
+            f"needs; pass a smaller file (use {flag('max-prompts')} to use fewer prompts of a set)"
         )
     try:
         data = path.read_bytes()

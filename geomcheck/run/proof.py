@@ -24,12 +24,13 @@ from collections.abc import Mapping
 
 import torch
 
+from geomcheck.errors import GeomcheckError
 from geomcheck.run.families import GENERIC, HOW_TO_ADD, Layout
 
 TOLERANCES = {torch.float32: 1e-4, torch.float64: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
-class StreamProofError(RuntimeError):
+class StreamProofError(GeomcheckError, RuntimeError):
     """A stream is not what its family record says it is; names the family, layer, stream and difference."""
 
 

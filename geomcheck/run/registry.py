@@ -16,10 +16,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from geomcheck.errors import GeomcheckError
+from geomcheck.run.families import family_name
+from geomcheck.spelling import flag
+
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
 # A hub id as transformers users write it, optionally pinned: Qwen/Qwen2.5-7B-Instruct@<branch, tag or commit>
 HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[\w./-]+))?$")
-from geomcheck.run.families import family_name
 
 # Chat templates the registry supplies to tokenizers that ship none (``fallback_chat_template`` in models.toml).
 CHAT_TEMPLATES = {
@@ -34,11 +37,11 @@ CHAT_TEMPLATES = {
 }
 
 
-class UnknownModelError(LookupError):
+class UnknownModelError(GeomcheckError, LookupError):
     """A model name that is neither in the registry nor an existing directory."""
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(GeomcheckError, RuntimeError):
     """The model was found but could not be loaded; the message says how to fix it."""
 
 
@@ -155,7 +158,7 @@ def _spec_for_hub_id(name: str, repo: str, revision: str) -> ModelSpec:
         validate_repo_id(repo)
     except HFValidationError as exc:
         raise UnknownModelError(
-            f"--model {name}: '{repo}' is not a valid hub id ({exc}). Give a registry name, a hub id ORG/NAME, "
+            f"{flag('model')} {name}: '{repo}' is not a valid hub id ({exc}). Give a registry name, a hub id ORG/NAME, "
             "a .gguf file or an existing local directory"
         ) from None
     cache_dir = os.environ.get("HF_HUB_CACHE") or None  # read now, not at import, so a test can point it elsewhere

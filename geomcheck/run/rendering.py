@@ -21,6 +21,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 
+from geomcheck.spelling import flag
+
 TEMPLATE_DATE = "2026-01-01"  # the day every chat template is rendered on; part of every cache key
 _PROBE = "{{ strftime_now('%Y-%m-%d') }}"
 
@@ -49,7 +51,7 @@ def fixed_clock() -> Iterator[None]:
             raise RuntimeError(
                 f"could not pin the chat template's clock (a probe rendered {rendered!r}, not {TEMPLATE_DATE}): "
                 "this transformers version gives templates their date another way. Pin transformers to a "
-                "version geomcheck supports, or run with --no-chat-template."
+                f"version geomcheck supports, or run with {flag('no-chat-template')}."
             )
         yield
     finally:

@@ -1,7 +1,7 @@
 """One model's geometry: the note's per-layer curves and the hypotheses' summary figures, with intervals.
 
 Every value is named by one key form, ``<stream>/<statistic>`` (the vocabulary: :data:`CURVES` and
-:data:`SUMMARIES` in :mod:`geomcheck.stats.estimators`, tabled in the README), and every value reads the same way:
+:data:`SUMMARIES` in :mod:`geomcheck.stats.vocabulary`, one record per statistic, tabled in the docs), and every value reads the same way:
 ``geometry.value(key)``, ``geometry.interval(key)``, ``geometry.describe(key)``.
 
 Everything is computed in one seeded bootstrap pass over prompts, and the replicates are kept, so a
@@ -25,18 +25,9 @@ from geomcheck.stats.resampling import (
     resample_indices,
     studentized_interval,
 )
-from geomcheck.stats.estimators import (
-    NO_INTERVAL,
-    RANGES,
-    SETS,
-    Interval,
-    Moments,
-    check_sizes,
-    cosine_gradients,
-    mean_cosine,
-    statistics_from_moments,
-)
-from geomcheck.stats.trends import GrowthFit, Separation, Trend, cosine_trend, growth_fit, mean_log_ratio, separation
+from geomcheck.stats.estimators import SETS, Interval, Moments, check_sizes, cosine_gradients, mean_cosine
+from geomcheck.stats.trends import GrowthFit, Separation, Trend, cosine_trend, growth_fit, separation
+from geomcheck.stats.vocabulary import BY_NAME, RANGES, derived, statistics_from_moments
 
 __all__ = ["INTERVALS", "SETS", "Geometry", "bootstrap_samples", "geometry_from_samples"]
 
@@ -145,34 +136,6 @@ class Geometry:
         return value
 
 
-def _derived(values: dict[str, np.ndarray], streams: Sequence[str]) -> dict[str, np.ndarray]:
-    """Summary figures of the hypotheses, computed from the per-layer curves."""
-    out: dict[str, np.ndarray] = {}
-    for stream in streams:
-        for prompt_set in SETS:
-            try:
-                fit = growth_fit(values[f"{stream}/var_mean/{prompt_set}"])
-                out[f"{stream}/growth_rate/{prompt_set}"] = np.float64(fit.rate)
-                out[f"{stream}/growth_r2/{prompt_set}"] = np.float64(fit.r2)
-            except ValueError:  # too few positive layers in this replicate: no rate to report
-                out[f"{stream}/growth_rate/{prompt_set}"] = np.float64(np.nan)
-                out[f"{stream}/growth_r2/{prompt_set}"] = np.float64(np.nan)
-        cosine = values[f"{stream}/cosine"]
-        try:
-            trend = cosine_trend(cosine)
-            out[f"{stream}/cosine_spearman"], out[f"{stream}/cosine_slope"] = np.float64(trend.spearman), np.float64(trend.slope)
-        except ValueError:  # fewer than 2 layers with a defined cosine (means at 0 in this replicate): no trend
-            out[f"{stream}/cosine_spearman"], out[f"{stream}/cosine_slope"] = np.float64(np.nan), np.float64(np.nan)
-        if f"{stream}/cosine_null" in values:
-            null_fall = 1.0 - values[f"{stream}/cosine_null"][-1]
-            out[f"{stream}/cosine_null_ratio"] = np.float64((1.0 - cosine[-1]) / null_fall if null_fall > 0 else np.nan)
-        if stream != "pre" and "pre" in streams:
-            for prompt_set in SETS:
-                ratio = mean_log_ratio(values[f"pre/var_mean/{prompt_set}"], values[f"{stream}/var_mean/{prompt_set}"])
-                out[f"{stream}/log_ratio_to_pre/{prompt_set}"] = np.float64(ratio)
-    return out
-
-
 def _all_statistics(
     harmful: Moments, harmless: Moments, sizes: tuple[int, int], streams: Sequence[str], fixed: Values, plug_in: bool = False
 ) -> dict[str, np.ndarray]:
@@ -182,7 +145,7 @@ def _all_statistics(
     for index, stream in enumerate(streams):
         curves = statistics_from_moments(harmful[0][index], harmful[1][index], harmless[0][index], harmless[1][index], sizes, plug_in)
         values.update({f"{stream}/{name}": curve for name, curve in curves.items()})
-    values.update(_derived(values, streams))
+    values.update(derived(values, streams))
     return values
 
 
@@ -424,8 +387,8 @@ def _replicate_block(
 def _replicate_values(curves: dict[str, np.ndarray], null: Values, streams: Sequence[str], n_boot: int) -> dict[str, np.ndarray]:
     """Every value of each replicate: its curves, the null held fixed, and the summaries derived from them."""
     fixed = {key: np.broadcast_to(value, (n_boot, *np.shape(value))).copy() for key, value in null.items()}
-    derived = [_derived({**{k: v[b] for k, v in curves.items()}, **null}, streams) for b in range(n_boot)]
-    return {**curves, **fixed, **{key: np.stack([d[key] for d in derived]) for key in derived[0]}}
+    summaries = [derived({**{k: v[b] for k, v in curves.items()}, **null}, streams) for b in range(n_boot)]
+    return {**curves, **fixed, **{key: np.stack([d[key] for d in summaries]) for key in summaries[0]}}
 
 
 def _intervals(values: Values, centers: Values, draws: Values, point: Values, errors: Values, null: Values, streams: Sequence[str]) -> dict[str, Interval]:
@@ -434,15 +397,16 @@ def _intervals(values: Values, centers: Values, draws: Values, point: Values, er
     intervals: dict[str, Interval] = {}
     for key, value in values.items():
         stream, statistic = key.split("/", 1)
-        if key in null or statistic in NO_INTERVAL:
+        kind = BY_NAME[statistic].interval
+        if key in null or kind == "none":
             continue
         bounds = RANGES.get(statistic, (-np.inf, np.inf))
-        if statistic in ("cosine", "cosine_debiased"):
+        if kind == "studentized":  # the cosines: one interval of the true cosine, from the debiased one's error
             debiased = f"{stream}/cosine_debiased"
             truth = studentized_interval(values[debiased], point[f"{stream}/cosine_se"], draws[debiased], errors[f"{stream}/cosine_se"], centers[debiased], bounds=RANGES["cosine"])
             undefined = np.isnan(values[debiased])
             intervals[key] = Interval(np.where(undefined, np.nan, np.fmin(truth.low, value)), np.where(undefined, np.nan, np.fmax(truth.high, value)))
-        elif f"{key}_se" in errors:
+        elif kind == "log-studentized":  # the variances whose fourth-moment errors the blocks compute
             intervals[key] = studentized_interval(value, point[f"{key}_se"], draws[key], errors[f"{key}_se"], centers[key], bounds=bounds, log=True)
         else:
             intervals[key] = basic_interval(value, draws[key], centers[key], bounds=bounds)
