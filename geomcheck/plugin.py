@@ -221,7 +221,24 @@ def geomcheck_control(request: pytest.FixtureRequest, model_name: str, geomcheck
     """The untrained twin's per-layer statistics (``--geomcheck-control random-init``: same architecture and
     prompts, fresh seeded weights, cached like any model), or None when the option is not given."""
     with _live(request.config):
-        return geomcheck_session.control_geometry(model_name)
+        return geomcheck_session.control(model_name, "geometry")
+
+
+@pytest.fixture(scope="session")
+def geomcheck_control_weights(request: pytest.FixtureRequest, model_name: str, geomcheck_session: GeomcheckSession) -> WeightOverlap | None:
+    """The untrained twin's weight overlaps (``--geomcheck-control``; its writers are the fresh model's), or
+    None when the option is not given."""
+    with _live(request.config):
+        return geomcheck_session.control(model_name, "weights")
+
+
+@pytest.fixture(scope="session")
+def geomcheck_control_activations(request: pytest.FixtureRequest, model_name: str, geomcheck_session: GeomcheckSession) -> dict[str, dict[str, Any]] | None:
+    """The untrained twin's raw last-token activations, shaped as ``activations``, or None when
+    ``--geomcheck-control`` is not given."""
+    with _live(request.config):
+        capture = geomcheck_session.control(model_name, "capture")
+    return None if capture is None else capture.samples
 
 
 @pytest.fixture(scope="session")

@@ -58,15 +58,16 @@ class GeomcheckSession:
             self.runs[model_arg] = ModelRun(model_arg, self.options)
         return self.runs[model_arg]
 
-    def control_geometry(self, model_arg: str) -> Any:
-        """The untrained twin's Geometry (``--geomcheck-control``), or None when no twin is asked for."""
+    def control(self, model_arg: str, what: str) -> Any:
+        """The untrained twin's ``<what>`` (``geometry``, ``weights``, ``capture``: ``--geomcheck-control``), computed as the
+        checkpoint's is, or None when no twin is asked for."""
         if self.options.control is None:
             return None
         from geomcheck.run.pipeline import ModelRun
 
         if model_arg not in self.controls:
             self.controls[model_arg] = ModelRun(model_arg, self.options, control=self.options.control)
-        return self.controls[model_arg].geometry
+        return getattr(self.controls[model_arg], what)
 
     def computed(self, model_arg: str, what: str) -> Any:
         """``run(model_arg).<what>``; a model whose run failed once is not retried (no second load, no second

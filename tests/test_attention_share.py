@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from geomcheck import thresholds
+from geomcheck.checks.test_streams_separate import POST_LN
 from geomcheck.checks.test_streams_separate import test_streams_separate as check_streams_separate
 from geomcheck.run.pipeline import ModelRun, RunOptions
 from geomcheck.stats.trends import POSITION_SHARE, attention_shares, pooled_attention_share
@@ -79,3 +80,33 @@ def test_attention_shares_per_layer_and_pooled():
     assert np.isnan(shares[0]) and shares[1:] == pytest.approx([POSITION_SHARE, POSITION_SHARE])
     assert pooled_attention_share(pre, mid, post) == pytest.approx(POSITION_SHARE)
     assert pooled_attention_share(pre, post, post) == pytest.approx(1.0)
+
+
+def save_bert(path: Path) -> Path:
+    """A random-init post-LN BERT (4 layers, hidden 32): every stream it has is a LayerNorm output."""
+    from transformers import BertConfig, BertModel
+
+    tokenizer = tiny_tokenizer()
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
+                        max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_on_a_post_ln_family_the_check_skips_saying_why_and_a_pre_ln_model_is_unaffected(tmp_path, tiny_llama_dir):
+    """BERT's family record says post-LN and the run's geometry carries it: the share computed there is no share
+    of a step, so the check skips with the reason rather than pass; the same run of a Llama is checked."""
+    bert = ModelRun(str(save_bert(tmp_path / "bert")), RunOptions(cache_dir=tmp_path / "cache", max_prompts=8, n_boot=20, progress=False)).geometry
+    assert bert.post_ln and {"pre", "mid", "post"} <= set(bert.streams)
+    print("tiny BERT's pooled share (harmful), not a share:", pooled_attention_share(*(bert.curve(s, "var_mean/harmful") for s in ("pre", "mid", "post"))))
+    recorded: list[str] = []
+    with pytest.raises(pytest.skip.Exception, match="post-LN family: every stream is a LayerNorm output"):
+        check_streams_separate(bert, SHIPPED, None, lambda text, control=None: recorded.append(text))
+    assert recorded == [f"skipped: {POST_LN}"]  # the summary shows why
+    llama = ModelRun(str(tiny_llama_dir), RunOptions(cache_dir=tmp_path / "cache", max_prompts=8, n_boot=20, progress=False)).geometry
+    recorded.clear()
+    assert not llama.post_ln
+    check_streams_separate(llama, SHIPPED, None, lambda text, control=None: recorded.append(text))  # passes (shares ≈ 1.02)
+    assert "attention's share" in recorded[0]

@@ -64,9 +64,13 @@ def test_variance_grows_fails_on_shrinking_variance_naming_rate_and_threshold():
 
 
 def test_streams_separate_passes_when_mid_is_larger():
-    recorded, failure = verdict(streams_separate.test_streams_separate, crafted(mid_over_pre=1.5), SHIPPED["streams_separate"], None)
+    geometry = crafted(mid_over_pre=1.5)
+    recorded, failure = verdict(streams_separate.test_streams_separate, geometry, SHIPPED["streams_separate"], None)
     assert failure is None
-    assert "harmful mid/pre ×1.50" in recorded[0] and "100% layers apart" in recorded[0]
+    # The share of layers whose var_mean intervals are apart is reported as the geometry computes it; at 24
+    # prompts var_mean's m-out-of-n interval (m = 5) is wide, so 7 of 8 layers, not all, are apart at ×1.5.
+    apart = geometry.separation("harmful").fraction_separated
+    assert "harmful mid/pre ×1.50" in recorded[0] and f"{apart:.0%} layers apart" in recorded[0] and apart >= 0.75
 
 
 def test_streams_separate_fails_when_the_curves_coincide():
@@ -84,14 +88,14 @@ def test_streams_separate_skips_without_both_streams():
 
 
 def test_cosine_falls_passes_when_the_means_separate_with_depth():
-    recorded, failure = verdict(cosine_falls.test_cosine_falls, crafted(), "post", SHIPPED["cosine_falls"])
+    recorded, failure = verdict(cosine_falls.test_cosine_falls, crafted(), "post", SHIPPED["cosine_falls"], None)
     assert failure is None
     assert recorded[0].startswith("debiased ρ=-1.00") and "early − late half " in recorded[0]
 
 
 def test_cosine_falls_fails_when_the_cosine_rises_naming_rho_and_slope():
     geometry = crafted(spread=lambda layer: 0.5 * (LAYERS - layer))
-    _, failure = verdict(cosine_falls.test_cosine_falls, geometry, "mid", SHIPPED["cosine_falls"])
+    _, failure = verdict(cosine_falls.test_cosine_falls, geometry, "mid", SHIPPED["cosine_falls"], None)
     assert failure is not None
     assert "the debiased cosine of the means does not fall with depth on stream mid: Spearman ρ = 1.00 (need ≤ -0.5)" in failure
     assert "at layer 7" in failure
@@ -106,14 +110,14 @@ def overlap(offdiag: float, k: int = 4, d: int = 64, layers: int = LAYERS) -> We
 
 
 def test_weights_share_directions_passes_well_above_chance():
-    recorded, failure = verdict(weights_share_directions.test_weights_share_directions, overlap(0.5), SHIPPED["weights_share_directions"])
+    recorded, failure = verdict(weights_share_directions.test_weights_share_directions, overlap(0.5), SHIPPED["weights_share_directions"], None)
     assert failure is None
     assert recorded[0].startswith("attn_out 0.500 = 8.0× chance k/d = 4/64, 1.75 of 4 directions shared beyond chance; "
                                   "rotation null 0.0625 ± 0.0039, z = 112.6 (adjacent 0.500)")
 
 
 def test_weights_share_directions_fails_at_chance_naming_the_matrix_and_chance_level():
-    _, failure = verdict(weights_share_directions.test_weights_share_directions, overlap(4 / 64), SHIPPED["weights_share_directions"])
+    _, failure = verdict(weights_share_directions.test_weights_share_directions, overlap(4 / 64), SHIPPED["weights_share_directions"], None)
     assert failure is not None
     assert "attn_out: mean overlap of top-4 directions between layers is 0.0625, 1.00× the chance level 0.0625 (need ≥ 1.5×)" in failure
     assert "attn_out: mean overlap 0.0625 is z = 0.00 standard deviations above the rotation null 0.0625 ± 0.0039" in failure
@@ -123,7 +127,7 @@ def test_weights_share_directions_fails_at_chance_naming_the_matrix_and_chance_l
 def test_weights_share_directions_fails_above_min_ratio_when_the_rotation_null_reaches_it():
     """3 layers of R^8, top-2: overlap 0.4 is 1.6× chance 0.25, but the rotation null's sd over 3 pairs is
     0.073, so chance reaches it (z = 2.05 < 3)."""
-    _, failure = verdict(weights_share_directions.test_weights_share_directions, overlap(0.4, k=2, d=8, layers=3), SHIPPED["weights_share_directions"])
+    _, failure = verdict(weights_share_directions.test_weights_share_directions, overlap(0.4, k=2, d=8, layers=3), SHIPPED["weights_share_directions"], None)
     assert failure is not None and "need ≥ 1.5×" not in failure
     assert ("attn_out: mean overlap 0.4000 is z = 2.05 standard deviations above the rotation null 0.2500 ± 0.073 "
             "of 3 layers with random top-2 subspaces of R^8 (need z ≥ 3.0)") in failure
@@ -134,6 +138,6 @@ def test_weights_share_directions_fails_below_one_shared_direction_at_every_widt
     """Half a direction of the top 16 shared beyond chance: 1.8× chance at d = 384 but 11× at d = 5120, z far
     above 3 at both; the excess shared dimensions, 0.50 at both widths, is what fails."""
     _, failure = verdict(weights_share_directions.test_weights_share_directions, overlap(0.5 / 16 + 16 / d, k=16, d=d, layers=30),
-                         SHIPPED["weights_share_directions"])
+                         SHIPPED["weights_share_directions"], None)
     assert failure is not None and "need ≥ 1.5×" not in failure and "need z ≥" not in failure
     assert "attn_out: a pair of layers shares 0.50 of its top-16 directions beyond chance" in failure and "(need ≥ 1.0)" in failure

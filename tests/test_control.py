@@ -52,13 +52,21 @@ def test_an_unknown_control_is_refused_naming_the_choices():
 
 @pytest.mark.usefixtures("opted_in")
 def test_the_summary_shows_the_twin_beside_each_figure(pytester: pytest.Pytester, tiny_llama_dir, tmp_path):
-    for check in ("test_variance_grows.py", "test_streams_separate.py"):
+    """Every hypothesis (and the updates' mechanism) reports the twin's figure, computed as the checkpoint's."""
+    hypotheses = ("test_variance_grows.py", "test_streams_separate.py", "test_cosine_falls.py", "test_weights_share_directions.py", "test_updates_share_directions.py")
+    for check in hypotheses:
         shutil.copy(ROOT / "checks" / check, pytester.path / check)
     result = pytester.runpytest("--model", str(tiny_llama_dir), "--max-prompts", "6", "--n-boot", "40", "--seed", "3", "--geomcheck-control", "random-init",
                                 "--geomcheck-cache-dir", str(tmp_path / "cache"), "-p", "no:cacheprovider")
     text = result.stdout.str()
     assert "[failed] || untrained twin: harmful exponential ×" in text  # H1: the tiny random Llama grows as a power law
     assert "|| untrained twin: harmful attention's share " in text
+    twin = {line.split()[1]: line.partition("|| untrained twin: ")[2] for line in text.splitlines() if "|| untrained twin: " in line}
+    assert twin["cosine_falls"].startswith("debiased ρ=") and "× the shuffled-label level" in twin["cosine_falls"]
+    assert twin["weights_share_directions"].startswith("attn_out ") and "; mlp_out " in twin["weights_share_directions"]
+    assert twin["updates_share_directions"].startswith("attention mid − pre: mean cosine across layers ")
+    checkpoint = {line.split()[1]: line.partition(" || ")[0] for line in text.splitlines() if "|| untrained twin: " in line}
+    assert twin["weights_share_directions"] not in checkpoint["weights_share_directions"]  # the twin's own weights, not the checkpoint's
 
 
 def test_a_threshold_can_ask_that_the_effect_exceed_the_twins():

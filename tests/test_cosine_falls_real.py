@@ -28,7 +28,7 @@ def _figures(two_sets: dict[str, dict[str, np.ndarray]], n_boot: int) -> dict[st
     for stream in geometry.streams:
         recorded: list[str] = []
         try:
-            cosine_falls(geometry, stream, THRESHOLDS, recorded.append)
+            cosine_falls(geometry, stream, THRESHOLDS, None, lambda text, control=None: recorded.append(text))
             verdicts[stream] = None
         except AssertionError as failure:
             verdicts[stream] = str(failure)

@@ -58,28 +58,28 @@ def test_intervals_cover_the_truth_95_percent_of_the_time(n, apart):
 
 
 REGIMES = [(noise, massive, n) for noise in ("gaussian", "t3") for massive in (True, False) for n in (64, 139)]
-# Regimes measured short of TARGET on 2026-12-03 (var_mean, var_max coverage; the basic intervals they replace
-# in brackets): recorded, not hidden, and not met by loosening the target.
+# Regimes measured short of TARGET on 2026-12-03, with the statistic that falls short (coverage of the shipped intervals; before the m-out-of-n
+# var_mean and the symmetric var_max, in brackets): recorded, not hidden, and not met by loosening the target.
 SHORT = {
-    ("gaussian", True, 64): "var_mean 0.925, var_max 0.927: at the target within the binomial error (0.6 points)",
-    ("gaussian", False, 64): "var_max 0.878: the max of 16 near-equal variances is biased up by the selection",
-    ("gaussian", False, 139): "var_max 0.872: as at n=64",
-    ("t3", True, 64): "var_mean 0.806, var_max 0.768 [basic ~0.73, ~0.72]",
-    ("t3", True, 139): "var_mean 0.824, var_max 0.812 [basic ~0.75, ~0.74]",
-    ("t3", False, 64): "var_mean 0.819, var_max 0.882 [basic ~0.73, ~0.76]",
-    ("t3", False, 139): "var_mean 0.829, var_max 0.887 [basic ~0.78, ~0.79]",
+    ("t3", True, 64): ("var_max/harmful", "var_max 0.802 [0.768]: one feature's t3 variance (infinite fourth moment) at 64 prompts"),
+    ("t3", True, 139): ("var_max/harmful", "var_max 0.814 [0.812]: as at n=64"),
 }
 
 
 @pytest.mark.parametrize(("noise", "massive", "n"), REGIMES, ids=[f"{a}-{'massive' if b else 'flat'}-n{c}" for a, b, c in REGIMES])
 def test_variance_intervals_hold_under_heavy_tails(noise, massive, n, request):
-    """var_mean and var_max reach the issue's coverage (≥ 0.93 Gaussian, ≥ 0.90 under t3, log-studentized
-    by fourth-moment errors); the cosine's studentized interval stays in [0.92, 0.98] in every regime.
-    Where a regime is measured short (SHORT), the target still stands and the test is an expected failure."""
+    """var_mean and var_max reach the issue's coverage (≥ 0.93 Gaussian, ≥ 0.90 under t3; both log-studentized
+    by fourth-moment errors, var_mean from an m-out-of-n bootstrap, var_max symmetric); the cosine's
+    studentized interval stays in [0.92, 0.98] in every regime.
+    Where a statistic is measured short in a regime (SHORT), its target still stands and the test is an
+    expected failure on it alone: the regime's other statistics must still pass."""
     label = f"{noise} {'massive' if massive else 'flat'} n={n}"
     covered = _coverage(*_sets(n, 0.5, seed=1000 + n + 7 * massive, noise=noise, massive=massive), label)
     assert 0.92 <= covered["cosine_debiased"] <= 0.98, covered
-    if (noise, massive, n) in SHORT:
-        request.applymarker(pytest.mark.xfail(raises=AssertionError, strict=False, reason=SHORT[(noise, massive, n)]))
+    short, reason = SHORT.get((noise, massive, n), (None, ""))
     for statistic in ("var_mean/harmful", "var_max/harmful"):
-        assert covered[statistic] >= TARGET[noise], f"{statistic} under {label}: coverage {covered[statistic]:.3f}"
+        if statistic != short:
+            assert covered[statistic] >= TARGET[noise], f"{statistic} under {label}: coverage {covered[statistic]:.3f}"
+    if short is not None:
+        request.applymarker(pytest.mark.xfail(raises=AssertionError, strict=False, reason=reason))
+        assert covered[short] >= TARGET[noise], f"{short} under {label}: coverage {covered[short]:.3f}"

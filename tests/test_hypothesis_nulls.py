@@ -43,7 +43,7 @@ def test_cosine_falls_fails_when_both_sets_come_from_one_distribution():
     assert cosine[-1] < cosine[0] - 0.05  # the artifact is there: the plain cosine does fall
     check = _check("test_cosine_falls", "test_cosine_falls")
     with pytest.raises(AssertionError, match="shuffled"):
-        check(geometry, "mid", _shipped_thresholds("cosine_falls"), lambda text: None)
+        check(geometry, "mid", _shipped_thresholds("cosine_falls"), None, lambda text, control=None: None)
 
 
 def _two_sets(true_cosine: np.ndarray, n: int = 64, d: int = 64, noise: float = 0.02, seed: int = 0):
@@ -62,7 +62,7 @@ def _two_sets(true_cosine: np.ndarray, n: int = 64, d: int = 64, noise: float = 
 def _verdict(samples) -> str | None:
     check = _check("test_cosine_falls", "test_cosine_falls")
     try:
-        check(geometry_from_samples(samples, n_boot=200, seed=0), "mid", _shipped_thresholds("cosine_falls"), lambda text: None)
+        check(geometry_from_samples(samples, n_boot=200, seed=0), "mid", _shipped_thresholds("cosine_falls"), None, lambda text, control=None: None)
     except AssertionError as failure:
         return str(failure)
     return None

@@ -6,7 +6,15 @@ import math
 import numpy as np
 import pytest
 
-from geomcheck.stats.resampling import basic_interval, bootstrap, debiased_world, permutation_null, studentized_interval
+from geomcheck.stats.resampling import (
+    basic_interval,
+    bootstrap,
+    debiased_world,
+    permutation_null,
+    studentized_interval,
+    subsample_counts,
+    subsample_size,
+)
 from geomcheck.stats.estimators import Interval, cosine_standard_error, debiased_cosine, debiased_norm2, mean_cosine, moments
 from geomcheck.stats.vocabulary import RANGES, STAT_NAMES, statistics_from_moments, statistics_from_samples
 from geomcheck.stats.trends import GrowthFit, cosine_trend, growth_fit, separation
@@ -158,6 +166,29 @@ def test_studentized_interval_scales_the_replicates_pivots_by_the_estimates_erro
     interval = studentized_interval(0.3, 0.1, draws, np.full(2001, 0.5), center=0.0)
     assert interval.low == pytest.approx(0.3 - 0.1 * 1.9, abs=1e-9)
     assert interval.high == pytest.approx(0.3 + 0.1 * 1.9, abs=1e-9)
+
+
+def test_symmetric_studentized_interval_is_not_moved_by_a_shift_of_the_pivots():
+    # Pivots spread evenly over 0..4 (shifted, as the bootstrap of a max shifts them): the equal-tailed
+    # interval moves below the estimate (held only by the widening), the symmetric one is ± the 95% of |t|.
+    draws = np.linspace(0.0, 2.0, 2001)
+    shifted = studentized_interval(0.3, 0.1, draws, np.full(2001, 0.5), center=0.0)
+    assert shifted.low == pytest.approx(0.3 - 0.1 * 3.9, abs=1e-9) and shifted.high == pytest.approx(0.3)
+    symmetric = studentized_interval(0.3, 0.1, draws, np.full(2001, 0.5), center=0.0, symmetric=True)
+    assert symmetric.low == pytest.approx(0.3 - 0.1 * 3.8, abs=1e-9)
+    assert symmetric.high == pytest.approx(0.3 + 0.1 * 3.8, abs=1e-9)
+
+
+def test_subsample_counts_draw_ceil_sqrt_n_prompts_uniformly_and_are_seeded():
+    first, second = subsample_counts((64, 139), 4000, seed=3)
+    assert (subsample_size(64), subsample_size(139), subsample_size(2)) == (8, 12, 2)
+    assert first.shape == (4000, 64) and second.shape == (4000, 139)
+    assert np.all(first.sum(axis=1) == 8) and np.all(second.sum(axis=1) == 12)
+    np.testing.assert_allclose(first.mean(axis=0), 8 / 64, atol=0.03)  # each prompt equally likely
+    np.testing.assert_array_equal(subsample_counts((64, 139), 4000, seed=3)[0], first)
+    assert not np.array_equal(subsample_counts((64, 139), 4000, seed=4)[0], first)
+    with pytest.raises(ValueError, match="n_boot"):
+        subsample_counts((64, 139), 0, seed=3)
 
 
 def test_debiased_world_moves_the_means_to_the_debiased_geometry_and_keeps_the_spread():

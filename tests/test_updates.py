@@ -63,7 +63,7 @@ def _readings(shared: float, layers: int = 10, d: int = 64, prompts: int = 40, s
 def _verdict(activations) -> tuple[list[str], str | None]:
     recorded: list[str] = []
     try:
-        updates_share_directions(activations, SESSION, THRESHOLDS, recorded.append)
+        updates_share_directions(activations, SESSION, THRESHOLDS, None, lambda text, control=None: recorded.append(text))
     except AssertionError as failure:
         return recorded, str(failure)
     return recorded, None

@@ -86,6 +86,7 @@ class Family:
     parallel_if: tuple[str, ...] = ()  # config flags that make the block parallel (no mid)
     always_parallel: bool = False
     branch_scale: str | None = None  # config attribute each branch is multiplied by before the add
+    post_ln: bool = False  # the norm follows each add (BERT): every stream is a LayerNorm output, never the raw residual
     notes: str = ""
 
     def parallel(self, config: Any) -> bool:
@@ -204,6 +205,7 @@ FAMILIES: tuple[Family, ...] = (
         final_norm=None,
         causal=False,
         prefix_reuse=False,
+        post_ln=True,
         notes="post-LN, never holds an un-normalised residual: mid is LayerNorm(attention(x) + x), the tensor the "
         "feed-forward block reads; the branch checks do not apply, pre/post are proven against hidden_states",
     ),
@@ -213,6 +215,7 @@ FAMILIES: tuple[Family, ...] = (
 GENERIC = _llama_like("generic", prefix_reuse=False)
 
 BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}
+BY_NAME = {family.name: family for family in FAMILIES}
 
 HOW_TO_ADD = (
     "add a Family record for it to geomcheck/run/families.py (where its layers live, which module's input is `mid`, "
@@ -225,6 +228,11 @@ def family_name(model_type: str) -> str:
     """The family a config's ``model_type`` belongs to; the model_type itself when none is recorded."""
     family = BY_MODEL_TYPE.get(model_type)
     return family.name if family else model_type
+
+
+def family_named(name: str) -> Family:
+    """The record a registry spec's ``family`` names (:func:`family_name`'s result), or :data:`GENERIC`."""
+    return BY_NAME.get(name, GENERIC)
 
 
 def family_of(model: torch.nn.Module) -> Family:

@@ -24,6 +24,7 @@ from geomcheck.stats.resampling import (
     resample_counts,
     resample_indices,
     studentized_interval,
+    subsample_counts,
 )
 from geomcheck.stats.estimators import SETS, Interval, Moments, check_sizes, cosine_gradients, mean_cosine
 from geomcheck.stats.trends import GrowthFit, Separation, Trend, cosine_trend, growth_fit, separation
@@ -33,7 +34,10 @@ __all__ = ["INTERVALS", "SETS", "Geometry", "bootstrap_samples", "geometry_from_
 
 # How the intervals are made (see geometry_from_samples), recorded in a baseline: the widths a drift is
 # measured against depend on it, so a baseline made another way is warned about and rewritten on update.
-INTERVALS = "bootstrap in the debiased world: cosines studentized, var_mean and var_max studentized on the log scale (fourth-moment errors), the rest basic"
+INTERVALS = (
+    "bootstrap in the debiased world: cosines studentized; var_mean studentized on the log scale from an m-out-of-n bootstrap "
+    "(m = ceil(sqrt(n))), var_max symmetric-studentized on the log scale (fourth-moment errors); the rest basic"
+)
 
 Samples = Mapping[str, Mapping[str, np.ndarray]]  # set -> stream -> (samples, layers, features)
 Values = Mapping[str, np.ndarray]
@@ -58,6 +62,9 @@ class Geometry:
     seed: int = 0
     replicates: dict[str, np.ndarray] = field(default_factory=dict)
     centers: dict[str, np.ndarray] = field(default_factory=dict)
+    # the streams are LayerNorm outputs (a post-LN family, BERT), which no curve can tell: set by the run from
+    # the family record (geomcheck.run.families), for the checks whose claims are about an un-normalised residual
+    post_ln: bool = False
     builtin: frozenset[str] = field(init=False, repr=False)  # the computed keys, which derive may not replace
 
     def __post_init__(self) -> None:
@@ -213,13 +220,22 @@ class _SetBlock:
         second = np.einsum("bi,ikb->bk", counts, projected * projected) / n
         return np.maximum(second - first * first, 0.0) * (n / (n - 1))
 
-    def variance_errors(self, counts: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Standard errors of ``var_mean`` and ``var_max`` (observed ``(k,)``, replicates ``(B, k)``) from
-        the fourth moments: each is a mean over prompts of squared deviations (averaged over features, or
-        of the top feature), whose variance over the prompts is its error. It studentizes the variances'
-        bootstrap, which heavy tails otherwise make far too narrow (see tests/test_coverage.py)."""
+    def variance_pivots(self, counts: np.ndarray, subsample: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """What studentizes ``var_mean`` and ``var_max``: the observed standard error ``(k,)``, and the
+        replicates and their errors ``(B, k)``. Each variance is a mean over prompts of squared deviations
+        (averaged over features, or of the top feature), whose variance over the prompts is its error (the
+        fourth moments); heavy tails make the plain bootstrap of it far too narrow (tests/test_coverage.py).
+
+        ``var_mean``'s replicates are the m-out-of-n resamples ``subsample``
+        (:func:`geomcheck.stats.resampling.subsample_counts`) of the per-prompt mean square, about the sample's
+        mean (whose plug-in value is the bootstrap's centre): two products with ``(n, k)`` arrays.
+        ``var_max``'s are the bootstrap's own, each with its top feature's fourth moment."""
         n, squared = len(self.centred), self.squared  # (n, k, d)
         per_prompt = squared.mean(axis=-1)  # (n, k): var_mean is its mean, up to ddof
+        m = subsample[0].sum()  # every row draws the same m
+        sub_mean = subsample @ per_prompt / m  # (B, k)
+        sub_spread = subsample @ (per_prompt * per_prompt) / m - sub_mean * sub_mean
+        sub_error = np.sqrt(np.where(sub_spread > 0, sub_spread, np.nan) / (m - 1))  # one prompt drawn m times: no pivot
         top = self.observed[1].argmax(axis=-1)
         top_squares = np.take_along_axis(squared, top[None, :, None], axis=-1)[..., 0]
         picked = self.replicate[1].argmax(axis=-1)  # (B, k): each replicate's top feature
@@ -227,8 +243,12 @@ class _SetBlock:
         second = np.take_along_axis(self.squares, picked[..., None], axis=-1)[..., 0]
         fourth = np.einsum("bi,ikb->bk", counts, top_squared * top_squared) / n
         return {
-            "var_mean": (np.sqrt(per_prompt.var(axis=0, ddof=1) / n), np.sqrt(self.spread(counts, per_prompt[..., None]) / n)),
-            "var_max": (np.sqrt(top_squares.var(axis=0, ddof=1) / n), np.sqrt(np.maximum(fourth - second * second, 0.0) / (n - 1))),
+            "var_mean": (np.sqrt(per_prompt.var(axis=0, ddof=1) / n), sub_mean, sub_error),
+            "var_max": (
+                np.sqrt(top_squares.var(axis=0, ddof=1) / n),
+                self.replicate[1].max(axis=-1),
+                np.sqrt(np.maximum(fourth - second * second, 0.0) / (n - 1)),
+            ),
         }
 
     def kurtosis(self) -> np.ndarray:
@@ -305,6 +325,7 @@ def geometry_from_samples(samples: Samples, n_boot: int = 200, seed: int = 0) ->
     streams, sizes, (n_layers, n_features) = _check_samples(samples)
     _reuse_freed_blocks()
     counts = resample_counts(sizes, n_boot, seed) if n_boot else (np.empty((0, sizes[0])), np.empty((0, sizes[1])))
+    subsamples = subsample_counts(sizes, n_boot, seed) if n_boot else counts
     masks = permutation_masks(sizes, n_boot, seed) if n_boot else None
     layer_blocks, row_blocks = _blocks(n_layers, n_features, max(n_boot, 1))
     observed: dict[str, list[np.ndarray]] = {}  # "<set>/<mean|var>" -> per stream (L, d)
@@ -326,7 +347,8 @@ def geometry_from_samples(samples: Samples, n_boot: int = 200, seed: int = 0) ->
             for chunk in row_blocks if n_boot else ():
                 count = counts[0][chunk], counts[1][chunk]
                 pair = whole[0].resampled(count[0]), whole[1].resampled(count[1])
-                _replicate_block(pair, count, shifts, sizes, stream, (chunk, layers), (n_boot, n_layers), curves, point)
+                subsample = subsamples[0][chunk], subsamples[1][chunk]
+                _replicate_block(pair, count, subsample, shifts, sizes, stream, (chunk, layers), (n_boot, n_layers), curves, point)
                 _put(point, f"{stream}/null", _null_cosines(raw[0], raw[1], masks[chunk]), (chunk, layers), (n_boot, n_layers))
     moments_of = lambda source, s: (source[f"{s}/mean"], source[f"{s}/var"])  # noqa: E731
     kurtosis = {key: _median(point.pop(key)) for key in [k for k in point if "/kurtosis/" in k]}
@@ -340,7 +362,7 @@ def geometry_from_samples(samples: Samples, n_boot: int = 200, seed: int = 0) ->
         null[f"{stream}/cosine_null_p"] = np.float64((int(np.sum(shuffled[:, -1] <= last)) + 1) / (n_boot + 1))
     values = {**_all_statistics(*(moments_of(observed, s) for s in SETS), sizes, streams, null), **kurtosis}
     centers = _all_statistics(*(moments_of(world, s) for s in SETS), sizes, streams, null, plug_in=True)
-    errors = {key: curves.pop(key) for key in [k for k in curves if k.endswith("_se")]}  # not values: not kept
+    errors = {key: curves.pop(key) for key in [k for k in curves if k.endswith(("_se", "_pivots"))]}  # not values: not kept
     draws = _replicate_values(curves, null, streams, n_boot)
     intervals = _intervals(values, centers, draws, point, errors, null, streams)
     return Geometry(streams, values, intervals, n_boot, seed, draws, centers)
@@ -362,6 +384,7 @@ def _put(store: dict[str, np.ndarray], key: str, value: np.ndarray, index: tuple
 def _replicate_block(
     pair: tuple[_SetBlock, _SetBlock],
     counts: tuple[np.ndarray, np.ndarray],
+    subsamples: tuple[np.ndarray, np.ndarray],
     shifts: tuple[np.ndarray, np.ndarray],
     sizes: tuple[int, int],
     stream: str,
@@ -370,7 +393,8 @@ def _replicate_block(
     curves: dict[str, np.ndarray],
     point: dict[str, np.ndarray],
 ) -> None:
-    """One block's replicate curves (in the debiased world) and the standard errors that studentize them."""
+    """One block's replicate curves (in the debiased world) and what studentizes them: standard errors
+    (``…_se``) and, for the variances, the replicates their pivots are made of (``…_pivots``)."""
     rows, width = index[0].stop - index[0].start, index[1].stop - index[1].start
     moved = [(block.replicate[0] + shift, block.replicate[1]) for block, shift in zip(pair, shifts)]
     for name, curve in statistics_from_moments(*_flat(moved[0]), *_flat(moved[1]), sizes).items():
@@ -378,10 +402,11 @@ def _replicate_block(
     errors, draw_errors = _cosine_errors(pair, counts, shifts, sizes)
     _put(point, f"{stream}/cosine_se", errors, index[1:], shape[1:])
     _put(curves, f"{stream}/cosine_se", draw_errors, index, shape)
-    for prompt_set, block, count in zip(SETS, pair, counts):
-        for name, (error, draw_error) in block.variance_errors(count).items():
+    for prompt_set, block, count, subsample in zip(SETS, pair, counts, subsamples):
+        for name, (error, pivots, draw_error) in block.variance_pivots(count, subsample).items():
             _put(point, f"{stream}/{name}/{prompt_set}_se", error, index[1:], shape[1:])
             _put(curves, f"{stream}/{name}/{prompt_set}_se", draw_error, index, shape)
+            _put(curves, f"{stream}/{name}/{prompt_set}_pivots", pivots, index, shape)
 
 
 def _replicate_values(curves: dict[str, np.ndarray], null: Values, streams: Sequence[str], n_boot: int) -> dict[str, np.ndarray]:
@@ -393,7 +418,8 @@ def _replicate_values(curves: dict[str, np.ndarray], null: Values, streams: Sequ
 
 def _intervals(values: Values, centers: Values, draws: Values, point: Values, errors: Values, null: Values, streams: Sequence[str]) -> dict[str, Interval]:
     """Every value's interval: the cosines' studentized (one interval of the true cosine, undefined where
-    the debiased estimate is), the variances' studentized on the log scale, the rest basic."""
+    the debiased estimate is), the variances' studentized on the log scale (``var_mean`` from its m-out-of-n
+    pivots, ``var_max`` symmetric: see :meth:`_SetBlock.variance_pivots`), the rest basic."""
     intervals: dict[str, Interval] = {}
     for key, value in values.items():
         stream, statistic = key.split("/", 1)
@@ -406,8 +432,11 @@ def _intervals(values: Values, centers: Values, draws: Values, point: Values, er
             truth = studentized_interval(values[debiased], point[f"{stream}/cosine_se"], draws[debiased], errors[f"{stream}/cosine_se"], centers[debiased], bounds=RANGES["cosine"])
             undefined = np.isnan(values[debiased])
             intervals[key] = Interval(np.where(undefined, np.nan, np.fmin(truth.low, value)), np.where(undefined, np.nan, np.fmax(truth.high, value)))
-        elif kind == "log-studentized":  # the variances whose fourth-moment errors the blocks compute
-            intervals[key] = studentized_interval(value, point[f"{key}_se"], draws[key], errors[f"{key}_se"], centers[key], bounds=bounds, log=True)
+        elif kind in ("log-studentized", "log-symmetric"):  # the variances whose fourth-moment errors the blocks compute
+            pivots = errors[f"{key}_pivots"]
+            intervals[key] = studentized_interval(
+                value, point[f"{key}_se"], pivots, errors[f"{key}_se"], centers[key], bounds=bounds, log=True, symmetric=kind == "log-symmetric"
+            )
         else:
             intervals[key] = basic_interval(value, draws[key], centers[key], bounds=bounds)
     return intervals

@@ -38,6 +38,27 @@ def resample_counts(sizes: tuple[int, int], n_boot: int, seed: int) -> tuple[np.
     return counts
 
 
+def subsample_size(size: int) -> int:
+    """The m of the m-out-of-n bootstrap: ⌈√n⌉, so that m → ∞ and m/n → 0 as n grows (the rule for which
+    the bootstrap of a mean whose summands have infinite variance is consistent: Athreya 1987; Bickel,
+    Götze & van Zwet 1997)."""
+    return int(np.ceil(np.sqrt(size)))
+
+
+def subsample_counts(sizes: tuple[int, int], n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """m-out-of-n resamples of each set (:func:`subsample_size` draws with replacement), as ``(n_boot, size)``
+    count matrices like :func:`resample_counts`, from a stream of ``seed`` of their own (a child of it).
+
+    A variance under heavy tails (Student-t(3): infinite fourth moment) is a mean of summands with infinite
+    variance; the n-out-of-n bootstrap of it is inconsistent and its intervals lie below the truth, because a
+    resample of all n prompts holds no larger values than the sample. Studentized, the pivot needs no rate."""
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1; got {n_boot}")
+    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+    first, second = (rng.multinomial(subsample_size(size), np.full(size, 1.0 / size), size=n_boot).astype(np.float64) for size in sizes)
+    return first, second
+
+
 def permutation_masks(sizes: tuple[int, int], n_perm: int, seed: int) -> np.ndarray:
     """The label shufflings of :func:`permutation_null` as an ``(n_perm, n + m)`` 0/1 matrix: 1 where a pooled
     prompt falls in the first set (same seed, same shufflings)."""
@@ -153,6 +174,7 @@ def studentized_interval(
     level: float = 0.95,
     bounds: tuple[float, float] = (-np.inf, np.inf),
     log: bool = False,
+    symmetric: bool = False,
 ) -> Interval:
     """The studentized (bootstrap-t) interval: ``estimate − t_high · se, estimate − t_low · se``, where
     ``t`` are the quantiles of ``(draw − center) / draw_error`` over the replicates.
@@ -161,8 +183,10 @@ def studentized_interval(
     closes; a variance widens with the fourth moment of the sample it is made of) dividing by each
     replicate's standard error makes the replicates comparable where the basic interval is not.
     ``log=True`` pivots a positive statistic on the log scale (error ``se / value`` by the delta method),
-    where heavy tails skew it less; entries that are not positive stay on the linear scale. Widened to
-    hold the estimate; nan replicates are ignored; nan where all are; clipped to ``bounds``.
+    where heavy tails skew it less; entries that are not positive stay on the linear scale. ``symmetric=True``
+    takes ``±`` the ``level`` quantile of ``|t|`` (Hall 1988), which a shift of the pivots does not move: the
+    max of near-equal variances, whose bootstrap selects the largest again and over-corrects its bias. Widened
+    to hold the estimate; nan replicates are ignored; nan where all are; clipped to ``bounds``.
     """
     point = np.asarray(estimate, dtype=np.float64)
     error = np.asarray(standard_error, dtype=np.float64)
@@ -177,7 +201,11 @@ def studentized_interval(
             error = np.where(positive, error / safe(point), error)
         scaled = np.where(positive, np.log(np.where(positive, point, 1.0)), point)
         pivots = np.where((draw_errors == 0) & (draws == pivot), 0.0, (draws - pivot) / draw_errors)  # a constant: 0, not 0/0
-        t_low, t_high = _tail_quantiles(pivots, level)
+        if symmetric:
+            t_high = _tail_quantiles(np.abs(pivots), 2.0 * level - 1.0)[1]  # the level quantile of |t|
+            t_low = -t_high
+        else:
+            t_low, t_high = _tail_quantiles(pivots, level)
         low, high = scaled - t_high * error, scaled - t_low * error
     with np.errstate(over="ignore"):
         low = np.where(positive, np.exp(np.where(positive, low, 0.0)), low)
