@@ -315,10 +315,10 @@ def _on_terminal(config: pytest.Config) -> bool:
     return reporter is not None and bool(reporter.isatty())
 
 
-def validate(config: pytest.Config) -> tuple[dict[str, str], dict[str, Any]]:
+def validate(config: pytest.Config) -> tuple[dict[str, registry.ModelSpec], dict[str, Any]]:
     """Every option, ini value, model directory and the thresholds file, checked once before any model
-    loads; returns the models' display names (by the model as given) and the thresholds. Problems are
-    usage errors."""
+    loads; returns each model resolved, by the model as given (the session keeps these specs: a model is
+    resolved once, and a hub id asks the hub once), and the thresholds. Problems are usage errors."""
     model_args = config.getoption("geomcheck_models") or config.getini("geomcheck_models")
     trust = bool(config.getoption("geomcheck_trust_remote_code"))
     try:
@@ -338,7 +338,7 @@ def validate(config: pytest.Config) -> tuple[dict[str, str], dict[str, Any]]:
     except (OptionError, registry.UnknownModelError, registry.ModelLoadError) as exc:
         raise pytest.UsageError(str(exc)) from exc
     check_baseline_folders(config, specs)
-    return {model_arg: spec.name for model_arg, spec in specs.items()}, thresholds
+    return specs, thresholds
 
 
 def _project_pyproject(config: pytest.Config) -> Path | None:

@@ -74,10 +74,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "geomcheck_check: set by geomcheck on the tests it parametrizes over models")
     if not config.pluginmanager.hasplugin("xdist"):  # set on each model's checks; xdist registers it itself
         config.addinivalue_line("markers", "xdist_group(name): pytest-xdist's group of tests that share one worker")
-    display_names, thresholds = validate(config)
+    specs, thresholds = validate(config)
     config.stash[SESSION_KEY] = GeomcheckSession(
         config=config,
-        display_names=display_names,
+        specs=specs,
         thresholds=thresholds,
         artifacts_dir=config.invocation_params.dir / setting(config, "artifacts-dir"),
     )

@@ -29,10 +29,10 @@ from geomcheck import STREAMS
 from geomcheck.run.fingerprint import short
 from geomcheck.stats.resampling import resample_counts
 from geomcheck.stats.estimators import SETS
+from geomcheck.stats.geometry import Readings
 from geomcheck.stats.vocabulary import NO_INTERVAL, RECORDS, STAT_NAMES, statistics_from_moments
 from geomcheck.stats.trends import growth_fit
 
-Samples = Mapping[str, Mapping[str, np.ndarray]]  # {set: {stream: (prompts, layers, features)}}
 
 SE_PER_95 = 3.92  # a normal 95% interval is 2 x 1.96 standard errors wide
 # Metadata that changes what the numbers mean: a difference is warned about, since drift may then reflect
@@ -438,16 +438,6 @@ def identity_summary(baseline: Mapping[str, Any], current: Mapping[str, Any]) ->
 
 # --------------------------------------------------------------------------------------------------
 # Paired drift
-
-
-@dataclass(frozen=True, eq=False)
-class Readings:
-    """Both checkpoints' per-prompt readings on the same prompts, in the same order: what a paired
-    comparison needs. ``source`` says where the reference's came from (for the report)."""
-
-    reference: Samples
-    current: Samples
-    source: str
 
 
 def _resampled_moments(samples: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -51,7 +51,6 @@ from geomcheck.gate.drift import (
     Comparison,
     Coverage,
     Drift,
-    Readings,
     Tolerance,
     aliased_layers,
     compare_payloads,
@@ -66,7 +65,7 @@ if TYPE_CHECKING:
     from syrupy.assertion import SnapshotAssertion
     from syrupy.location import PyTestLocation
 
-    from geomcheck.stats.geometry import Geometry
+    from geomcheck.stats.geometry import Geometry, Readings
 
 MODEL_PARAM = "model_name"  # the plugin's parametrization over --model
 MAX_REPORTED = 10

@@ -30,11 +30,10 @@ from geomcheck.run import registry
 from geomcheck.run import activations
 from geomcheck.run.activations import Capture, check_complete
 from geomcheck.run.cache import Arrays, ArrayCache, cache_key
-from geomcheck.gate.drift import Readings
 from geomcheck.run.families import family_named
 from geomcheck.run.fingerprint import Fingerprint, FingerprintError, of_model, short
 from geomcheck.stats import vocabulary
-from geomcheck.stats.geometry import Geometry, geometry_from_arrays, geometry_from_samples, geometry_to_arrays
+from geomcheck.stats.geometry import Geometry, Readings, geometry_from_arrays, geometry_from_samples, geometry_to_arrays
 from geomcheck.run.prompts import prompts_hash, resolve_prompts
 from geomcheck.run.rendering import TEMPLATE_DATE, text_digest, token_ids_digest
 from geomcheck.stats.weights import TOPK_METHOD, overlap_matrix, top_left_singular_vectors
@@ -96,11 +95,13 @@ class ModelRun:
     torch and transformers are imported only when the model must run: a fully cached re-run never needs them.
     """
 
-    def __init__(self, name: str, options: RunOptions, control: str | None = None) -> None:
-        """``control="random-init"``: the model's untrained twin (same architecture and tokenizer, fresh
+    def __init__(self, model: registry.ModelSpec | str, options: RunOptions, control: str | None = None, name: str | None = None) -> None:
+        """``model``: the spec the session resolved at start-up (or a model as given, resolved here); ``name``:
+        the model as given, for messages and the record (default: the spec's name, or ``model`` itself).
+        ``control="random-init"``: the model's untrained twin (same architecture and tokenizer, fresh
         weights seeded by ``options.seed``), cached apart from the checkpoint by its :attr:`identity`."""
-        self.name = name
-        self.spec = registry.resolve(name)
+        self.spec = model if isinstance(model, registry.ModelSpec) else registry.resolve(model)
+        self.name = name or (model if isinstance(model, str) else model.name)
         self.options = options
         self.control = control
         self.loads = 0

@@ -40,6 +40,16 @@ INTERVALS = (
 )
 
 Samples = Mapping[str, Mapping[str, np.ndarray]]  # set -> stream -> (samples, layers, features)
+
+
+@dataclass(frozen=True, eq=False)
+class Readings:
+    """Both checkpoints' per-prompt readings on the same prompts, in the same order: what a paired
+    comparison needs. ``source`` says where the reference's came from (for the report)."""
+
+    reference: Samples
+    current: Samples
+    source: str
 Values = Mapping[str, np.ndarray]
 
 
