@@ -8,32 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import save_tiny_llama
+from conftest import SHA_A, SHA_B
 from geomcheck.run import models
 from geomcheck.run import registry
 from geomcheck.run.pipeline import ModelRun, RunOptions
-
-SHA_A = "a" * 40
-SHA_B = "b" * 40
-
-
-@pytest.fixture
-def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """``models--acme--tiny`` with two commits: main → A (seed 0), tag v2 → B (seed 1); the hub is unreachable."""
-    import huggingface_hub.constants
-
-    root = tmp_path / "hub"
-    repo = root / "models--acme--tiny"
-    for sha, seed in ((SHA_A, 0), (SHA_B, 1)):
-        save_tiny_llama(repo / "snapshots" / sha, seed=seed)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(SHA_A)
-    (repo / "refs" / "v2").write_text(SHA_B)
-    monkeypatch.setenv("HF_HUB_CACHE", str(root))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read once at import
-    return root
-
 
 def _first_weight(spec: registry.ModelSpec) -> np.ndarray:
     loaded = models.load(spec)

@@ -13,7 +13,7 @@ import torch
 from geomcheck import options
 from geomcheck.run.pipeline import ModelRun, RunOptions
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_options(tmp_path: Path, **overrides) -> RunOptions:

@@ -19,7 +19,7 @@ from geomcheck.gate.drift import identity_summary
 from geomcheck.run.fingerprint import FingerprintError, StatIndex, hub_commit, of_directory, of_model
 from geomcheck.run.registry import resolve
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

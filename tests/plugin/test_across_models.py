@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import transformers.models.llama.modeling_llama  # noqa: F401  (before pytester runs, which restore sys.modules)
-from test_checkpoints import SHA_A, hub_cache  # noqa: F401  (fixture)
+from conftest import SHA_A
 
 from conftest import save_tiny_llama
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHECKS = ("test_variance_grows.py", "test_weights_share_directions.py")
 
 

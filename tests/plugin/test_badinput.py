@@ -24,7 +24,7 @@ from geomcheck.thresholds import shipped as shipped_thresholds
 
 pytestmark = pytest.mark.usefixtures("opted_in")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = (ROOT / "geomcheck" / "data" / "thresholds.toml").read_text()
 
 CHECK = "def test_x(geometry): pass\n"

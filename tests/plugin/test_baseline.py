@@ -18,7 +18,7 @@ from geomcheck.gate.extension import BaselineMismatchWarning, GeometryBaselineEx
 from geomcheck.stats.geometry import geometry_from_samples
 from geomcheck.stats.vocabulary import STAT_NAMES
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 META = {
     "model": "tiny",
     "name": "tiny",

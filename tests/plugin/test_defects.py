@@ -163,7 +163,7 @@ def test_a_non_finite_threshold_is_refused(value):
 
 
 def test_a_non_finite_threshold_in_a_file_is_a_usage_error(pytester: pytest.Pytester, tmp_path):
-    text = (Path(__file__).resolve().parents[1] / "geomcheck" / "data" / "thresholds.toml").read_text()
+    text = (Path(__file__).resolve().parents[2] / "geomcheck" / "data" / "thresholds.toml").read_text()
     path = tmp_path / "thresholds.toml"
     path.write_text(text.replace("min_rate = 1.05", "min_rate = nan"))
     assert "min_rate = nan must be a finite number" in run_bad(pytester, tmp_path, "--thresholds", str(path))

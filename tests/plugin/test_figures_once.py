@@ -13,7 +13,7 @@ from geomcheck.report.figures import KEY_FIELD, content_key, stored_key, write_g
 from geomcheck.stats.geometry import geometry_from_samples
 from geomcheck.run.pipeline import WeightOverlap
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from geomcheck.report.figures import save_figure
 from geomcheck.run.fingerprint import StatIndex, of_directory
 
 pytestmark = pytest.mark.usefixtures("opted_in")
-CHECKS = Path(__file__).resolve().parents[1] / "geomcheck" / "checks"
+CHECKS = Path(__file__).resolve().parents[2] / "geomcheck" / "checks"
 
 
 def _mode(path) -> int:

@@ -8,9 +8,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import write_readme_example
+from conftest import write_docs_example
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHECKS = ROOT / "geomcheck" / "checks"
 
 
@@ -184,7 +184,7 @@ def test_expected_failures_from_the_thresholds_file_are_strict(pytester: pytest.
 
 
 def test_readme_example_runs_as_written(pytester: pytest.Pytester, tiny_llama_dir, tmp_path):
-    write_readme_example("add-a-hypothesis", pytester.path)
+    write_docs_example("add-a-hypothesis", pytester.path)
     result = pytester.runpytest("--model", str(tiny_llama_dir), "--max-prompts", "6", "--n-boot", "0",
                                 "--geomcheck-cache-dir", str(tmp_path), "-v")
     result.assert_outcomes(passed=3)
@@ -270,8 +270,8 @@ def test_every_check_is_in_the_summary_with_its_outcome(pytester: pytest.Pyteste
 
 
 def test_readme_own_threshold_example_reads_the_projects_pyproject(pytester: pytest.Pytester, tiny_llama_dir, tmp_path):
-    """The README's example check and its pyproject table, as written; a tighter project threshold fails it."""
-    readme = (ROOT / "README.md").read_text()
+    """The docs' example check and its pyproject table, as written; a tighter project threshold fails it."""
+    readme = (ROOT / "docs" / "hypotheses.md").read_text()
     section = re.search(r"<!-- example: own-threshold -->\n(.*?)<!-- /example -->", readme, re.S).group(1)
     toml, code = re.findall(r"```(?:toml|python)\n(.*?)```", section, re.S)
     filename = re.match(r"# checks/(\S+\.py)", code).group(1)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-CHECKS = Path(__file__).resolve().parents[1] / "geomcheck" / "checks"
+CHECKS = Path(__file__).resolve().parents[2] / "geomcheck" / "checks"
 
 FOREIGN_CONFTEST = """
 import pytest

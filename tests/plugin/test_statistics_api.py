@@ -6,14 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_readme_example
+from conftest import write_docs_example
 
 from geomcheck.stats.geometry import bootstrap_samples, geometry_from_arrays, geometry_from_samples, geometry_to_arrays
 from geomcheck.stats.resampling import basic_interval
-from geomcheck.stats.vocabulary import CURVES, SUMMARIES, expand
+from geomcheck.stats.vocabulary import CURVES, SUMMARIES, expand, markdown_table
 from geomcheck.stats.trends import growth_fit
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _samples(n: int = 12, layers: int = 5, d: int = 6, seed: int = 0):
@@ -30,13 +30,10 @@ def geometry():
     return geometry_from_samples(_samples(), n_boot=20, seed=3)
 
 
-def test_the_readme_table_lists_the_vocabulary_of_the_code():
-    readme = (ROOT / "README.md").read_text()
-    table = re.search(r"<!-- vocabulary -->\n(.*?)<!-- /vocabulary -->", readme, re.S).group(1)
-    rows = [line.split("|")[1:4] for line in table.splitlines()[2:]]
-    documented = {name.strip().strip("`"): (shape.strip(), text.strip()) for name, shape, text in rows}
-    code = {**{k: ("per layer", v) for k, v in CURVES.items()}, **{k: ("one number", v) for k, v in SUMMARIES.items()}}
-    assert documented == code
+def test_the_docs_table_is_the_vocabulary_of_the_code():
+    docs = (ROOT / "docs" / "statistics.md").read_text()
+    table = re.search(r"<!-- vocabulary -->\n(.*?)<!-- /vocabulary -->", docs, re.S).group(1)
+    assert table == markdown_table(), "regenerate: python -m geomcheck.stats.vocabulary docs/statistics.md"
 
 
 def test_every_value_of_a_geometry_is_a_stream_and_a_statistic_of_the_vocabulary(geometry):
@@ -91,7 +88,7 @@ def test_bootstrap_samples_draws_the_same_resamples_as_the_geometry(geometry):
 
 @pytest.mark.usefixtures("opted_in")
 def test_readme_user_statistic_example_runs_as_written(pytester: pytest.Pytester, tiny_llama_dir, tmp_path):
-    write_readme_example("user-statistic", pytester.path)
+    write_docs_example("user-statistic", pytester.path)
     result = pytester.runpytest("--model", str(tiny_llama_dir), "--max-prompts", "6", "--n-boot", "40",
                                 "--geomcheck-cache-dir", str(tmp_path), "-v", "-p", "no:randomly")
     outcomes = result.parseoutcomes()

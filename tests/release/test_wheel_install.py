@@ -19,7 +19,7 @@ from pathlib import Path
 
 import geomcheck
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOT_SOURCES = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
                                      ".hypothesis", "geomcheck-artifacts", ".geomcheck-cache")
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from geomcheck.gate.baseline import baseline_payload
-from geomcheck.gate.drift import Readings, aliased_layers, compare_all, compare_payloads, drift_matrix, identity_summary, paired_errors
+from geomcheck.stats.geometry import Readings
+from geomcheck.gate.drift import aliased_layers, compare_all, compare_payloads, drift_matrix, identity_summary, paired_errors
 from geomcheck.stats.geometry import geometry_from_samples
 from geomcheck.gate.extension import accept_hint, comparison_lines
 from geomcheck import spelling

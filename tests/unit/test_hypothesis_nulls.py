@@ -10,7 +10,7 @@ import pytest
 
 from geomcheck.stats.geometry import geometry_from_samples
 
-CHECKS = Path(__file__).resolve().parent.parent / "checks"
+CHECKS = Path(__file__).resolve().parents[2] / "checks"
 
 
 def _check(module: str, name: str):

@@ -15,7 +15,7 @@ from geomcheck.stats import vocabulary
 from geomcheck.stats.geometry import geometry_from_samples
 from geomcheck.stats.vocabulary import RECORDS, Statistic
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 NEW_RECORD = '''
 RECORDS = (*RECORDS, Statistic("var_min/{set}", "curve", "smallest per-feature variance", "variances", POSITIVE,
