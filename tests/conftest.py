@@ -67,7 +67,7 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def opted_in(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     """The pytester project opts in as this repository does, with the README's ``addopts = "-p geomcheck.activate"``
-    (tests/test_plugin_inert.py covers a project that does not)."""
+    (tests/plugin/test_plugin_inert.py covers a project that does not)."""
     monkeypatch.setenv("PYTEST_ADDOPTS", "-p geomcheck.activate")  # after pytester, which clears it
 
 
@@ -108,7 +108,7 @@ def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
-SLOW_KINDS = ("models", "release")  # every test there loads a model or builds a wheel: seconds to minutes each
+SLOW_KINDS = ("plugin", "models", "release")  # each test there runs pytest in pytest, loads a model or builds a wheel: seconds to minutes
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

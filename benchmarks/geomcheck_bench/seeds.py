@@ -9,7 +9,7 @@ from the terminal summary. The weights are random, so hypotheses may fail: the p
 goes at real size, not the verdicts; an error (not a failed hypothesis) fails the script.
 
 ``--tiny`` shrinks every dimension (hidden 64, 3 layers) so ``make test`` runs the same path on a CPU in
-seconds (``tests/test_seeds_script.py``). The tokenizer is the one MiniLM ships (offline everywhere the
+seconds (``tests/release/test_seeds_script.py``). The tokenizer is the one MiniLM ships (offline everywhere the
 embedded models are): token ids below its vocabulary size are valid for every seed.
 """
 

@@ -15,7 +15,7 @@ them, so a wrong site stops the run instead of producing numbers.
 Write sites (hypothesis 4): the attention output projection and the MLP down projection, returned as
 ``(d_model, d_in)`` arrays whatever the module stores (GPT-2's ``Conv1D`` keeps ``(d_in, d_out)``).
 
-Adding a family: add one :class:`Family` to :data:`FAMILIES` and its tiny config to ``tests/test_families.py``;
+Adding a family: add one :class:`Family` to :data:`FAMILIES` and its tiny config to ``tests/unit/test_families.py``;
 the tests then prove its sites, branches and writers against the model's own computation.
 
 Kept free of a torch import at module level: the registry reads :func:`family_name` at start-up.
@@ -220,7 +220,7 @@ BY_NAME = {family.name: family for family in FAMILIES}
 HOW_TO_ADD = (
     "add a Family record for it to geomcheck/run/families.py (where its layers live, which module's input is `mid`, "
     "which modules' outputs are the attention and MLP branches as added, its two writer matrices) and its tiny "
-    "config to tests/test_families.py; see the README, 'Add a family'"
+    "config to tests/unit/test_families.py; see the README, 'Add a family'"
 )
 
 

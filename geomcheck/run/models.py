@@ -12,6 +12,7 @@ import importlib.metadata
 import importlib.util
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -309,6 +310,24 @@ def available_memory(device: str) -> int:
     if device.startswith("cuda"):
         return torch.cuda.mem_get_info(torch.device(device))[0]
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_fits(
+    spec: ModelSpec, name: str, dtype: str | None, device: str, device_map: str | None, batch_size: int, tokens: int, trust_remote_code: bool
+) -> None:
+    """Print the memory estimate of ``name``, and refuse a model that cannot fit on its device (with no
+    device map to spread it): before the load, which would otherwise fail late or swap."""
+    estimate = estimate_memory(spec, parse_dtype(dtype, spec), batch_size, tokens, trust_remote_code)
+    if estimate is None:
+        return
+    free = available_memory(device)
+    print(f"geomcheck: {name}: {estimate.describe()}; {free / 2**30:.1f} GiB free on {device}", file=sys.stderr)
+    if estimate.total_bytes > free and device_map is None:
+        raise ModelLoadError(
+            f"{name} needs ~{estimate.total_bytes / 2**30:.1f} GiB but {device} has "
+            f"{free / 2**30:.1f} GiB free. Use {flag('dtype')} bfloat16, {flag('device-map')} auto (spreads layers over GPUs "
+            f"and CPU), a smaller {flag('batch-size')}, or a larger device."
+        )
 
 
 def meta_model(spec: ModelSpec) -> torch.nn.Module:

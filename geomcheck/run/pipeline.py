@@ -12,7 +12,6 @@ import importlib.metadata
 import json
 import os
 import re
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -194,7 +193,9 @@ class ModelRun:
         with self.timed("load/convert"):
             from geomcheck.run import models
 
-            self.check_memory()
+            longest = max(len(p) for prompts in self.prompts.values() for p in prompts) // 2 + 64  # ~tokens incl. template
+            o = self.options
+            models.check_fits(self.spec, self.name, o.dtype, o.device, o.device_map, o.batch_size, longest, o.trust_remote_code)
             self.loads += 1
             with models.library_bars(self.options.progress):  # transformers' and the hub's bars, as ours
                 if self.control is not None:
@@ -223,25 +224,6 @@ class ModelRun:
                 f"loaded {commit or 'other files'}); re-run once the checkpoint is no longer being written."
             )
         return loaded
-
-    def check_memory(self) -> None:
-        """Print the memory estimate, and refuse a model that cannot fit on its device."""
-        from geomcheck.run import models
-
-        longest = max(len(p) for prompts in self.prompts.values() for p in prompts) // 2 + 64  # ~tokens incl. template
-        estimate = models.estimate_memory(
-            self.spec, models.parse_dtype(self.options.dtype, self.spec), self.options.batch_size, longest, self.options.trust_remote_code
-        )
-        if estimate is None:
-            return
-        free = models.available_memory(self.options.device)
-        print(f"geomcheck: {self.name}: {estimate.describe()}; {free / 2**30:.1f} GiB free on {self.options.device}", file=sys.stderr)
-        if estimate.total_bytes > free and self.options.device_map is None:
-            raise models.ModelLoadError(
-                f"{self.name} needs ~{estimate.total_bytes / 2**30:.1f} GiB but {self.options.device} has "
-                f"{free / 2**30:.1f} GiB free. Use {flag('dtype')} bfloat16, {flag('device-map')} auto (spreads layers over GPUs "
-                f"and CPU), a smaller {flag('batch-size')}, or a larger device."
-            )
 
     @property
     def identity(self) -> dict[str, Any]:

@@ -234,7 +234,7 @@ class _SetBlock:
         """What studentizes ``var_mean`` and ``var_max``: the observed standard error ``(k,)``, and the
         replicates and their errors ``(B, k)``. Each variance is a mean over prompts of squared deviations
         (averaged over features, or of the top feature), whose variance over the prompts is its error (the
-        fourth moments); heavy tails make the plain bootstrap of it far too narrow (tests/test_coverage.py).
+        fourth moments); heavy tails make the plain bootstrap of it far too narrow (tests/unit/test_coverage.py).
 
         ``var_mean``'s replicates are the m-out-of-n resamples ``subsample``
         (:func:`geomcheck.stats.resampling.subsample_counts`) of the per-prompt mean square, about the sample's
@@ -326,7 +326,7 @@ def geometry_from_samples(samples: Samples, n_boot: int = 200, seed: int = 0) ->
     means lie as far apart as the debiased estimate says. The cosines' intervals are studentized and are
     intervals of the true cosine of the means (so the plain cosine's is widened to hold its biased point,
     and is undefined where the debiased one is); ``var_mean`` and ``var_max`` are studentized on the log
-    scale by their fourth-moment errors; the rest are basic. Measured coverage: tests/test_coverage.py.
+    scale by their fourth-moment errors; the rest are basic. Measured coverage: tests/unit/test_coverage.py.
 
     Every replicate comes from matrix products of the resample counts with the samples and their powers,
     a block of layers of one stream at a time, accumulated in float64 (the samples may be float32): no

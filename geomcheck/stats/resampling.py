@@ -115,7 +115,7 @@ def basic_interval(
     plug-in value), as the estimate scatters around the truth; the percentile interval instead assumes
     they scatter around the truth and doubles any bias (the cosine of sample means: 66% coverage at
     n = 64). ``center`` defaults to the estimate (a statistic that is its own plug-in). A positive
-    statistic pivots on the log scale. Measured coverage: tests/test_coverage.py and the README.
+    statistic pivots on the log scale. Measured coverage: tests/unit/test_coverage.py and the README.
 
     The interval is widened to hold the estimate where it would not (a degenerate resampling), and
     replicates that are nan are ignored; where all are, the interval is nan (undefined). ``bounds``

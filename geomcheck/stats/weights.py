@@ -31,7 +31,7 @@ def top_left_singular_vectors(weight: np.ndarray, k: int) -> np.ndarray:
     computes every singular vector to keep 16 (40x the time at 3072²), and
     randomized sketches (``torch.svd_lowrank``) recover only 50-75% of the
     subspace of trained weights, whose spectra decay slowly. Matches a float64
-    full SVD to an overlap of 0.9999 or better (``tests/test_weights_topk.py``).
+    full SVD to an overlap of 0.9999 or better (``tests/unit/test_weights_topk.py``).
     A matrix too small for Lanczos (``k`` ≥ its smaller side − 1) gets a full SVD. The basis is
     re-orthonormalised in float64 (QR; the span is unchanged).
     """
@@ -108,7 +108,7 @@ def rotation_null(k: int, d: int, layers: int) -> RotationNull:
     ``2(d−k)² / (d²(d−1)(d+2))``. Pair overlaps are pairwise uncorrelated under the null (given layer i,
     its overlaps with j and with l are independent and their law does not depend on layer i), so the mean
     over pairs has that variance divided by the number of pairs. Closed form, because a Monte Carlo at the
-    size of a large model would cost a teraflop; ``tests/test_weights_null.py`` checks it by one at small d.
+    size of a large model would cost a teraflop; ``tests/unit/test_weights_null.py`` checks it by one at small d.
     """
     if layers < 2:
         raise ValueError(f"need at least 2 layers to compare; got {layers}")

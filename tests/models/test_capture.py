@@ -259,7 +259,7 @@ def test_only_the_asked_streams_are_kept():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 4. Streams that do not exist (parallel blocks: tests/test_families.py).
+# 4. Streams that do not exist (parallel blocks: tests/unit/test_families.py).
 
 
 def test_unknown_stream_is_refused():

@@ -3,7 +3,7 @@ dimensions, ChatML for its template-less tokenizer, and loading through the entr
 
 Its modelling code is remote and the hub is unreachable here, so the checks run on the stand-in of
 ``tests/qwen1_standin.py``, which follows the published module names (the capture and the run-time proof on
-it are in tests/test_families.py, case "qwen").
+it are in tests/unit/test_families.py, case "qwen").
 """
 
 from __future__ import annotations

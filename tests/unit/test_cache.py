@@ -69,6 +69,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signal_name", ["SIGINT", "SIGKILL"])
 def test_killing_a_writer_mid_write_leaves_every_entry_whole(tmp_path, signal_name):
     import signal

@@ -3,7 +3,7 @@ under Gaussian and Student-t(3) noise, with and without a massive feature, at th
 
 Each layer is an independent trial (its own draw of both sets), so one bootstrap run measures coverage
 over ``LAYERS`` trials: a binomial standard error of 0.5–0.7 points around 95%–90%.
-``pytest tests/test_coverage.py -s -q`` prints every row of the table the README quotes.
+``pytest tests/unit/test_coverage.py -s -q`` prints every row of the table the README quotes.
 """
 
 import numpy as np
@@ -48,6 +48,7 @@ def _coverage(samples, truth, label):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("n", "apart"), [(64, 0.5), (256, 0.5), (64, 0.15)], ids=["n64", "n256", "n64-close-means"])
 def test_intervals_cover_the_truth_95_percent_of_the_time(n, apart):
     covered = _coverage(*_sets(n, apart, seed=n), f"gaussian massive n={n} apart={apart}")
@@ -66,6 +67,7 @@ SHORT = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("noise", "massive", "n"), REGIMES, ids=[f"{a}-{'massive' if b else 'flat'}-n{c}" for a, b, c in REGIMES])
 def test_variance_intervals_hold_under_heavy_tails(noise, massive, n, request):
     """var_mean and var_max reach the issue's coverage (≥ 0.93 Gaussian, ≥ 0.90 under t3; both log-studentized

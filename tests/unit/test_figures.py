@@ -255,6 +255,7 @@ def figure_bytes(fig) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.slow
 def test_figures_are_deterministic_same_input_same_bytes(tmp_path, geometry, baseline, weights):
     drift = drift_matrix(compare_all(baseline_payload(baseline, META), baseline_payload(geometry, META)))
     builders = [
@@ -276,6 +277,7 @@ def assert_png(path: Path) -> None:
     assert image.ndim == 3 and image.shape[0] > 0 and image.shape[1] > 0 and image.shape[2] in (3, 4)
 
 
+@pytest.mark.slow
 def test_written_figures_are_valid_pngs_and_no_temp_files(tmp_path, geometry, baseline, weights):
     model = "HuggingFaceTB/SmolLM2-135M"
     paths = [write_geometry(model, geometry, tmp_path), write_geometry(model, geometry, tmp_path, baseline=baseline),
@@ -288,6 +290,7 @@ def test_written_figures_are_valid_pngs_and_no_temp_files(tmp_path, geometry, ba
     assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(["HuggingFaceTB_SmolLM2-135M", *(p.name for p in paths)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["../../escape", "/abs/path/to/model", "we ird:name*?"])
 def test_model_names_become_one_folder_inside_out_dir(tmp_path, geometry, model):
     out_dir = tmp_path / "figures"
@@ -297,6 +300,7 @@ def test_model_names_become_one_folder_inside_out_dir(tmp_path, geometry, model)
     assert path.is_file()
 
 
+@pytest.mark.slow
 def test_save_figure_creates_parents_and_replaces_existing(tmp_path, weights):
     target = tmp_path / "a" / "b" / "overlap.png"
     save_figure(overlap_figure(weights, "first"), target)
@@ -307,6 +311,7 @@ def test_save_figure_creates_parents_and_replaces_existing(tmp_path, weights):
     assert [p.name for p in target.parent.iterdir()] == ["overlap.png"]
 
 
+@pytest.mark.slow
 def test_failed_save_leaves_the_old_file_and_no_temp(tmp_path, weights, monkeypatch):
     target = tmp_path / "overlap.png"
     save_figure(overlap_figure(weights, "good"), target)
@@ -323,6 +328,7 @@ def test_failed_save_leaves_the_old_file_and_no_temp(tmp_path, weights, monkeypa
     assert [p.name for p in tmp_path.iterdir()] == ["overlap.png"]
 
 
+@pytest.mark.slow
 def test_layer_ticks_are_whole_numbers(geometry):
     fig = geometry_figure(geometry, "synthetic")
     fig.canvas.draw()

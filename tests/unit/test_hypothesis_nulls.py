@@ -68,6 +68,7 @@ def _verdict(samples) -> str | None:
     return None
 
 
+@pytest.mark.slow
 def test_cosine_falls_fails_when_the_true_cosine_is_constant():
     """The true cosine is 0.95 at every layer: the plain cosine of sample means still falls with depth (noise
     grows) and 1 − cos beats the shuffled-label level (the means do differ), so only the trend of the
@@ -81,6 +82,7 @@ def test_cosine_falls_fails_when_the_true_cosine_is_constant():
     assert all("shuffled labels" not in f for f in failures if f)  # it fails for the trend, not the null
 
 
+@pytest.mark.slow
 def test_cosine_falls_passes_when_the_true_cosine_falls():
     for seed in range(3):
         assert _verdict(_two_sets(np.linspace(0.99, 0.85, 12), seed=seed)) is None

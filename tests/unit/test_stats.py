@@ -205,6 +205,7 @@ def test_debiased_world_moves_the_means_to_the_debiased_geometry_and_keeps_the_s
     np.testing.assert_allclose(mean_cosine(moved_h, moved_n), debiased_cosine(mean_h, var_h, 30, mean_n, var_n, 40))
 
 
+@pytest.mark.slow
 def test_cosine_standard_error_matches_the_spread_of_the_debiased_cosine_over_draws():
     rng = np.random.default_rng(5)
     sd = np.sqrt(np.geomspace(0.5, 4.0, 8))
@@ -447,6 +448,7 @@ def _loop_geometry(samples, n_boot, seed):
     return values, draws, centers, errors
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("dtype", "block_bytes"), [(np.float64, None), (np.float32, None), (np.float64, 20_000)], ids=["float64", "float32", "chunked"])
 def test_the_matrix_product_engine_equals_the_per_replicate_loop(dtype, block_bytes, monkeypatch):
     """Same seed, same resamples: every value, replicate and centre of the old loop to 1e-5 relative, and

@@ -7,6 +7,7 @@ show hypothesis finds a counter-example for it.
 """
 
 import numpy as np
+import pytest
 from hypothesis import assume, find, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -94,6 +95,7 @@ def _max_variance_changes(case: tuple[np.ndarray, float]) -> bool:
     return bool(np.any(np.abs(after - before) > 1e-3 * (1.0 + before)))
 
 
+@pytest.mark.slow
 def test_max_variance_is_not_rotation_invariant():
     # The max picks the coordinate axis with the largest spread, so it depends
     # on the basis: hypothesis must find data and an angle that change it.
@@ -127,6 +129,7 @@ def test_max_variance_of_one_axis_data_rotated_by_45_degrees_halves():
     st.integers(0, 2**32 - 1),
     st.floats(0.5, 0.99),
 )
+@pytest.mark.slow
 def test_bootstrap_intervals_contain_the_point_estimate(sets, seed, level):
     P, N = sets
     estimate = statistics_from_samples(P, N)

@@ -46,6 +46,7 @@ print(json.dumps({
 '''
 
 
+@pytest.mark.slow
 def test_adding_a_statistic_is_one_record(tmp_path):
     """A copy of the package with one record appended to the vocabulary, and nothing else changed: the new
     statistic is computed in the geometry with an interval, stored in the baseline, gets its tolerance, has a

@@ -18,6 +18,7 @@ def haar_rotation(rng: np.random.Generator, d: int) -> np.ndarray:
     return q * np.sign(np.diag(r))
 
 
+@pytest.mark.slow
 def test_rotation_null_matches_monte_carlo_of_rotated_fixed_matrices():
     """Fixed matrices with a strongly shared top-k subspace (observed far above chance), each turned by its
     own random rotation: the mean overlap over pairs has the null's mean and sd within Monte-Carlo error."""
