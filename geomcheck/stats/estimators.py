@@ -16,6 +16,12 @@ import numpy as np
 SETS = ("harmful", "harmless")
 
 
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Dot products along the last axis without an ``a * b`` temporary (the bootstrap takes them of
+    every replicate's means)."""
+    return np.einsum("...d,...d->...", a, b)
+
+
 def mean_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Cosine similarity of ``a`` and ``b`` along the last axis.
 
@@ -26,7 +32,7 @@ def mean_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     b = np.asarray(b, dtype=np.float64)
     norm_a = np.linalg.norm(a, axis=-1)
     norm_b = np.linalg.norm(b, axis=-1)
-    dot = np.sum(a * b, axis=-1)
+    dot = np.sum(a * b, axis=-1)  # not einsum: its other summation order breaks exact ties of parallel means (1.0), which cosine_spearman ranks
     denominator = norm_a * norm_b
     defined = denominator > 0
     safe = np.where(defined, denominator, 1.0)
@@ -54,11 +60,20 @@ def debiased_cosine(
     means is already unbiased. Where a corrected norm is not positive the means are not resolved from
     noise and the result is nan. It may slightly exceed 1 in magnitude (not clipped).
     """
+    return _debiased(harmful_mean, harmful_var, n_harmful, harmless_mean, harmless_var, n_harmless)[0]
+
+
+def _debiased(
+    harmful_mean: np.ndarray, harmful_var: np.ndarray, n_harmful: int, harmless_mean: np.ndarray, harmless_var: np.ndarray, n_harmless: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`debiased_cosine` and both corrected squared norms (1 where the means are not resolved),
+    which :func:`cosine_gradients` reuses rather than computing them again over every replicate."""
     norm_harmful = np.asarray(debiased_norm2(harmful_mean, harmful_var, n_harmful), dtype=np.float64)
     norm_harmless = np.asarray(debiased_norm2(harmless_mean, harmless_var, n_harmless), dtype=np.float64)
     resolved = (norm_harmful > 0) & (norm_harmless > 0)
-    scale = np.sqrt(np.where(resolved, norm_harmful, 1.0)) * np.sqrt(np.where(resolved, norm_harmless, 1.0))
-    return np.where(resolved, np.sum(harmful_mean * harmless_mean, axis=-1) / scale, np.nan)
+    norm_harmful, norm_harmless = np.where(resolved, norm_harmful, 1.0), np.where(resolved, norm_harmless, 1.0)
+    scale = np.sqrt(norm_harmful) * np.sqrt(norm_harmless)
+    return np.where(resolved, _dot(harmful_mean, harmless_mean) / scale, np.nan), norm_harmful, norm_harmless
 
 
 Moments = tuple[np.ndarray, np.ndarray]  # a set's mean and per-feature variance (ddof=1) over its samples
@@ -78,11 +93,9 @@ def cosine_gradients(harmful: Moments, harmless: Moments, sizes: tuple[int, int]
     needs no d x d covariance. Gradients are finite everywhere (0-safe norms); the cosine is nan where the
     means are not resolved, and so is any error made from it."""
     (mean_h, var_h), (mean_n, var_n) = harmful, harmless
-    cosine = debiased_cosine(mean_h, var_h, sizes[0], mean_n, var_n, sizes[1])
-    resolved = np.isfinite(cosine)
-    norm_h, norm_n = (np.where(resolved, debiased_norm2(*m), 1.0) for m in ((mean_h, var_h, sizes[0]), (mean_n, var_n, sizes[1])))
+    cosine, norm_h, norm_n = _debiased(mean_h, var_h, sizes[0], mean_n, var_n, sizes[1])
     scale = np.sqrt(norm_h) * np.sqrt(norm_n)
-    safe = np.where(resolved, cosine, 0.0)
+    safe = np.where(np.isfinite(cosine), cosine, 0.0)
     gradient_h = mean_n / scale[..., None] - (safe / norm_h)[..., None] * mean_h
     gradient_n = mean_h / scale[..., None] - (safe / norm_n)[..., None] * mean_n
     return cosine, gradient_h, gradient_n
@@ -113,6 +126,18 @@ def check_sizes(n_harmful: int, n_harmless: int) -> None:
     """A variance needs two samples per set; refuse fewer, naming both counts."""
     if n_harmful < 2 or n_harmless < 2:
         raise ValueError(f"at least 2 prompts per set are needed for a variance; got {n_harmful} harmful and {n_harmless} harmless")
+
+
+def upper_quantile(values: np.ndarray, q: float) -> np.ndarray:
+    """``np.quantile(values, q, axis=-1)`` (linear interpolation) by one partition at the lower order
+    statistic and the minimum above it: np.quantile partitions at two, measured 7× slower on (61, 3072)
+    rows, and the bootstrap takes it of every replicate."""
+    position = q * (values.shape[-1] - 1)
+    low = int(position)
+    ordered = np.partition(values, low, axis=-1)
+    below = ordered[..., low]
+    above = ordered[..., low + 1 :].min(axis=-1) if low + 1 < values.shape[-1] else below
+    return np.where(np.isnan(values).any(axis=-1), np.nan, below + (above - below) * (position - low))
 
 
 @dataclass(frozen=True, eq=False)

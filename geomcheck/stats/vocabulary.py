@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 
 from geomcheck import atomic
-from geomcheck.stats.estimators import SETS, Moments, check_sizes, debiased_cosine, mean_cosine, moments
+from geomcheck.stats.estimators import SETS, Moments, check_sizes, debiased_cosine, mean_cosine, moments, upper_quantile
 from geomcheck.stats.trends import cosine_trend, growth_fit, mean_log_ratio
 
 Values = Mapping[str, np.ndarray]
@@ -156,7 +156,7 @@ RECORDS: tuple[Statistic, ...] = (
     Statistic("var_max/{set}", "curve", "largest per-feature variance (dominated by massive activations)",
               "variances", POSITIVE, "log-symmetric", VARIANCE_TOLERANCE, of_variances=lambda var: var.max(axis=-1)),
     Statistic("var_q99/{set}", "curve", "99th percentile of the per-feature variances: a max that a few massive features cannot move",
-              "variances", POSITIVE, "basic", VARIANCE_TOLERANCE, of_variances=lambda var: np.quantile(var, QUANTILE, axis=-1)),
+              "variances", POSITIVE, "basic", VARIANCE_TOLERANCE, of_variances=lambda var: upper_quantile(var, QUANTILE)),
     Statistic("top_feature/{set}", "curve", "index of the feature with the largest variance (no interval; a baseline compares it where that feature holds ≥ half the variance)",
               "variances", interval="none", tolerance=(0.0, 0.5), of_variances=lambda var: var.argmax(axis=-1).astype(np.float64)),
     Statistic("top_share/{set}", "curve", "that feature's share of the total variance (near 1: one massive feature holds it all)",

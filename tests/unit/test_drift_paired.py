@@ -167,3 +167,43 @@ def test_under_baseline_the_hint_gives_the_finetune_its_own_baseline_and_keeps_t
     assert ("--model ./my-finetune" if short else "--geomcheck-model ./my-finetune") in hint
     assert "smollm2-135m --snapshot-update" not in hint  # re-baselining the base is not what accepts a fine-tune
     assert "smollm2-135m's baseline stays as it is" in hint
+
+
+@pytest.mark.parametrize("block_bytes", [None, 20_000], ids=["whole", "chunked"])
+def test_the_paired_se_equals_a_loop_over_the_resampled_prompts(block_bytes, monkeypatch):
+    """The block engine's paired SE is the spread over replicates of current − reference, each replicate the
+    statistics of the prompts it draws (the same draws as the geometry's): a loop that copies every replicate,
+    and in small blocks (one layer, a few replicates: the path real sizes take) the same."""
+    from geomcheck.stats.resampling import resample_indices
+    from geomcheck.stats.vocabulary import NO_INTERVAL, STAT_NAMES, statistics_from_samples
+
+    if block_bytes:
+        monkeypatch.setattr("geomcheck.stats.geometry.BLOCK_BYTES", block_bytes)
+    reference, current = readings(seed=1), edited(readings(seed=1), 2, 1.1)
+    values, errors = paired_errors(Readings(reference, current, "test"), n_boot=12, seed=4)
+    draws = resample_indices((N, N), 12, 4)
+    for stream in ("pre", "mid"):
+        point = statistics_from_samples(reference["harmful"][stream], reference["harmless"][stream])
+        by_side = [[statistics_from_samples(side["harmful"][stream][h], side["harmless"][stream][m]) for h, m in draws] for side in (reference, current)]
+        for name in STAT_NAMES:
+            np.testing.assert_allclose(values[f"{stream}/{name}"], point[name], rtol=1e-10, err_msg=name)
+            if name not in NO_INTERVAL:
+                spread = np.nanstd([c[name] - r[name] for r, c in zip(*by_side)], axis=0, ddof=1)
+                np.testing.assert_allclose(errors[f"{stream}/{name}"], spread, rtol=1e-5, atol=1e-9 * np.nanmax(np.abs(point[name])), err_msg=name)
+
+
+def test_the_paired_se_copies_no_readings(monkeypatch):
+    """Working memory is the engine's blocks, not a float64 copy of each reading: the extra peak stays under
+    half the readings' size (the bound of issue #22) where the blocks are small beside them."""
+    import tracemalloc
+
+    monkeypatch.setattr("geomcheck.stats.geometry.BLOCK_BYTES", 100_000)
+    rng = np.random.default_rng(0)
+    side = lambda: {p: {s: rng.normal(size=(N, 8, 256)).astype(np.float32) for s in ("pre", "mid", "post")} for p in ("harmful", "harmless")}  # noqa: E731
+    reference, current = side(), side()
+    size = sum(x.nbytes for by in (*reference.values(), *current.values()) for x in by.values())
+    tracemalloc.start()
+    paired_errors(Readings(reference, current, "test"), n_boot=12)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 0.5 * size, f"extra peak {peak / 2**20:.1f} MiB for {size / 2**20:.1f} MiB of readings"
