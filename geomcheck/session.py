@@ -16,17 +16,19 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from geomcheck.settings import run_options
+from geomcheck.errors import GeomcheckError
+from geomcheck.options import run_options
 
 if TYPE_CHECKING:
-    from geomcheck.comparison import ModelDigest
-    from geomcheck.pipeline import ModelRun, RunOptions
+    from geomcheck.report.across_models import ModelDigest
+    from geomcheck.run.registry import ModelSpec
+    from geomcheck.run.pipeline import ModelRun, RunOptions
 
 SESSION_KEY = pytest.StashKey["GeomcheckSession"]()
 DIGESTS = "geomcheck_digests"  # xdist workeroutput key: what each worker measured, for the controller
 
 
-class ModelRunFailed(RuntimeError):
+class ModelRunFailed(GeomcheckError, RuntimeError):
     """A model's run failed in an earlier check of this session; the first failure shows the error."""
 
 
@@ -35,7 +37,7 @@ class GeomcheckSession:
     """Per pytest session (per worker under xdist): the model runs, one per model, and their figures."""
 
     config: pytest.Config
-    display_names: dict[str, str]  # model as given -> display name
+    specs: dict[str, ModelSpec]  # model as given -> the model resolved at start-up, once
     thresholds: dict[str, Any]
     artifacts_dir: Path
     runs: dict[str, ModelRun] = field(default_factory=dict)  # by model as given
@@ -46,6 +48,11 @@ class GeomcheckSession:
     records: dict[str, Path | BaseException] = field(default_factory=dict)  # model as given -> the record standing in for it (or its capture's error)
     remote: Callable[[], dict[str, Path | BaseException]] | None = None  # captures every model elsewhere (--geomcheck-ray), once
 
+    @property
+    def display_names(self) -> dict[str, str]:
+        """Model as given -> display name."""
+        return {model_arg: spec.name for model_arg, spec in self.specs.items()}
+
     def add_figure(self, model_arg: str, kind: str, path: Path) -> None:
         self.figures.setdefault(model_arg, {})[kind] = path
 
@@ -54,7 +61,7 @@ class GeomcheckSession:
         return run_options(self.config)
 
     def run(self, model_arg: str) -> ModelRun:
-        from geomcheck.record import new_run
+        from geomcheck.run.record import new_run
 
         if model_arg not in self.runs:
             if self.remote is not None:  # --geomcheck-ray: every model captured as a Ray task when the first is needed
@@ -66,7 +73,7 @@ class GeomcheckSession:
             found = self.records.get(model_arg)
             if isinstance(found, BaseException):
                 raise found
-            self.runs[model_arg] = new_run(model_arg, self.options, folder=found)
+            self.runs[model_arg] = new_run(model_arg, self.options, self.specs[model_arg], folder=found)
         return self.runs[model_arg]
 
     def control(self, model_arg: str, what: str) -> Any:
@@ -74,11 +81,11 @@ class GeomcheckSession:
         checkpoint's is, or None when no twin is asked for."""
         if self.options.control is None:
             return None
-        from geomcheck.record import new_run
+        from geomcheck.run.record import new_run
 
         if model_arg not in self.controls:
             found = self.records.get(model_arg)
-            self.controls[model_arg] = new_run(model_arg, self.options, control=self.options.control, folder=found if isinstance(found, Path) else None)
+            self.controls[model_arg] = new_run(model_arg, self.options, self.specs[model_arg], control=self.options.control, folder=found if isinstance(found, Path) else None)
         return getattr(self.controls[model_arg], what)
 
     def computed(self, model_arg: str, what: str) -> Any:
@@ -96,7 +103,7 @@ class GeomcheckSession:
 
     def digests(self) -> list[ModelDigest]:
         """What this process measured, per model: only what the checks computed; nothing runs for it."""
-        from geomcheck.comparison import ModelDigest, overlap_ratios
+        from geomcheck.report.across_models import ModelDigest, overlap_ratios
 
         digests = []
         for model_arg, run in self.runs.items():
