@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 
-from geomcheck.settings import add_options
+from geomcheck.options import add_options
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -32,8 +32,3 @@ def pytest_cmdline_main(config: pytest.Config):
         config.option.dist = "loadgroup"
     return (yield)
 
-
-def model_flag(config: pytest.Config | None) -> str:
-    """How to spell the model option in a command we suggest to the user of this run."""
-    active = config is not None and config.pluginmanager.has_plugin(__name__)
-    return "--model" if active else "--geomcheck-model"

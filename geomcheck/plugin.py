@@ -1,8 +1,8 @@
 """The pytest plugin (entry point ``geomcheck.plugin``): its hooks and the fixtures checks ask for.
 
-Thin glue: the options live in :mod:`geomcheck.settings`, the session's model runs in
+Thin glue: the options live in :mod:`geomcheck.options`, the session's model runs in
 :mod:`geomcheck.session`, the end-of-session report in :mod:`geomcheck.summary`; everything handed to a
-check comes from :mod:`geomcheck.pipeline`. Each model is loaded and run at most once per session, however
+check comes from :mod:`geomcheck.run.pipeline`. Each model is loaded and run at most once per session, however
 many checks read it.
 
 A check is parametrized over ``model_name``, the model as given to ``--model`` (registry name, hub id or
@@ -20,14 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from geomcheck import spelling
+from geomcheck.options import add_ini, add_options, run_options, setting, validate
 from geomcheck.session import DIGESTS, SESSION_KEY, GeomcheckSession
-from geomcheck.settings import add_ini, add_options, run_options, setting, validate
+from geomcheck.spelling import Spelling
 from geomcheck.summary import Summary
 
 if TYPE_CHECKING:  # the heavy modules load when a check first needs them, not at pytest start-up
-    from geomcheck.drift import DriftMatrix
-    from geomcheck.geometry import Geometry
-    from geomcheck.pipeline import ModelRun, WeightOverlap
+    from geomcheck.gate.drift import DriftMatrix
+    from geomcheck.stats.geometry import Geometry
+    from geomcheck.run.pipeline import ModelRun, WeightOverlap
 
 # every model-parametrized fixture of the plugin requests one of these (geometry, weights and activations ask for
 # model_run for this alone): a test that reaches one is a check (is_check)
@@ -62,29 +64,39 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
     return ByModel(config, log)
 
 
+SPELLING_KEY = pytest.StashKey[Spelling]()  # the spelling this session replaced, restored at its end
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    # before anything can raise a message that names an option: the project's opt-in state spells them
+    config.stash[SPELLING_KEY] = spelling.use(Spelling(short=config.pluginmanager.has_plugin("geomcheck.activate")))
     config.addinivalue_line("markers", "geomcheck_streams(*streams): streams a check is parametrized over")
     config.addinivalue_line("markers", "geomcheck_check: set by geomcheck on the tests it parametrizes over models")
     if not config.pluginmanager.hasplugin("xdist"):  # set on each model's checks; xdist registers it itself
         config.addinivalue_line("markers", "xdist_group(name): pytest-xdist's group of tests that share one worker")
-    display_names, thresholds = validate(config)
+    specs, thresholds = validate(config)
     config.stash[SESSION_KEY] = GeomcheckSession(
         config=config,
-        display_names=display_names,
+        specs=specs,
         thresholds=thresholds,
         artifacts_dir=config.invocation_params.dir / setting(config, "artifacts-dir"),
     )
     if config.getoption("geomcheck_cache_clear") and not hasattr(config, "workerinput"):  # once, in the controller
-        from geomcheck import cache
+        from geomcheck.run import cache
 
         cache.clear(run_options(config).cache_dir)
     config.pluginmanager.register(Summary(), "geomcheck-summary")
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if SPELLING_KEY in config.stash:  # an in-process run (pytester) leaves the outer session's spelling as it was
+        spelling.use(config.stash[SPELLING_KEY])
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """An xdist worker hands what it measured to the controller, which draws models.png once."""
     if hasattr(session.config, "workeroutput"):
-        from geomcheck.comparison import to_wire
+        from geomcheck.report.across_models import to_wire
 
         session.config.workeroutput[DIGESTS] = [to_wire(d) for d in session.config.stash[SESSION_KEY].digests()]
 
@@ -199,7 +211,7 @@ def geometry(request: pytest.FixtureRequest, model_run: ModelRun, model_name: st
     """Per-layer statistics with 95% bootstrap intervals, parametrized over --model; draws the note's figure.
     Read it with ``value``/``curve("mid", "var_mean/harmful")``, ``interval``, ``describe``, ``growth``,
     ``cosine_trend``, ``separation`` and ``derive`` (a statistic of your own, with its interval)."""
-    from geomcheck import figures
+    from geomcheck.report import figures
 
     return _computed_and_drawn(request, geomcheck_session, model_name, "geometry", figures.write_geometry)
 
@@ -238,7 +250,7 @@ def activations(model_run: ModelRun, geomcheck_session: GeomcheckSession, model_
 @pytest.fixture(scope="session")
 def weights(request: pytest.FixtureRequest, model_run: ModelRun, model_name: str, geomcheck_session: GeomcheckSession) -> WeightOverlap:
     """Layers × layers overlap of each layer's top-k residual-writing directions; draws the heatmap."""
-    from geomcheck import figures
+    from geomcheck.report import figures
 
     return _computed_and_drawn(request, geomcheck_session, model_name, "weights", figures.write_overlap, "weight-overlap")
 
@@ -250,7 +262,7 @@ def geomcheck_overlay(geometry: Geometry, model_name: str, geomcheck_session: Ge
     other figures."""
 
     def draw(baseline: Geometry, drift: DriftMatrix | None = None) -> Path:
-        from geomcheck import figures
+        from geomcheck.report import figures
 
         model, out_dir = geomcheck_session.display_names[model_name], geomcheck_session.artifacts_dir
         with geomcheck_session.run(model_name).timed("figures"):
@@ -267,6 +279,24 @@ def geomcheck_overlay(geometry: Geometry, model_name: str, geomcheck_session: Ge
 def thresholds(request: pytest.FixtureRequest, geomcheck_session: GeomcheckSession, model_name: str) -> dict[str, Any]:
     """This check's thresholds for this model ([<check>] merged with [models.<model>.<check>])."""
     return geomcheck_session.thresholds_for(check_name(request.node), geomcheck_session.display_names[model_name])
+
+
+@pytest.fixture
+def baseline_update_command(request: pytest.FixtureRequest) -> str:
+    """The command that rewrites this check's baselines (``NAME`` standing for the model), as the user can
+    type it here: the checks' folder as seen from where pytest runs, the package's own checks as
+    ``--pyargs geomcheck.checks`` (never their site-packages path), options spelled for the project's opt-in."""
+    from geomcheck.gate.extension import SHIPPED_CHECKS
+
+    path = Path(request.path)
+    if path.resolve().parent == SHIPPED_CHECKS:
+        return f"pytest --pyargs geomcheck.checks {spelling.flag('model')} NAME --snapshot-update"
+    try:
+        rel = path.parent.relative_to(Path.cwd())
+        where = f"{rel}/" if str(rel) != "." else path.name
+    except ValueError:
+        where = f"{path.parent}/"
+    return spelling.current().update_command(where)
 
 
 @pytest.fixture

@@ -15,17 +15,19 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from geomcheck.settings import run_options
+from geomcheck.errors import GeomcheckError
+from geomcheck.options import run_options
 
 if TYPE_CHECKING:
-    from geomcheck.comparison import ModelDigest
-    from geomcheck.pipeline import ModelRun, RunOptions
+    from geomcheck.report.across_models import ModelDigest
+    from geomcheck.run.registry import ModelSpec
+    from geomcheck.run.pipeline import ModelRun, RunOptions
 
 SESSION_KEY = pytest.StashKey["GeomcheckSession"]()
 DIGESTS = "geomcheck_digests"  # xdist workeroutput key: what each worker measured, for the controller
 
 
-class ModelRunFailed(RuntimeError):
+class ModelRunFailed(GeomcheckError, RuntimeError):
     """A model's run failed in an earlier check of this session; the first failure shows the error."""
 
 
@@ -34,7 +36,7 @@ class GeomcheckSession:
     """Per pytest session (per worker under xdist): the model runs, one per model, and their figures."""
 
     config: pytest.Config
-    display_names: dict[str, str]  # model as given -> display name
+    specs: dict[str, ModelSpec]  # model as given -> the model resolved at start-up, once
     thresholds: dict[str, Any]
     artifacts_dir: Path
     runs: dict[str, ModelRun] = field(default_factory=dict)  # by model as given
@@ -42,6 +44,11 @@ class GeomcheckSession:
     shown: dict[int, tuple[BaseException, str]] = field(default_factory=dict)  # id(error) -> (error, first node id)
     figures: dict[str, dict[str, Path]] = field(default_factory=dict)  # model as given -> figure kind -> file
     controls: dict[str, ModelRun] = field(default_factory=dict)  # model as given -> its untrained twin's run
+
+    @property
+    def display_names(self) -> dict[str, str]:
+        """Model as given -> display name."""
+        return {model_arg: spec.name for model_arg, spec in self.specs.items()}
 
     def add_figure(self, model_arg: str, kind: str, path: Path) -> None:
         self.figures.setdefault(model_arg, {})[kind] = path
@@ -51,10 +58,10 @@ class GeomcheckSession:
         return run_options(self.config)
 
     def run(self, model_arg: str) -> ModelRun:
-        from geomcheck.pipeline import ModelRun
+        from geomcheck.run.pipeline import ModelRun
 
         if model_arg not in self.runs:
-            self.runs[model_arg] = ModelRun(model_arg, self.options)
+            self.runs[model_arg] = ModelRun(self.specs[model_arg], self.options, name=model_arg)
         return self.runs[model_arg]
 
     def control(self, model_arg: str, what: str) -> Any:
@@ -62,10 +69,10 @@ class GeomcheckSession:
         checkpoint's is, or None when no twin is asked for."""
         if self.options.control is None:
             return None
-        from geomcheck.pipeline import ModelRun
+        from geomcheck.run.pipeline import ModelRun
 
         if model_arg not in self.controls:
-            self.controls[model_arg] = ModelRun(model_arg, self.options, control=self.options.control)
+            self.controls[model_arg] = ModelRun(self.specs[model_arg], self.options, control=self.options.control, name=model_arg)
         return getattr(self.controls[model_arg], what)
 
     def computed(self, model_arg: str, what: str) -> Any:
@@ -83,7 +90,7 @@ class GeomcheckSession:
 
     def digests(self) -> list[ModelDigest]:
         """What this process measured, per model: only what the checks computed; nothing runs for it."""
-        from geomcheck.comparison import ModelDigest, overlap_ratios
+        from geomcheck.report.across_models import ModelDigest, overlap_ratios
 
         digests = []
         for model_arg, run in self.runs.items():

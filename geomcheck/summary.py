@@ -15,16 +15,16 @@ import pytest
 from _pytest import junitxml
 
 from geomcheck.session import DIGESTS, SESSION_KEY
-from geomcheck.settings import run_options, setting
+from geomcheck.options import run_options, setting
 
 if TYPE_CHECKING:
-    from geomcheck.ci import CheckResult, Failure
-    from geomcheck.comparison import ModelDigest
+    from geomcheck.report.ci import CheckResult, Failure
+    from geomcheck.report.across_models import ModelDigest
 
 
 def _failure(report: pytest.TestReport) -> Failure:
     """A failing report as a workflow annotation: the check's file and line, the message's first lines."""
-    from geomcheck.ci import Failure
+    from geomcheck.report.ci import Failure
 
     path, line, _ = report.location
     message = report.longreprtext.strip().splitlines()
@@ -50,7 +50,7 @@ class Summary:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node, error) -> None:
-        from geomcheck.comparison import from_wire
+        from geomcheck.report.across_models import from_wire
 
         for wire in getattr(node, "workeroutput", {}).get(DIGESTS, []):
             self.digests.setdefault(wire["model"], from_wire(wire))
@@ -58,7 +58,9 @@ class Summary:
     @pytest.hookimpl(tryfirst=True)  # before the JUnit XML is written, so models.png is listed in it
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         """In the controller: models.png across models, the per-model table, and the CI job summary."""
-        from geomcheck import ci, comparison, figures
+        from geomcheck.report import ci
+        from geomcheck.report import across_models
+        from geomcheck.report import figures
 
         if hasattr(session.config, "workeroutput"):
             return
@@ -68,12 +70,12 @@ class Summary:
         order = list(geomcheck_session.display_names.values())
         digests = sorted(self.digests.values(), key=lambda d: order.index(d.model) if d.model in order else len(order))
         if (target := setting(session.config, "geomcheck-json")) is not None:
-            from geomcheck import results
+            from geomcheck.report import results
 
             results.write(target, results.payload(self.results, digests, self.renderings))
         if not digests:
             return
-        self.comparison = comparison.table_lines(digests)
+        self.comparison = across_models.table_lines(digests)
         geometries = {d.model: d.geometry for d in digests if d.geometry is not None}
         if len(geometries) > 1:
             self.models_figure = figures.write_models(geometries, geomcheck_session.artifacts_dir)
@@ -93,7 +95,7 @@ class Summary:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Every check once: its call, or the setup that failed or skipped before it could run."""
-        from geomcheck.ci import CheckResult
+        from geomcheck.report.ci import CheckResult
 
         if report.failed:
             self.failures.append(_failure(report))
@@ -116,7 +118,7 @@ class Summary:
             self.renderings[model] = properties["geomcheck_rendering"]
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
-        from geomcheck import ci
+        from geomcheck.report import ci
 
         if ci.step_summary_path() is not None:  # GitHub Actions reads these lines from the log
             for line in ci.annotations(self.failures):
@@ -152,14 +154,14 @@ class Summary:
 
 
 def phase_line(model: str, phases: dict[str, float]) -> str:
-    """Where a model's run spent its wall time, phase by phase (:data:`geomcheck.pipeline.PHASES`)."""
+    """Where a model's run spent its wall time, phase by phase (:data:`geomcheck.run.pipeline.PHASES`)."""
     parts = " · ".join(f"{phase} {seconds:.1f} s" for phase, seconds in phases.items())
     return f"{model}: time {parts} (total {sum(phases.values()):.1f} s)"
 
 
 def cache_line(terminalreporter) -> None:
     """The cache's place and size, once it is large, with how to empty it."""
-    from geomcheck import cache
+    from geomcheck.run import cache
 
     root = run_options(terminalreporter.config).cache_dir
     size = cache.size_bytes(root)

@@ -14,7 +14,7 @@ import matplotlib.figure  # noqa: F401
 import pytest
 import torch
 
-from geomcheck.prompts import builtin_prompts
+from geomcheck.run.prompts import builtin_prompts
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
@@ -67,15 +67,55 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def opted_in(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     """The pytester project opts in as this repository does, with the README's ``addopts = "-p geomcheck.activate"``
-    (tests/test_plugin_inert.py covers a project that does not)."""
+    (tests/plugin/test_plugin_inert.py covers a project that does not)."""
     monkeypatch.setenv("PYTEST_ADDOPTS", "-p geomcheck.activate")  # after pytester, which clears it
 
 
-def write_readme_example(marker: str, folder: Path) -> str:
-    """Write the README's ``<!-- example: marker -->`` code block where its first line (``# checks/NAME.py``)
-    says, into ``folder``; returns NAME.py. README examples are run as written, not retyped."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+ROOT = Path(__file__).resolve().parent.parent
+HYPOTHESES_DOC = ROOT / "docs" / "hypotheses.md"  # where the examples a hypothesis author copies live
+
+
+def write_docs_example(marker: str, folder: Path) -> str:
+    """Write the docs' ``<!-- example: marker -->`` code block (docs/hypotheses.md) where its first line
+    (``# checks/NAME.py``) says, into ``folder``; returns NAME.py. The examples are run as written, not retyped."""
+    readme = HYPOTHESES_DOC.read_text()
     block = re.search(rf"<!-- example: {marker} -->\n```python\n(.*?)```", readme, re.S).group(1)
     filename = re.match(r"# checks/(\S+\.py)", block).group(1)
     folder.joinpath(filename).write_text(block)
     return filename
+
+
+# A local hub cache of two commits, for the revision tests (models) and the across-model report (plugin).
+SHA_A = "a" * 40
+SHA_B = "b" * 40
+
+
+@pytest.fixture
+def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``models--acme--tiny`` with two commits: main → A (seed 0), tag v2 → B (seed 1); the hub is unreachable."""
+    import huggingface_hub.constants
+
+    root = tmp_path / "hub"
+    repo = root / "models--acme--tiny"
+    for sha, seed in ((SHA_A, 0), (SHA_B, 1)):
+        save_tiny_llama(repo / "snapshots" / sha, seed=seed)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(SHA_A)
+    (repo / "refs" / "v2").write_text(SHA_B)
+    monkeypatch.setenv("HF_HUB_CACHE", str(root))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read once at import
+    return root
+
+
+SLOW_KINDS = ("plugin", "models", "release")  # each test there runs pytest in pytest, loads a model or builds a wheel: seconds to minutes
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``make test-fast`` (``-m "not slow"``) leaves out the kinds that are slow by nature, besides the tests
+    marked ``slow`` one by one (above ~2 s on a 2-core machine)."""
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        parts = Path(item.path).resolve().relative_to(tests).parts
+        if parts and parts[0] in SLOW_KINDS:
+            item.add_marker(pytest.mark.slow)

@@ -26,7 +26,7 @@ import numpy as np
 import psutil
 import torch
 
-from geomcheck.capture import capture
+from geomcheck.run.capture import capture
 
 from geomcheck_bench.peers import STREAMS, Context, Method, Readings
 from geomcheck_bench.subject import Subject, prompt_sets

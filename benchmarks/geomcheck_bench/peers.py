@@ -1,7 +1,7 @@
 """The methods timed side by side: two floors, geomcheck's capture, and what users would write instead.
 
 Every method runs the same prompts through the same base-model tensors in batches built by
-``geomcheck.capture.batches`` (per prompt set, length-sorted, right-padded) and, on request, returns its
+``geomcheck.run.capture.batches`` (per prompt set, length-sorted, right-padded) and, on request, returns its
 readings at each prompt's last real token: ``set -> key -> (prompts, ...)`` arrays, where a key is a stream
 (``pre``/``mid``/``post``, shaped (prompts, layers, d_model)) or ``final`` (the last hidden state).
 """
@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from geomcheck.capture import SharedPrefix, batches, capture, input_device
-from geomcheck.families import find_sites
+from geomcheck.run.capture import SharedPrefix, batches, capture, input_device
+from geomcheck.run.families import find_sites
 
 from geomcheck_bench.subject import Subject
 

@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from geomcheck import models
-from geomcheck.capture import capture
-from geomcheck.prompts import builtin_prompts
+from geomcheck.run import models
+from geomcheck.run.capture import capture
+from geomcheck.run.prompts import builtin_prompts
 
 
 def main() -> None:

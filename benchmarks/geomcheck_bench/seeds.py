@@ -9,7 +9,7 @@ from the terminal summary. The weights are random, so hypotheses may fail: the p
 goes at real size, not the verdicts; an error (not a failed hypothesis) fails the script.
 
 ``--tiny`` shrinks every dimension (hidden 64, 3 layers) so ``make test`` runs the same path on a CPU in
-seconds (``tests/test_seeds_script.py``). The tokenizer is the one MiniLM ships (offline everywhere the
+seconds (``tests/release/test_seeds_script.py``). The tokenizer is the one MiniLM ships (offline everywhere the
 embedded models are): token ids below its vocabulary size are valid for every seed.
 """
 
@@ -32,7 +32,7 @@ TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3, "nu
 
 def seed_names() -> list[str]:
     """Registry entries with published dimensions that run without remote code."""
-    from geomcheck import registry
+    from geomcheck.run import registry
 
     return [name for name, spec in registry.registry().items() if spec.config and not spec.trust_remote_code]
 
@@ -40,7 +40,8 @@ def seed_names() -> list[str]:
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from geomcheck import models, registry
+    from geomcheck.run import models
+    from geomcheck.run import registry
 
     spec = registry.resolve("minilm-l6")
     root = models.package_dir(spec)
@@ -52,8 +53,8 @@ def save_random(name: str, folder: Path, device: str, dtype: str, tiny: bool) ->
     import torch
     from transformers import AutoConfig, AutoModel
 
-    from geomcheck import registry
-    from geomcheck.models import DTYPES
+    from geomcheck.run import registry
+    from geomcheck.run.models import DTYPES
 
     values = dict(registry.resolve(name).config)
     tok = tokenizer()

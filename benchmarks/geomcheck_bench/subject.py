@@ -7,11 +7,11 @@ from typing import Any
 
 import torch
 
-from geomcheck.capture import batches, shared_prefix_length, tokenize
-from geomcheck.families import family_of
-from geomcheck.models import load, parse_dtype
-from geomcheck.prompts import builtin_prompts
-from geomcheck.registry import resolve
+from geomcheck.run.capture import batches, shared_prefix_length, tokenize
+from geomcheck.run.families import family_of
+from geomcheck.run.models import load, parse_dtype
+from geomcheck.run.prompts import builtin_prompts
+from geomcheck.run.registry import resolve
 
 RANDOM_SUFFIX = "-random"
 

@@ -1,7 +1,7 @@
 """The weights check's top-k at the seed models' real writer shapes, beside a float64 full SVD.
 
 Per writer shape (``o_proj`` and ``down_proj`` of each registry model with published dimensions, shapes read
-from the model built on the ``meta`` device), the CPU time of :func:`geomcheck.weights.top_left_singular_vectors`
+from the model built on the ``meta`` device), the CPU time of :func:`geomcheck.stats.weights.top_left_singular_vectors`
 (exact top-k by ARPACK) on a synthetic Gaussian float32 matrix: its top singular values lie closer together
 than trained writers' do, which is Lanczos' hard case, so real weights converge no slower. The float64 full SVD it replaces is measured at one reference
 shape only (at the largest seed sizes it takes minutes to hours) and scaled to the others by its flop count,
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from geomcheck.weights import subspace_overlap, top_left_singular_vectors
+from geomcheck.stats.weights import subspace_overlap, top_left_singular_vectors
 
 K = 16
 MIN_OVERLAP = 0.9999
@@ -68,9 +68,9 @@ def svd_flops(shape: tuple[int, int]) -> float:
 
 def writer_shapes(name: str) -> tuple[int, dict[str, tuple[int, int]]]:
     """A registry model's layer count and the ``(d_model, d_in)`` shape of each writer kind, from its meta model."""
-    from geomcheck import registry
-    from geomcheck.families import WRITERS, layout
-    from geomcheck.models import meta_model
+    from geomcheck.run import registry
+    from geomcheck.run.families import WRITERS, layout
+    from geomcheck.run.models import meta_model
 
     resolved = layout(meta_model(registry.resolve(name)))
     block = resolved.blocks[0]

@@ -7,12 +7,12 @@ The baseline is ``baselines/<model>/test_baseline/test_matches_baseline.json``; 
 
 import pytest
 
-from geomcheck.baseline import geometry_from_payload
-from geomcheck.drift import drift_matrix, tolerances_from_config
-from geomcheck.snapshot import GeometryBaselineExtension, check_baseline
+from geomcheck.gate.baseline import geometry_from_payload
+from geomcheck.gate.drift import drift_matrix, tolerances_from_config
+from geomcheck.gate.extension import GeometryBaselineExtension, check_baseline
 
 
-def test_matches_baseline(geometry, model_run, snapshot, thresholds, geomcheck_overlay, geomcheck_record):
+def test_matches_baseline(geometry, model_run, snapshot, thresholds, geomcheck_overlay, geomcheck_record, baseline_update_command):
     """Every per-layer statistic (mean cosine; mean and max variance of both sets; every stream) is within
     max(abs, rel·|baseline|, 4·SE) of its baseline: prompt noise and rounding pass, a changed checkpoint
     does not. SE is paired (the spread of the difference over resamples of the same prompts) where the
@@ -25,6 +25,7 @@ def test_matches_baseline(geometry, model_run, snapshot, thresholds, geomcheck_o
         model_run.meta,
         tolerances=tolerances_from_config(thresholds),
         readings=model_run.readings_against,
+        update_command=baseline_update_command,
     )
     if outcome.comparison is not None:  # the overlay and the drift map read the verdict's own comparison
         geomcheck_overlay(geometry_from_payload(outcome.comparison.baseline), drift_matrix(outcome.comparison.scored))

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from geomcheck.geometry import Geometry
-from geomcheck.stats import Interval
-from geomcheck.trends import cosine_trend, early_late_fall
+from geomcheck.spelling import flag
+from geomcheck.stats.geometry import Geometry
+from geomcheck.stats.estimators import Interval
+from geomcheck.stats.trends import cosine_trend, early_late_fall
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ def cosine_fall(geometry: Geometry, stream: str) -> CosineFall:
     """The debiased cosine's trend, its early − late fall with its interval, and its ratio to shuffled labels."""
     ratio_key, fall_key = f"{stream}/cosine_null_ratio", f"{stream}/cosine_fall"
     assert ratio_key in geometry.values, (
-        "hypothesis 3 is tested against shuffled labels and with an interval, which need the samples: run with --n-boot > 0"
+        f"hypothesis 3 is tested against shuffled labels and with an interval, which need the samples: run with {flag('n-boot')} > 0"
     )
     debiased = geometry.curve(stream, "cosine_debiased")
     geometry.derive(fall_key, lambda values: early_late_fall(values[f"{stream}/cosine_debiased"]))

@@ -19,8 +19,9 @@ import math
 
 import pytest
 
-from geomcheck.geometry import SETS, Geometry
-from geomcheck.trends import POSITION_SHARE, attention_shares, describe_layers, pooled_attention_share
+from geomcheck.spelling import flag
+from geomcheck.stats.geometry import SETS, Geometry
+from geomcheck.stats.trends import POSITION_SHARE, attention_shares, describe_layers, pooled_attention_share
 
 POST_LN = (
     "post-LN family: every stream is a LayerNorm output, renormalised after each add, so its variance is set by "
@@ -47,7 +48,7 @@ def test_streams_separate(geometry, thresholds, geomcheck_control, geomcheck_rec
     ``min_share_over_control`` > 0 the share must also exceed the twin's by that much. Skips on post-LN
     families, whose streams are LayerNorm outputs (see the module docstring)."""
     if not {"pre", "mid", "post"} <= set(geometry.streams):
-        pytest.skip("needs streams pre, mid and post (see --streams): attention's share is log(mid/pre) / log(post/pre)")
+        pytest.skip(f"needs streams pre, mid and post (see {flag('streams')}): attention's share is log(mid/pre) / log(post/pre)")
     if geometry.post_ln:  # the reason is also the summary's figure: a plain skip's reason is not shown there
         geomcheck_record(f"skipped: {POST_LN}")
         pytest.skip(POST_LN)

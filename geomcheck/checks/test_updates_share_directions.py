@@ -11,9 +11,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import pytest
 
-from geomcheck.resampling import basic_interval, resample_indices
-from geomcheck.stats import Interval
-from geomcheck.updates import BRANCHES, rotation_null_sd, update_alignment
+from geomcheck.spelling import flag
+from geomcheck.stats.resampling import basic_interval, resample_indices
+from geomcheck.stats.estimators import Interval
+from geomcheck.stats.updates import BRANCHES, rotation_null_sd, update_alignment
 
 
 class Alignment(NamedTuple):
@@ -53,7 +54,7 @@ def test_updates_share_directions(activations, geomcheck_session, thresholds, ge
     min_null_z standard deviations of the rotation null (an upper bound on them) above 0. The untrained
     twin's alignments are reported beside them (``--geomcheck-control``)."""
     if not {"pre", "mid", "post"} <= set(activations["harmful"]):
-        pytest.skip("the per-layer updates need streams pre, mid and post (run with --streams pre,mid,post)")
+        pytest.skip(f"the per-layer updates need streams pre, mid and post (run with {flag('streams')} pre,mid,post)")
     options, problems = geomcheck_session.options, []
     found = alignments(activations, options.n_boot, options.seed)
     twin = alignments(geomcheck_control_activations, options.n_boot, options.seed) if geomcheck_control_activations is not None else None

@@ -8,8 +8,8 @@ its term must be needed beside the power law's: in the nested fit log v = a + b�
 fits are equally good (a 6-layer random-init Llama: ΔAIC −0.3 to −2.7); the nested interval does not.
 """
 
-from geomcheck.geometry import SETS
-from geomcheck.trends import describe_layers, growth_shape
+from geomcheck.stats.geometry import SETS
+from geomcheck.stats.trends import describe_layers, growth_shape
 
 
 def test_variance_grows(geometry, stream, thresholds, geomcheck_control, geomcheck_record):

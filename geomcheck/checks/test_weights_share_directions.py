@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from geomcheck.weights import OverlapSummary, excess_shared_dimensions, summarize_overlap
+from geomcheck.stats.weights import OverlapSummary, excess_shared_dimensions, summarize_overlap
 
 if TYPE_CHECKING:
-    from geomcheck.pipeline import WeightOverlap
+    from geomcheck.run.pipeline import WeightOverlap
 
 
 def overlaps(weights: WeightOverlap) -> dict[str, tuple[OverlapSummary, float, str]]:
