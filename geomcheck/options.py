@@ -339,13 +339,14 @@ def validate(config: pytest.Config) -> tuple[dict[str, registry.ModelSpec], dict
             path = Path(model_arg).expanduser()
             if model_arg not in registry.registry() and path.is_dir() and (path / "config.json").exists():
                 model_directory(path, trust)
-        specs = {model_arg: registry.resolve(model_arg) for model_arg in model_args}  # once: a hub id may ask the hub
+        specs = {model_arg: registry.resolve(model_arg) for model_arg in model_args if not model_arg.startswith("record:")}  # once: a hub id may ask the hub
         for model_arg in model_args:
-            if model_arg.startswith("record:"):  # a record measured with other options is refused now, not per check
+            if model_arg.startswith("record:"):  # a run recorded elsewhere: its spec is the record's, its options are checked now
                 from geomcheck.run.record import new_run
 
                 options_now = run_options(config)
-                new_run(model_arg, options_now, control=options_now.control)
+                specs[model_arg] = new_run(model_arg, options_now, control=options_now.control).spec
+        specs = {model_arg: specs[model_arg] for model_arg in model_args}  # in the order given
         thresholds = load_thresholds(_project_pyproject(config), setting(config, "thresholds"))
         given = setting(config, "streams")
         if given and getattr(config.option, "update_snapshots", False) and set(streams(given)) != set(STREAMS):

@@ -104,7 +104,7 @@ def configure_ray(config: pytest.Config, address: str) -> None:
         raise pytest.UsageError(str(exc)) from exc
     session = config.stash[SESSION_KEY]
     session.remote = functools.partial(
-        distributed.capture_all, list(session.display_names), session.options, address, gpus, session.artifacts_dir / "records"
+        distributed.capture_all, dict(session.display_names), session.options, address, gpus, session.artifacts_dir / "records"
     )
 
 
@@ -121,9 +121,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
         session.config.workeroutput[DIGESTS] = [to_wire(d) for d in session.config.stash[SESSION_KEY].digests()]
     elif (target := setting(session.config, "geomcheck-record-to")) is not None:
-        from geomcheck.run import record
+        from geomcheck.session import write_records
 
-        lines, complete = record.write_session(session.config.stash[SESSION_KEY], session.config.invocation_params.dir / target)
+        lines, complete = write_records(session.config.stash[SESSION_KEY], session.config.invocation_params.dir / target)
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         for line in lines:
             reporter.write_line(line) if reporter is not None else print(line)

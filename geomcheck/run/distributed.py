@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -69,23 +69,23 @@ def gpus_per_task(given: float | None, device: str) -> float:
     return DEFAULT_GPUS_ON_CUDA if device.startswith("cuda") else 0.0
 
 
-def capture_all(model_args: Sequence[str], options: RunOptions, address: str, gpus: float | None, target: Path) -> dict[str, Path | BaseException]:
-    """Every model captured as its own Ray task, in parallel; each record installed under ``target``.
-    Returns, per model as given, its record's folder, or the error its task raised (raised by its checks)."""
+def capture_all(models: Mapping[str, str], options: RunOptions, address: str, gpus: float | None, target: Path) -> dict[str, Path | BaseException]:
+    """Every model (as given -> display name) captured as its own Ray task, in parallel; each record installed
+    under ``target/<display name>/``. Returns, per model as given, its record's folder, or the error its task
+    raised (raised by its checks)."""
     from geomcheck.run import record
     from geomcheck.gate.baseline import baseline_name
     from geomcheck.report.figures import _folder_name
-    from geomcheck.run.registry import resolve
 
     ray = connect(address)
     task = ray.remote(num_gpus=gpus_per_task(gpus, options.device))(capture_files)
     remote_options = dataclasses.replace(options, progress=False)  # no bars from a remote worker
-    pending = {model_arg: task.remote(model_arg, remote_options, baseline_name(model_arg)) for model_arg in model_args}
+    pending = {model_arg: task.remote(model_arg, remote_options, baseline_name(model_arg)) for model_arg in models}
     found: dict[str, Path | BaseException] = {}
     for model_arg, ref in pending.items():
         try:
             files: Mapping[str, bytes] = ray.get(ref)
-            found[model_arg] = record.install(files, Path(target) / _folder_name(resolve(model_arg).name))
+            found[model_arg] = record.install(files, Path(target) / _folder_name(models[model_arg]))
         except Exception as exc:  # the task's own error (Ray wraps it): the model's checks fail with it
             found[model_arg] = exc
     return found

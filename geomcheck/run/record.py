@@ -56,7 +56,6 @@ from geomcheck.stats.weights import TOPK_METHOD
 
 if TYPE_CHECKING:
     from geomcheck.run.activations import Capture
-    from geomcheck.session import GeomcheckSession
 
 FORMAT = "geomcheck-record/1"  # bump when the layout or the meaning of a field changes
 PREFIX = "record:"  # --model record:DIR
@@ -382,40 +381,3 @@ def as_computed(geometry: Geometry) -> Geometry:
     return Geometry(geometry.streams, {k: v for k, v in geometry.values.items() if k in kept},
                     {k: v for k, v in geometry.intervals.items() if k in kept}, geometry.n_boot, geometry.seed,
                     geometry.replicates, geometry.centers)
-
-
-def baseline_metas(config: Any, model_arg: str) -> list[dict[str, Any]]:
-    """The metas of the committed baselines the gate compares ``model_arg`` with (``--baseline`` or its
-    own folder): the reference runs whose readings a record carries for the paired comparison."""
-    from geomcheck.gate.baseline import BaselineFileError, baseline_name, baseline_override, baselines_root, parse_baseline
-
-    folder = baselines_root(config) / baseline_name(baseline_override(config) or model_arg)
-    metas = []
-    for path in sorted(folder.rglob("*.json")) if folder.is_dir() else []:
-        try:
-            metas.append(parse_baseline(path.read_text(encoding="utf-8"), str(path))["meta"])
-        except BaselineFileError:
-            continue  # the baseline check reports a broken file itself
-    return metas
-
-
-def write_session(session: GeomcheckSession, target: Path) -> tuple[list[str], bool]:
-    """``--geomcheck-record-to``: every model of the session recorded under ``target/<model>/`` (what the
-    checks computed is read back from the cache, the rest computed); returns the lines to show and whether
-    every model got its record. A model whose run fails gets none, and says why."""
-    from geomcheck.gate.baseline import baseline_name
-    from geomcheck.report.figures import _folder_name
-
-    lines, complete = [], True
-    for model_arg, model in session.display_names.items():
-        folder = Path(target) / _folder_name(model)
-        try:
-            run = session.run(model_arg)
-            session.computed(model_arg, "geometry")  # a failed run is not retried (its error is shown above)
-            write(run, folder, run.identity["model"], baseline_name(model_arg), baseline_metas(session.config, model_arg))
-        except Exception as exc:  # any failure of one model's run or write: the others are still recorded
-            lines.append(f"geomcheck: no record of {model} written: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
-            complete = False
-            continue
-        lines.append(f"geomcheck: record of {model} written to {folder}; gate it elsewhere with: pytest checks/ --model {PREFIX}{folder}")
-    return lines, complete

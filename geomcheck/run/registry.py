@@ -85,10 +85,6 @@ def resolve(name_or_path: str) -> ModelSpec:
     known = registry()
     if name_or_path in known:
         return known[name_or_path]
-    if name_or_path.startswith("record:"):  # a run recorded elsewhere (geomcheck.run.record), in place of the model
-        from geomcheck.run import record
-
-        return record.read(record.record_folder(name_or_path)).spec
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return _spec_for_directory(path)

@@ -43,7 +43,7 @@ def test_two_tiny_models_captured_as_ray_tasks_give_the_in_process_records(local
     in_process = {m: digests(record.serialize(ModelRun(m, RunOptions(cache_dir=tmp_path / "here", max_prompts=4, n_boot=40, progress=False)), m, Path(m).name))
                   for m in models}
     remote_options = RunOptions(cache_dir=tmp_path / "remote", max_prompts=4, n_boot=40, progress=False)  # nothing shared
-    found = distributed.capture_all(models, remote_options, "local", None, tmp_path / "records")
+    found = distributed.capture_all({m: Path(m).name for m in models}, remote_options, "local", None, tmp_path / "records")
     for model in models:
         folder = found[model]
         assert isinstance(folder, Path), folder
