@@ -223,14 +223,18 @@ OPTIONS: dict[str, tuple[str, Callable[[str], Any] | None]] = {
     "thresholds": ("TOML file of check thresholds and per-model expected failures, merged over the shipped ones and [tool.geomcheck.thresholds]", None),
     "geomcheck-control": ("also run an untrained twin of each model and report it beside the checkpoint: random-init (same architecture, fresh weights seeded by --seed, built from the config; off when not given)", str),
     "geomcheck-json": ("write the run's results (each check's verdict and figure, each model's identity and statistics) to this JSON file", None),
+    "geomcheck-record-to": ("at the end of the session, write each model's record (readings, statistics, weight overlaps, identity) to DIR/<model>/; gate it where the model is not, with --model record:DIR/<model>", None),
+    "geomcheck-ray": ("capture each model as a Ray task and gate the records here: local (a Ray instance on this machine), auto (this machine's cluster) or ray://HEAD:10001; needs pip install geomcheck[ray]", None),
+    "geomcheck-ray-gpus": ("GPUs per Ray task (default: 1 with a cuda --device, else 0)", None),
     "baseline": ("compare every model against this model's committed baseline (registry name, hub id or baselines/ folder), e.g. a fine-tune against its base", None),
 }
 FLAGS: dict[str, str] = {
     "trust-remote-code": "allow models to run code from their repository (off unless the registry entry says so)",
     "no-chat-template": "feed prompts raw, without the chat template",
+    "geomcheck-sweep": "the models are checkpoints of one model, in order: draw sweep.png (key figures and drift from the first checkpoint against the checkpoint) and print the sweep table",
     "geomcheck-cache-clear": "empty geomcheck's activation/geometry/weights cache at the start of the run (like --cache-clear)",
 }
-MODEL_HELP = "model to check: registry name or local directory; repeat for several (default: smollm2-135m)"
+MODEL_HELP = "model to check: registry name, hub id ORG/NAME[@REV], local directory or record:DIR (a run recorded with --geomcheck-record-to); repeat for several (default: smollm2-135m)"
 
 
 def add_ini(parser: pytest.Parser) -> None:
@@ -300,12 +304,20 @@ def run_options(config: pytest.Config) -> RunOptions:
         for name, (_, parse) in OPTIONS.items()
         if parse is not None and (value := setting(config, name)) is not None
     }
-    return RunOptions(
+    options = RunOptions(
         **given,
         chat_template=False if config.getoption("geomcheck_no_chat_template") else None,
         trust_remote_code=bool(config.getoption("geomcheck_trust_remote_code")),
         progress=config.getoption("verbose") >= 0 and _on_terminal(config),
     )
+    worker = getattr(config, "workerinput", {}).get("workerid")
+    if options.device == "cuda" and worker is not None:  # -n N: each xdist worker its own GPU
+        import torch
+
+        from geomcheck.run.distributed import worker_device
+
+        return dataclasses.replace(options, device=worker_device(options.device, worker, torch.cuda.device_count()))
+    return options
 
 
 def _on_terminal(config: pytest.Config) -> bool:
@@ -327,7 +339,14 @@ def validate(config: pytest.Config) -> tuple[dict[str, registry.ModelSpec], dict
             path = Path(model_arg).expanduser()
             if model_arg not in registry.registry() and path.is_dir() and (path / "config.json").exists():
                 model_directory(path, trust)
-        specs = {model_arg: registry.resolve(model_arg) for model_arg in model_args}  # once: a hub id may ask the hub
+        specs = {model_arg: registry.resolve(model_arg) for model_arg in model_args if not model_arg.startswith("record:")}  # once: a hub id may ask the hub
+        for model_arg in model_args:
+            if model_arg.startswith("record:"):  # a run recorded elsewhere: its spec is the record's, its options are checked now
+                from geomcheck.run.record import new_run
+
+                options_now = run_options(config)
+                specs[model_arg] = new_run(model_arg, options_now, control=options_now.control).spec
+        specs = {model_arg: specs[model_arg] for model_arg in model_args}  # in the order given
         thresholds = load_thresholds(_project_pyproject(config), setting(config, "thresholds"))
         given = setting(config, "streams")
         if given and getattr(config.option, "update_snapshots", False) and set(streams(given)) != set(STREAMS):
@@ -353,16 +372,18 @@ def check_baseline_folders(config: pytest.Config, specs: dict[str, registry.Mode
     ``--baseline`` that does not exist or that ``--snapshot-update`` would overwrite."""
     from geomcheck.gate.baseline import baseline_name, baseline_override, baselines_root
 
+    override = baseline_override(config)
     folders: dict[str, tuple[str, str]] = {}
     for model_arg, spec in specs.items():
         folder, checkpoint = baseline_name(model_arg), (spec.source, spec.revision)  # revisions share a folder
-        if folders.setdefault(folder, checkpoint) != checkpoint:
+        # under --baseline every model reads the override's baselines only: a shared folder is never written
+        if folders.setdefault(folder, checkpoint) != checkpoint and override is None:
             first, second = (source if revision == "main" else f"{source}@{revision}" for source, revision in (folders[folder], checkpoint))
             raise pytest.UsageError(
                 f"two models would share the baselines of '{folder}': {first} and {second}. "
-                f"Give the checkpoint folders distinct names, or check them in separate sessions with {flag('baseline')}."
+                f"Give the checkpoint folders distinct names, or gate them all against one reference's baseline with "
+                f"{flag('baseline')} REF (a sweep: --geomcheck-sweep {flag('baseline')} {first})."
             )
-    override = baseline_override(config)
     if override is None:
         return
     if config.getoption("update_snapshots", default=False):

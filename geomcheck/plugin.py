@@ -81,11 +81,31 @@ def pytest_configure(config: pytest.Config) -> None:
         thresholds=thresholds,
         artifacts_dir=config.invocation_params.dir / setting(config, "artifacts-dir"),
     )
+    if (address := setting(config, "geomcheck-ray")) is not None:
+        configure_ray(config, address)
     if config.getoption("geomcheck_cache_clear") and not hasattr(config, "workerinput"):  # once, in the controller
         from geomcheck.run import cache
 
         cache.clear(run_options(config).cache_dir)
     config.pluginmanager.register(Summary(), "geomcheck-summary")
+
+
+def configure_ray(config: pytest.Config, address: str) -> None:
+    """``--geomcheck-ray``: the session's models are captured as Ray tasks, their records gated here."""
+    import functools
+
+    from geomcheck.run import distributed
+
+    if config.getoption("numprocesses", default=None):
+        raise pytest.UsageError("--geomcheck-ray runs every model's capture in parallel on Ray already: drop -n")
+    try:
+        gpus = distributed.gpus_option(setting(config, "geomcheck-ray-gpus"))
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from exc
+    session = config.stash[SESSION_KEY]
+    session.remote = functools.partial(
+        distributed.capture_all, dict(session.display_names), session.options, address, gpus, session.artifacts_dir / "records"
+    )
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -94,11 +114,21 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """An xdist worker hands what it measured to the controller, which draws models.png once."""
+    """An xdist worker hands what it measured to the controller, which draws models.png once; the
+    controller writes each model's record (``--geomcheck-record-to``)."""
     if hasattr(session.config, "workeroutput"):
         from geomcheck.report.across_models import to_wire
 
         session.config.workeroutput[DIGESTS] = [to_wire(d) for d in session.config.stash[SESSION_KEY].digests()]
+    elif (target := setting(session.config, "geomcheck-record-to")) is not None:
+        from geomcheck.session import write_records
+
+        lines, complete = write_records(session.config.stash[SESSION_KEY], session.config.invocation_params.dir / target)
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        for line in lines:
+            reporter.write_line(line) if reporter is not None else print(line)
+        if not complete and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def check_name(item: pytest.Item | pytest.Function) -> str:

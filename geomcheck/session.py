@@ -8,6 +8,7 @@ Here ``model_arg`` is the first and ``model`` the second.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -44,6 +45,8 @@ class GeomcheckSession:
     shown: dict[int, tuple[BaseException, str]] = field(default_factory=dict)  # id(error) -> (error, first node id)
     figures: dict[str, dict[str, Path]] = field(default_factory=dict)  # model as given -> figure kind -> file
     controls: dict[str, ModelRun] = field(default_factory=dict)  # model as given -> its untrained twin's run
+    records: dict[str, Path | BaseException] = field(default_factory=dict)  # model as given -> the record standing in for it (or its capture's error)
+    remote: Callable[[], dict[str, Path | BaseException]] | None = None  # captures every model elsewhere (--geomcheck-ray), once
 
     @property
     def display_names(self) -> dict[str, str]:
@@ -58,10 +61,19 @@ class GeomcheckSession:
         return run_options(self.config)
 
     def run(self, model_arg: str) -> ModelRun:
-        from geomcheck.run.pipeline import ModelRun
+        from geomcheck.run.record import new_run
 
         if model_arg not in self.runs:
-            self.runs[model_arg] = ModelRun(self.specs[model_arg], self.options, name=model_arg)
+            if self.remote is not None:  # --geomcheck-ray: every model captured as a Ray task when the first is needed
+                remote, self.remote = self.remote, None
+                try:
+                    self.records.update(remote())
+                except Exception as exc:  # no Ray, no cluster: every model's checks fail with it (shown once)
+                    self.records.update(dict.fromkeys(self.display_names, exc))
+            found = self.records.get(model_arg)
+            if isinstance(found, BaseException):
+                raise found
+            self.runs[model_arg] = new_run(model_arg, self.options, self.specs[model_arg], folder=found)
         return self.runs[model_arg]
 
     def control(self, model_arg: str, what: str) -> Any:
@@ -69,10 +81,11 @@ class GeomcheckSession:
         checkpoint's is, or None when no twin is asked for."""
         if self.options.control is None:
             return None
-        from geomcheck.run.pipeline import ModelRun
+        from geomcheck.run.record import new_run
 
         if model_arg not in self.controls:
-            self.controls[model_arg] = ModelRun(self.specs[model_arg], self.options, control=self.options.control, name=model_arg)
+            found = self.records.get(model_arg)
+            self.controls[model_arg] = new_run(model_arg, self.options, self.specs[model_arg], control=self.options.control, folder=found if isinstance(found, Path) else None)
         return getattr(self.controls[model_arg], what)
 
     def computed(self, model_arg: str, what: str) -> Any:
@@ -120,3 +133,41 @@ class GeomcheckSession:
             report.longrepr = f"same error as {first}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
         else:
             self.shown[id(exc)] = (exc, nodeid)  # the object is kept, so its id is not reused
+
+
+def baseline_metas(config: Any, model_arg: str) -> list[dict[str, Any]]:
+    """The metas of the committed baselines the gate compares ``model_arg`` with (``--baseline`` or its
+    own folder): the reference runs whose readings a record carries for the paired comparison."""
+    from geomcheck.gate.baseline import BaselineFileError, baseline_name, baseline_override, baselines_root, parse_baseline
+
+    folder = baselines_root(config) / baseline_name(baseline_override(config) or model_arg)
+    metas = []
+    for path in sorted(folder.rglob("*.json")) if folder.is_dir() else []:
+        try:
+            metas.append(parse_baseline(path.read_text(encoding="utf-8"), str(path))["meta"])
+        except BaselineFileError:
+            continue  # the baseline check reports a broken file itself
+    return metas
+
+
+def write_records(session: GeomcheckSession, target: Path) -> tuple[list[str], bool]:
+    """``--geomcheck-record-to``: every model of the session recorded under ``target/<model>/`` (what the
+    checks computed is read back from the cache, the rest computed); returns the lines to show and whether
+    every model got its record. A model whose run fails gets none, and says why."""
+    from geomcheck.gate.baseline import baseline_name
+    from geomcheck.report.figures import _folder_name
+    from geomcheck.run.record import PREFIX, write
+
+    lines, complete = [], True
+    for model_arg, model in session.display_names.items():
+        folder = Path(target) / _folder_name(model)
+        try:
+            run = session.run(model_arg)
+            session.computed(model_arg, "geometry")  # a failed run is not retried (its error is shown above)
+            write(run, folder, run.identity["model"], baseline_name(model_arg), baseline_metas(session.config, model_arg))
+        except Exception as exc:  # any failure of one model's run or write: the others are still recorded
+            lines.append(f"geomcheck: no record of {model} written: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
+            complete = False
+            continue
+        lines.append(f"geomcheck: record of {model} written to {folder}; gate it elsewhere with: pytest checks/ --model {PREFIX}{folder}")
+    return lines, complete

@@ -46,6 +46,8 @@ class Summary:
         self.failures: list[Failure] = []
         self.models_figure: Path | None = None
         self.comparison: list[str] = []
+        self.sweep: list[str] = []  # --geomcheck-sweep: the trajectory's table
+        self.sweep_figure: Path | None = None
         self.controls: dict[str, str] = {}  # node id -> the untrained twin's figure (--geomcheck-control)
 
     @pytest.hookimpl(optionalhook=True)
@@ -82,6 +84,12 @@ class Summary:
             xml = session.config.stash.get(junitxml.xml_key, None)
             if xml is not None:
                 xml.add_global_property("geomcheck_figure_models", str(self.models_figure))
+        if session.config.getoption("geomcheck_sweep") and len(geometries) > 1:
+            from geomcheck.gate.drift import tolerances_from_config
+            from geomcheck.report import sweep
+
+            points = sweep.trajectory(digests, tolerances_from_config(geomcheck_session.thresholds.get("matches_baseline")))
+            self.sweep, self.sweep_figure = sweep.table_lines(points), sweep.write_sweep(points, geomcheck_session.artifacts_dir)
         if (path := ci.step_summary_path()) is not None:
             text = ci.markdown_summary(list(self.results.values()), digests, self.figures, self.models_figure, self.failures)
             ci.append_step_summary(path, text)
@@ -150,6 +158,10 @@ class Summary:
             terminalreporter.write_line(line)
         if self.models_figure is not None:
             terminalreporter.write_line(f"all models: figure {self.models_figure}")
+        for line in self.sweep:
+            terminalreporter.write_line(line)
+        if self.sweep_figure is not None:
+            terminalreporter.write_line(f"sweep: figure {self.sweep_figure}")
         cache_line(terminalreporter)
 
 

@@ -273,6 +273,10 @@ def baseline_name(model: str) -> str:
     path = Path(model).expanduser()
     if model in registry.registry():
         name = model
+    elif model.startswith("record:"):  # a recorded run is gated against its checkpoint's baselines
+        from geomcheck.run import record
+
+        name = record.read(record.record_folder(model)).baseline
     elif path.is_dir():
         name = path.resolve().name
     elif hub := registry.HUB_ID.fullmatch(model):  # any revision of a repository is gated against its one baseline

@@ -107,6 +107,7 @@ class ModelRun:
         self.phases: dict[str, float] = dict.fromkeys(PHASES, 0.0)  # wall seconds, each phase's own (see timed)
         self._timing: list[str] = []  # the phases running now, innermost last
         self._measured: dict[str, Any] | None = None
+        self.references: dict[str, Arrays] = {}  # activation-cache key -> another run's readings this run paired with
 
     @contextlib.contextmanager
     def timed(self, phase: str) -> Iterator[None]:
@@ -280,8 +281,12 @@ class ModelRun:
         """What the activations of a run described by ``run_meta`` depend on (see :data:`KEYED_SOFTWARE` for
         what is left out, and why)."""
         fields = {k: v for k, v in run_meta.items() if k != "device"}
-        software = {name: importlib.metadata.version(name) for name in KEYED_SOFTWARE}
-        return {**fields, "streams": self.options.streams, "software": software, "format": activations.FORMAT}
+        return {**fields, "streams": self.options.streams, "software": self._software(), "format": activations.FORMAT}
+
+    def _software(self) -> dict[str, str]:
+        """The versions of :data:`KEYED_SOFTWARE` that compute the activations: this machine's (a record's
+        run, :mod:`geomcheck.record`, keeps those of the machine that measured it)."""
+        return {name: importlib.metadata.version(name) for name in KEYED_SOFTWARE}
 
     def readings_against(self, meta: Mapping[str, Any]) -> Readings | None:
         """This run's readings beside those of the run a baseline's ``meta`` describes, when this machine's
@@ -289,14 +294,24 @@ class ModelRun:
         None where the cache lacks them or the prompts differ (no pairing then)."""
         if meta.get("prompts_hash") != self._run_meta["prompts_hash"]:
             return None
-        key = self._activations_key_of({name: meta.get(name) for name in self._run_meta})
-        found = ArrayCache(Path(self.options.cache_dir) / "activations").load(cache_key({"kind": "activations", **key}))
-        if found is None:
+        key = cache_key({"kind": "activations", **self._activations_key_of({name: meta.get(name) for name in self._run_meta})})
+        arrays = self.reference_arrays(key)
+        if arrays is None:
             return None
-        arrays = dict(found[0])
-        unpack_measured(arrays)
         source = f"the activation cache ({meta.get('name') or meta.get('model')}, weights {short(meta.get('weights'))})"
         return Readings(activations.from_arrays(arrays).samples, self.capture.samples, source)
+
+    def reference_arrays(self, key: str) -> Arrays | None:
+        """Another run's activations (cache ``key``) from this machine's cache; those found are kept in
+        :attr:`references`, so a record of this run (:mod:`geomcheck.record`) carries what its gate paired with."""
+        if key not in self.references:
+            found = ArrayCache(Path(self.options.cache_dir) / "activations").load(key)
+            if found is None:
+                return None
+            arrays = dict(found[0])
+            unpack_measured(arrays)
+            self.references[key] = arrays
+        return self.references[key]
 
     def _cached(self, kind: str, key: dict[str, Any], compute: Callable[[], Arrays], meta: dict[str, Any]) -> Arrays:
         """Arrays from ``<cache_dir>/<kind>/``, computed (once, under a lock) when no entry matches ``key``."""

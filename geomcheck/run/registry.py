@@ -96,8 +96,8 @@ def resolve(name_or_path: str) -> ModelSpec:
     hint = f" Did you mean '{nearest[0]}'?" if nearest else ""
     raise UnknownModelError(
         f"unknown model '{name_or_path}'.{hint} Known models: {', '.join(sorted(known))}; "
-        "a hub id ORG/NAME or ORG/NAME@REVISION; a .gguf file; or the path of a local directory saved with "
-        "save_pretrained."
+        "a hub id ORG/NAME or ORG/NAME@REVISION; a .gguf file; the path of a local directory saved with "
+        "save_pretrained; or record:DIR, a run recorded with --geomcheck-record-to."
     )
 
 
