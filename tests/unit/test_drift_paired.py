@@ -75,6 +75,21 @@ def test_a_small_change_of_one_layer_fails_paired_and_passes_unpaired(reference)
     assert " SE, " in text and ("%" in text or "Δ" in text)
 
 
+def test_an_unrelated_checkpoint_fails_paired_wherever_it_fails_unpaired(reference):
+    """The paired rule never loosens the unpaired one. An unrelated checkpoint (readings drawn anew, whose
+    statistics move by what the unpaired rule catches) shares no per-prompt co-variation with the reference,
+    so the SE of the difference alone would exceed the baseline's; before the paired SE was capped by the
+    unpaired one, two random inits of one tiny Llama passed paired (0 of 90) where unpaired found 6 of 90."""
+    samples, baseline = reference
+    other = edited(readings(seed=1), layer=0, factor=1.5)
+    unpaired = compare_payloads(baseline, current_payload(other))
+    paired = compare_payloads(baseline, current_payload(other), readings=Readings(samples, other, "test"))
+    assert paired.paired and unpaired.drifts
+    where = lambda comparison: {(d.key, d.layer): d.tolerance for d in comparison.drifts}  # noqa: E731
+    assert set(where(unpaired)) <= set(where(paired))
+    assert all(where(paired)[spot] <= allowed for spot, allowed in where(unpaired).items())
+
+
 def test_the_same_readings_and_rounding_noise_pass_the_paired_rule(reference):
     """The same checkpoint re-run: identical readings drift 0; float32 rounding noise (1e-6 relative, what
     another thread count gives) stays under the rel = 1e-3 floor although it is many paired SEs."""
