@@ -46,7 +46,7 @@ GEOMETRY_FORMAT = 7  # layout and interval method of cached geometry entries; bu
 MEASURED = "measured"  # entry array holding, as JSON bytes, what the run that computed it measured
 # Code that computes the activations (modeling, tokenization): part of the activations key. torch, the
 # attention implementation and the device are not: they change rounding only, which the baseline
-# tolerance absorbs, and keying by them would recompute for nothing. They are recorded (ModelRun.measured).
+# tolerance absorbs, and keying by them would recompute for nothing. They are recorded (ModelRun.measured()).
 KEYED_SOFTWARE = ("transformers", "tokenizers")
 # Where a model's run spends its time, in the terminal summary's order; "load/convert" includes a GGUF's
 # one-time de-quantisation, "baseline" the gate's comparison (its figures count under "figures").
@@ -256,21 +256,21 @@ class ModelRun:
             "n_prompts": {k: len(v) for k, v in self.prompts.items()},
         }
 
-    @property
     def measured(self) -> dict[str, Any]:
         """What the run that computed the activations saw: the digests of the exact token ids and of the
         chat template text (``inputs``), and its ``environment`` (torch and transformers versions, attention
         implementation, device type, dtype). Read from the cache entry: a cached re-run reports the run
-        that measured its numbers, not itself."""
+        that measured its numbers, not itself. A method, not a property: it runs the statistics stage
+        (from the cache where it can) when no stage has read an entry yet."""
         if self._measured is None:
             self.geometry
         assert self._measured is not None
         return self._measured
 
-    @property
     def meta(self) -> dict[str, Any]:
-        """What produced the activations; stored with baselines."""
-        return {**self._run_meta, "files": self.fingerprint.files, **self.measured}
+        """What produced the activations; stored with baselines. Runs the statistics stage if not yet run
+        (see :meth:`measured`)."""
+        return {**self._run_meta, "files": self.fingerprint.files, **self.measured()}
 
     @property
     def _activations_key(self) -> dict[str, Any]:
@@ -369,7 +369,7 @@ class ModelRun:
 
         def compute() -> Arrays:
             geometry = geometry_from_samples(self.capture.samples, n_boot=self.options.n_boot, seed=self.options.seed)
-            return {**geometry_to_arrays(geometry), MEASURED: pack_measured(self.measured)}
+            return {**geometry_to_arrays(geometry), MEASURED: pack_measured(self.measured())}
 
         key = {
             "format": GEOMETRY_FORMAT, "vocabulary": vocabulary.digest(),  # a new or changed statistic is never served stale
