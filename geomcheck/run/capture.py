@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from geomcheck import POSITIONS, STREAMS
 from geomcheck.errors import GeomcheckError, GeomcheckWarning
 from geomcheck.run.activations import DTYPE, Capture
-from geomcheck.run.rendering import fixed_clock
+from geomcheck.run.rendering import tokenize
 from geomcheck.run.families import GENERIC, Family, Layout, Site, base_model, layout
 from geomcheck.run.proof import StreamProofError, verify
 from geomcheck.spelling import flag
@@ -43,33 +43,6 @@ class Batch:
     indices: list[int]
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
-
-
-def tokenize(tokenizer, prompts: Sequence[str], chat_template: bool, max_length: int | None = None) -> list[list[int]]:
-    """Token ids per prompt; instruct models see their chat template, as in real use, rendered on a fixed
-    date (:func:`geomcheck.run.rendering.fixed_clock`) so the ids do not depend on the day."""
-    if chat_template:
-        with fixed_clock():
-            ids = [
-                _as_ids(tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True))
-                for p in prompts
-            ]
-    else:
-        ids = [tokenizer(p)["input_ids"] for p in prompts]
-    if max_length is not None and (too_long := sum(len(seq) > max_length for seq in ids)):
-        warnings.warn(
-            f"{too_long} prompt(s) longer than the model's context of {max_length} tokens were truncated to "
-            "their last tokens (the end of a prompt is what the last-token reading sees); shorten them.",
-            stacklevel=3,
-        )
-        ids = [seq[-max_length:] for seq in ids]
-    return ids
-
-
-def _as_ids(encoded) -> list[int]:
-    if isinstance(encoded, Mapping) or hasattr(encoded, "input_ids"):
-        encoded = encoded["input_ids"]
-    return list(encoded)
 
 
 def batches(token_ids: Sequence[Sequence[int]], batch_size: int, pad_id: int) -> Iterator[Batch]:
@@ -258,7 +231,7 @@ def capture(
     """Run every prompt set through the model once, keeping each prompt's reading of every stream
     (float32; what that costs: :mod:`geomcheck.run.activations`).
 
-    ``token_ids`` (from :func:`tokenize`) are fed as given, so a caller can fingerprint the exact inputs.
+    ``token_ids`` (from :func:`geomcheck.run.rendering.render`) are fed as given, so a caller can fingerprint the exact inputs.
     ``family`` overrides the model's own record (tests); ``proof=False`` skips the run-time proof on the
     first batch, only to measure what it costs (benchmarks/geomcheck_bench/proof_cost.py)."""
     if position not in POSITIONS:

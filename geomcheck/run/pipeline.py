@@ -34,7 +34,7 @@ from geomcheck.run.fingerprint import Fingerprint, FingerprintError, of_model, s
 from geomcheck.stats import vocabulary
 from geomcheck.stats.geometry import Geometry, Readings, geometry_from_arrays, geometry_from_samples, geometry_to_arrays
 from geomcheck.run.prompts import prompts_hash, resolve_prompts
-from geomcheck.run.rendering import TEMPLATE_DATE, text_digest, token_ids_digest
+from geomcheck.run.rendering import TEMPLATE_DATE, render
 from geomcheck.stats.weights import TOPK_METHOD, overlap_matrix, top_left_singular_vectors
 from geomcheck.spelling import flag
 
@@ -326,14 +326,14 @@ class ModelRun:
             return activations.from_arrays(arrays)
 
     def _capture(self, loaded: LoadedModel) -> tuple[Capture, dict[str, Any]]:
-        """The capture, and what it measured (see :attr:`measured`)."""
+        """The capture, and what it measured (see :meth:`measured`)."""
         import torch
         import transformers
 
-        from geomcheck.run.capture import capture, tokenize
+        from geomcheck.run.capture import capture
 
         max_length = getattr(loaded.model.config, "max_position_embeddings", None)
-        token_ids = {name: tokenize(loaded.tokenizer, p, self.chat_template, max_length) for name, p in self.prompts.items()}
+        rendered = render(loaded.tokenizer, self.prompts, self.chat_template, max_length)
         result = capture(
             loaded.model,
             loaded.tokenizer,
@@ -344,14 +344,10 @@ class ModelRun:
             chat_template=self.chat_template,
             max_length=max_length,
             progress=self.options.progress,
-            token_ids=token_ids,
+            token_ids=rendered.token_ids,
         )
-        template = getattr(loaded.tokenizer, "chat_template", None) if self.chat_template else None
         measured = {
-            "inputs": {
-                "token_ids": token_ids_digest(token_ids),
-                "chat_template": text_digest(template if template is None or isinstance(template, str) else json.dumps(template, sort_keys=True)),
-            },
+            "inputs": rendered.inputs,
             "environment": {
                 "torch": torch.__version__,
                 "transformers": transformers.__version__,

@@ -23,7 +23,8 @@ from transformers import (
 
 from geomcheck.run import models
 from geomcheck import STREAMS
-from geomcheck.run.capture import capture, shared_prefix_length, tokenize
+from geomcheck.run.capture import capture, shared_prefix_length
+from geomcheck.run.rendering import tokenize
 from geomcheck.run.families import BY_MODEL_TYPE, StreamUnavailableError, find_sites
 
 VOCAB = 256
@@ -329,7 +330,7 @@ def test_real_model_streams_match_hand_computation(which, request):
     assert chat is (which == "smollm2")
     assert model.dtype == torch.float32
     if chat:
-        # Token ids, derived here without capture.tokenize: the rendered template, then the tokenizer.
+        # Token ids, derived here without rendering.tokenize: the rendered template, then the tokenizer.
         rendered = [
             tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
             for p in REAL_PROMPTS

@@ -136,7 +136,7 @@ def dated_tokenizer():
 def test_a_template_that_reads_the_clock_renders_the_same_ids_on_any_day(monkeypatch):
     from transformers.utils import chat_template_utils
 
-    from geomcheck.run.capture import tokenize
+    from geomcheck.run.rendering import tokenize
 
     tokenizer = dated_tokenizer()
     prompts = ["How do I bake bread?"]
