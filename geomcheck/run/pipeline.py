@@ -336,15 +336,12 @@ class ModelRun:
         rendered = render(loaded.tokenizer, self.prompts, self.chat_template, max_length)
         result = capture(
             loaded.model,
-            loaded.tokenizer,
-            self.prompts,
+            rendered.token_ids,
+            pad_id=rendered.pad_id,
             streams=self.options.streams,
             position=self.options.position,
             batch_size=self.options.batch_size,
-            chat_template=self.chat_template,
-            max_length=max_length,
             progress=self.options.progress,
-            token_ids=rendered.token_ids,
         )
         measured = {
             "inputs": rendered.inputs,

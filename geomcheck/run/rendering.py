@@ -74,10 +74,11 @@ def text_digest(text: str | None) -> str | None:
 
 @dataclass(frozen=True)
 class Rendered:
-    """The prompt sets as the model sees them: token ids per set, and the digests a cache entry and a
-    baseline record of them (``inputs``: the exact ids, the chat template's text)."""
+    """The prompt sets as the model sees them: token ids per set, the id that pads a batch, and the
+    digests a cache entry and a baseline record of them (``inputs``: the exact ids, the chat template's text)."""
 
     token_ids: dict[str, list[list[int]]]
+    pad_id: int
     inputs: dict[str, str | None]
 
 
@@ -86,7 +87,8 @@ def render(tokenizer: Any, prompt_sets: Mapping[str, Sequence[str]], chat_templa
     token_ids = {name: tokenize(tokenizer, prompts, chat_template, max_length) for name, prompts in prompt_sets.items()}
     template = getattr(tokenizer, "chat_template", None) if chat_template else None
     text = template if template is None or isinstance(template, str) else json.dumps(template, sort_keys=True)
-    return Rendered(token_ids, {"token_ids": token_ids_digest(token_ids), "chat_template": text_digest(text)})
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return Rendered(token_ids, pad_id, {"token_ids": token_ids_digest(token_ids), "chat_template": text_digest(text)})
 
 
 def tokenize(tokenizer, prompts: Sequence[str], chat_template: bool, max_length: int | None = None) -> list[list[int]]:
