@@ -27,6 +27,7 @@ import psutil
 import torch
 
 from geomcheck.run.capture import capture
+from geomcheck.run.rendering import render
 
 from geomcheck_bench.peers import STREAMS, Context, Method, Readings
 from geomcheck_bench.subject import Subject, prompt_sets
@@ -162,9 +163,10 @@ def samples_memory(subject: Subject, sizes: list[int], batch_size: int, pool: in
         sets = prompt_sets(n, pool)
         with PeakMemory() as mem:
             t0 = time.perf_counter()
+            rendered = render(subject.tokenizer, sets, subject.chat_template)  # timed with the capture, as before
             cap = capture(
-                subject.model, subject.tokenizer, sets, streams=STREAMS, position="last", batch_size=batch_size,
-                chat_template=subject.chat_template, progress=False,
+                subject.model, rendered.token_ids, pad_id=rendered.pad_id, streams=STREAMS, position="last", batch_size=batch_size,
+                progress=False,
             )
             seconds = time.perf_counter() - t0
         arrays = [a for per in cap.samples.values() for a in per.values()]

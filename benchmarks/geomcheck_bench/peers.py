@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from geomcheck.run.capture import SharedPrefix, batches, capture, input_device
+from geomcheck.run.rendering import render
 from geomcheck.run.families import find_sites
 
 from geomcheck_bench.subject import Subject
@@ -90,9 +91,10 @@ def run_unique(ctx: Context, collect: bool) -> Readings | None:
 def _geomcheck(ctx: Context, collect: bool, prefix_reuse: bool) -> Readings | None:
     """geomcheck's capture as the plugin calls it: every stream, last token, samples kept."""
     subject = ctx.subject
+    rendered = render(subject.tokenizer, subject.sets, subject.chat_template)  # inside the timing, as before
     cap = capture(
-        subject.model, subject.tokenizer, subject.sets, streams=STREAMS, position="last", batch_size=ctx.batch_size,
-        chat_template=subject.chat_template, prefix_reuse=prefix_reuse, progress=False,
+        subject.model, rendered.token_ids, pad_id=rendered.pad_id, streams=STREAMS, position="last", batch_size=ctx.batch_size,
+        prefix_reuse=prefix_reuse, progress=False,
     )
     return cap.samples if collect else None
 

@@ -36,6 +36,7 @@ import torch  # noqa: E402
 
 from geomcheck.gate.baseline import baseline_payload  # noqa: E402
 from geomcheck.run.capture import capture  # noqa: E402
+from geomcheck.run.rendering import render  # noqa: E402
 from geomcheck.gate.drift import Comparison, Readings, compare_payloads  # noqa: E402
 from geomcheck.stats.geometry import geometry_from_samples  # noqa: E402
 from geomcheck.run.pipeline import ModelRun, RunOptions  # noqa: E402
@@ -162,7 +163,7 @@ def table(rows: list[Row]) -> str:
 
 
 def block(rows: list[Row], reference: ModelRun, command: str, threads: int) -> str:
-    sizes = reference.meta["n_prompts"]
+    sizes = reference.meta()["n_prompts"]
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     return (
         f"Measured {when} on {reference.name} ({os.cpu_count()} CPUs, torch {torch.__version__}, {threads} torch thread(s), "
@@ -175,10 +176,10 @@ def block(rows: list[Row], reference: ModelRun, command: str, threads: int) -> s
 def measure(run: ModelRun, variant: Variant, baseline: dict, reference: dict) -> Row:
     loaded = run.loaded
     with applied(loaded.model, variant):
-        result = capture(loaded.model, loaded.tokenizer, run.prompts, position=run.options.position, batch_size=run.options.batch_size,
-                         chat_template=run.chat_template, max_length=getattr(loaded.model.config, "max_position_embeddings", None),
-                         progress=False)
-    meta = {**run.meta, "dtype": str(variant.dtype or torch.float32).removeprefix("torch.")}
+        rendered = render(loaded.tokenizer, run.prompts, run.chat_template, getattr(loaded.model.config, "max_position_embeddings", None))
+        result = capture(loaded.model, rendered.token_ids, pad_id=rendered.pad_id, position=run.options.position,
+                         batch_size=run.options.batch_size, progress=False)
+    meta = {**run.meta(), "dtype": str(variant.dtype or torch.float32).removeprefix("torch.")}
     current = baseline_payload(geometry_from_samples(result.samples, n_boot=0), meta)
     readings = Readings(reference, result.samples, "this benchmark's reference capture")
     return Row(variant.name, compare_payloads(baseline, current), compare_payloads(baseline, current, readings=readings))
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         save_copy(run, next(v for v in chosen if v.name == name), Path(folder))
         return 0
     log(f"reference: {args.model} (activations and bootstrap from the cache where it holds them)")
-    baseline = baseline_payload(run.geometry, run.meta)
+    baseline = baseline_payload(run.geometry, run.meta())
     reference = run.capture.samples
     rows = []
     for variant in (v for v in chosen if args.only is None or args.only in v.name):

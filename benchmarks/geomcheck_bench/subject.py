@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from geomcheck.run.capture import batches, shared_prefix_length, tokenize
+from geomcheck.run.capture import batches, shared_prefix_length
+from geomcheck.run.rendering import tokenize
 from geomcheck.run.families import family_of
 from geomcheck.run.models import load, parse_dtype
 from geomcheck.run.prompts import builtin_prompts

@@ -22,7 +22,7 @@ def test_matches_baseline(geometry, model_run, snapshot, thresholds, geomcheck_o
     outcome = check_baseline(
         snapshot.use_extension(GeometryBaselineExtension),
         geometry,
-        model_run.meta,
+        model_run.meta(),
         tolerances=tolerances_from_config(thresholds),
         readings=model_run.readings_against,
         update_command=baseline_update_command,

@@ -149,7 +149,7 @@ class GeometryBaselineExtension(SingleFileSnapshotExtension):
         if not isinstance(data, Mapping):
             raise TypeError(
                 f"GeometryBaselineExtension stores baseline payloads, not {type(data).__name__}: "
-                "pass baseline_payload(geometry, model_run.meta)"
+                "pass baseline_payload(geometry, model_run.meta())"
             )
         return dumps(data)
 

@@ -22,7 +22,6 @@ from tqdm.auto import tqdm
 from geomcheck import POSITIONS, STREAMS
 from geomcheck.errors import GeomcheckError, GeomcheckWarning
 from geomcheck.run.activations import DTYPE, Capture
-from geomcheck.run.rendering import fixed_clock
 from geomcheck.run.families import GENERIC, Family, Layout, Site, base_model, layout
 from geomcheck.run.proof import StreamProofError, verify
 from geomcheck.spelling import flag
@@ -43,33 +42,6 @@ class Batch:
     indices: list[int]
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
-
-
-def tokenize(tokenizer, prompts: Sequence[str], chat_template: bool, max_length: int | None = None) -> list[list[int]]:
-    """Token ids per prompt; instruct models see their chat template, as in real use, rendered on a fixed
-    date (:func:`geomcheck.run.rendering.fixed_clock`) so the ids do not depend on the day."""
-    if chat_template:
-        with fixed_clock():
-            ids = [
-                _as_ids(tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True))
-                for p in prompts
-            ]
-    else:
-        ids = [tokenizer(p)["input_ids"] for p in prompts]
-    if max_length is not None and (too_long := sum(len(seq) > max_length for seq in ids)):
-        warnings.warn(
-            f"{too_long} prompt(s) longer than the model's context of {max_length} tokens were truncated to "
-            "their last tokens (the end of a prompt is what the last-token reading sees); shorten them.",
-            stacklevel=3,
-        )
-        ids = [seq[-max_length:] for seq in ids]
-    return ids
-
-
-def _as_ids(encoded) -> list[int]:
-    if isinstance(encoded, Mapping) or hasattr(encoded, "input_ids"):
-        encoded = encoded["input_ids"]
-    return list(encoded)
 
 
 def batches(token_ids: Sequence[Sequence[int]], batch_size: int, pad_id: int) -> Iterator[Batch]:
@@ -241,24 +213,22 @@ def prove(runner: torch.nn.Module, resolved: Layout, inputs: Mapping[str, object
 
 def capture(
     model: torch.nn.Module,
-    tokenizer,
-    prompt_sets: Mapping[str, Sequence[str]],
+    token_ids: Mapping[str, Sequence[Sequence[int]]],
     *,
+    pad_id: int = 0,
     streams: Sequence[str] = STREAMS,
     position: str = "last",
     batch_size: int = 16,
-    chat_template: bool = True,
-    max_length: int | None = None,
     prefix_reuse: bool = True,
     progress: bool = True,
-    token_ids: Mapping[str, Sequence[Sequence[int]]] | None = None,
     family: Family | None = None,
     proof: bool = True,
 ) -> Capture:
-    """Run every prompt set through the model once, keeping each prompt's reading of every stream
+    """Run every set of token ids through the model once, keeping each prompt's reading of every stream
     (float32; what that costs: :mod:`geomcheck.run.activations`).
 
-    ``token_ids`` (from :func:`tokenize`) are fed as given, so a caller can fingerprint the exact inputs.
+    ``token_ids`` per set (from :func:`geomcheck.run.rendering.render`, with its ``pad_id``) are fed as given, so a
+    caller can fingerprint the exact inputs.
     ``family`` overrides the model's own record (tests); ``proof=False`` skips the run-time proof on the
     first batch, only to measure what it costs (benchmarks/geomcheck_bench/proof_cost.py)."""
     if position not in POSITIONS:
@@ -269,9 +239,6 @@ def capture(
     n_layers = len(next(iter(sites.values())))
     d_model = int(model.config.hidden_size)
     device = input_device(model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    if token_ids is None:
-        token_ids = {name: tokenize(tokenizer, prompts, chat_template, max_length) for name, prompts in prompt_sets.items()}
     everything = [ids for ids_of_set in token_ids.values() for ids in ids_of_set]
     reuse = prefix_reuse and position == "last" and resolved.family.prefix_reuse
     prefix_length = shared_prefix_length(everything) if reuse and everything else 0

@@ -34,7 +34,7 @@ from geomcheck.run.fingerprint import Fingerprint, FingerprintError, of_model, s
 from geomcheck.stats import vocabulary
 from geomcheck.stats.geometry import Geometry, Readings, geometry_from_arrays, geometry_from_samples, geometry_to_arrays
 from geomcheck.run.prompts import prompts_hash, resolve_prompts
-from geomcheck.run.rendering import TEMPLATE_DATE, text_digest, token_ids_digest
+from geomcheck.run.rendering import TEMPLATE_DATE, render
 from geomcheck.stats.weights import TOPK_METHOD, overlap_matrix, top_left_singular_vectors
 from geomcheck.spelling import flag
 
@@ -46,7 +46,7 @@ GEOMETRY_FORMAT = 7  # layout and interval method of cached geometry entries; bu
 MEASURED = "measured"  # entry array holding, as JSON bytes, what the run that computed it measured
 # Code that computes the activations (modeling, tokenization): part of the activations key. torch, the
 # attention implementation and the device are not: they change rounding only, which the baseline
-# tolerance absorbs, and keying by them would recompute for nothing. They are recorded (ModelRun.measured).
+# tolerance absorbs, and keying by them would recompute for nothing. They are recorded (ModelRun.measured()).
 KEYED_SOFTWARE = ("transformers", "tokenizers")
 # Where a model's run spends its time, in the terminal summary's order; "load/convert" includes a GGUF's
 # one-time de-quantisation, "baseline" the gate's comparison (its figures count under "figures").
@@ -257,21 +257,21 @@ class ModelRun:
             "n_prompts": {k: len(v) for k, v in self.prompts.items()},
         }
 
-    @property
     def measured(self) -> dict[str, Any]:
         """What the run that computed the activations saw: the digests of the exact token ids and of the
         chat template text (``inputs``), and its ``environment`` (torch and transformers versions, attention
         implementation, device type, dtype). Read from the cache entry: a cached re-run reports the run
-        that measured its numbers, not itself."""
+        that measured its numbers, not itself. A method, not a property: it runs the statistics stage
+        (from the cache where it can) when no stage has read an entry yet."""
         if self._measured is None:
             self.geometry
         assert self._measured is not None
         return self._measured
 
-    @property
     def meta(self) -> dict[str, Any]:
-        """What produced the activations; stored with baselines."""
-        return {**self._run_meta, "files": self.fingerprint.files, **self.measured}
+        """What produced the activations; stored with baselines. Runs the statistics stage if not yet run
+        (see :meth:`measured`)."""
+        return {**self._run_meta, "files": self.fingerprint.files, **self.measured()}
 
     @property
     def _activations_key(self) -> dict[str, Any]:
@@ -341,32 +341,25 @@ class ModelRun:
             return activations.from_arrays(arrays)
 
     def _capture(self, loaded: LoadedModel) -> tuple[Capture, dict[str, Any]]:
-        """The capture, and what it measured (see :attr:`measured`)."""
+        """The capture, and what it measured (see :meth:`measured`)."""
         import torch
         import transformers
 
-        from geomcheck.run.capture import capture, tokenize
+        from geomcheck.run.capture import capture
 
         max_length = getattr(loaded.model.config, "max_position_embeddings", None)
-        token_ids = {name: tokenize(loaded.tokenizer, p, self.chat_template, max_length) for name, p in self.prompts.items()}
+        rendered = render(loaded.tokenizer, self.prompts, self.chat_template, max_length)
         result = capture(
             loaded.model,
-            loaded.tokenizer,
-            self.prompts,
+            rendered.token_ids,
+            pad_id=rendered.pad_id,
             streams=self.options.streams,
             position=self.options.position,
             batch_size=self.options.batch_size,
-            chat_template=self.chat_template,
-            max_length=max_length,
             progress=self.options.progress,
-            token_ids=token_ids,
         )
-        template = getattr(loaded.tokenizer, "chat_template", None) if self.chat_template else None
         measured = {
-            "inputs": {
-                "token_ids": token_ids_digest(token_ids),
-                "chat_template": text_digest(template if template is None or isinstance(template, str) else json.dumps(template, sort_keys=True)),
-            },
+            "inputs": rendered.inputs,
             "environment": {
                 "torch": torch.__version__,
                 "transformers": transformers.__version__,
@@ -384,7 +377,7 @@ class ModelRun:
 
         def compute() -> Arrays:
             geometry = geometry_from_samples(self.capture.samples, n_boot=self.options.n_boot, seed=self.options.seed)
-            return {**geometry_to_arrays(geometry), MEASURED: pack_measured(self.measured)}
+            return {**geometry_to_arrays(geometry), MEASURED: pack_measured(self.measured())}
 
         key = {
             "format": GEOMETRY_FORMAT, "vocabulary": vocabulary.digest(),  # a new or changed statistic is never served stale

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from geomcheck.spelling import flag
 
@@ -67,3 +70,49 @@ def token_ids_digest(token_ids: Mapping[str, Sequence[Sequence[int]]]) -> str:
 def text_digest(text: str | None) -> str | None:
     """sha256 of a text (the chat template), None when there is none."""
     return None if text is None else "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """The prompt sets as the model sees them: token ids per set, the id that pads a batch, and the
+    digests a cache entry and a baseline record of them (``inputs``: the exact ids, the chat template's text)."""
+
+    token_ids: dict[str, list[list[int]]]
+    pad_id: int
+    inputs: dict[str, str | None]
+
+
+def render(tokenizer: Any, prompt_sets: Mapping[str, Sequence[str]], chat_template: bool, max_length: int | None = None) -> Rendered:
+    """Render and tokenize every prompt set (see :func:`tokenize`), with the digests of what was fed."""
+    token_ids = {name: tokenize(tokenizer, prompts, chat_template, max_length) for name, prompts in prompt_sets.items()}
+    template = getattr(tokenizer, "chat_template", None) if chat_template else None
+    text = template if template is None or isinstance(template, str) else json.dumps(template, sort_keys=True)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return Rendered(token_ids, pad_id, {"token_ids": token_ids_digest(token_ids), "chat_template": text_digest(text)})
+
+
+def tokenize(tokenizer, prompts: Sequence[str], chat_template: bool, max_length: int | None = None) -> list[list[int]]:
+    """Token ids per prompt; instruct models see their chat template, as in real use, rendered on a fixed
+    date (:func:`fixed_clock`) so the ids do not depend on the day."""
+    if chat_template:
+        with fixed_clock():
+            ids = [
+                _as_ids(tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True))
+                for p in prompts
+            ]
+    else:
+        ids = [tokenizer(p)["input_ids"] for p in prompts]
+    if max_length is not None and (too_long := sum(len(seq) > max_length for seq in ids)):
+        warnings.warn(
+            f"{too_long} prompt(s) longer than the model's context of {max_length} tokens were truncated to "
+            "their last tokens (the end of a prompt is what the last-token reading sees); shorten them.",
+            stacklevel=3,
+        )
+        ids = [seq[-max_length:] for seq in ids]
+    return ids
+
+
+def _as_ids(encoded) -> list[int]:
+    if isinstance(encoded, Mapping) or hasattr(encoded, "input_ids"):
+        encoded = encoded["input_ids"]
+    return list(encoded)

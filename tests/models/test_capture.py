@@ -23,7 +23,8 @@ from transformers import (
 
 from geomcheck.run import models
 from geomcheck import STREAMS
-from geomcheck.run.capture import capture, shared_prefix_length, tokenize
+from geomcheck.run.capture import capture, shared_prefix_length
+from geomcheck.run.rendering import render, tokenize
 from geomcheck.run.families import BY_MODEL_TYPE, StreamUnavailableError, find_sites
 
 VOCAB = 256
@@ -205,7 +206,7 @@ def test_mean_position_matches_hand_computation(family):
 def check_against_reference(family: str, model: torch.nn.Module, position: str) -> None:
     tokenizer = CharTokenizer()
     prompts = PROMPTS[:3]
-    result = capture(model, tokenizer, {"set": prompts}, position=position, batch_size=1, chat_template=False, progress=False)
+    result = capture(model, render(tokenizer, {"set": prompts}, False).token_ids, position=position, batch_size=1, progress=False)
     assert result.n_layers == N_LAYERS and result.d_model == D_MODEL
     for i, prompt in enumerate(prompts):
         expected = reference(model, tokenizer(prompt)["input_ids"])
@@ -228,9 +229,9 @@ def test_batch_invariance(tiny):
     tokenizer = CharTokenizer()
     lengths = {len(p) for p in PROMPTS}
     assert len(lengths) > 3  # padding is really exercised
-    together = capture(model, tokenizer, {"set": PROMPTS}, batch_size=64, chat_template=False, progress=False)
+    together = capture(model, render(tokenizer, {"set": PROMPTS}, False).token_ids, batch_size=64, progress=False)
     for i, prompt in enumerate(PROMPTS):
-        alone = capture(model, tokenizer, {"set": [prompt]}, batch_size=1, chat_template=False, progress=False)
+        alone = capture(model, render(tokenizer, {"set": [prompt]}, False).token_ids, batch_size=1, progress=False)
         for stream in STREAMS:
             diff = np.abs(together.samples["set"][stream][i] - alone.samples["set"][stream][0]).max()
             assert diff <= 1e-4, f"{family} {stream} prompt {i}: batched vs alone differ by {diff:.3g}"
@@ -244,7 +245,7 @@ def test_batch_invariance(tiny):
 def test_each_set_keeps_one_reading_per_prompt(family):
     model = build(CONFIGS[family]())
     sets = {"a": PROMPTS, "b": PROMPTS[::-1][:5]}
-    result = capture(model, CharTokenizer(), sets, batch_size=2, chat_template=False, progress=False)
+    result = capture(model, render(CharTokenizer(), sets, False).token_ids, batch_size=2, progress=False)
     for name, prompts in sets.items():
         for stream in STREAMS:
             readings = result.samples[name][stream]
@@ -254,7 +255,7 @@ def test_each_set_keeps_one_reading_per_prompt(family):
 
 def test_only_the_asked_streams_are_kept():
     model = build(CONFIGS["llama"]())
-    result = capture(model, CharTokenizer(), {"set": PROMPTS[:3]}, streams=("mid",), chat_template=False, progress=False)
+    result = capture(model, render(CharTokenizer(), {"set": PROMPTS[:3]}, False).token_ids, streams=("mid",), progress=False)
     assert set(result.samples["set"]) == {"mid"} and len(result.samples["set"]["mid"]) == 3
 
 
@@ -329,7 +330,7 @@ def test_real_model_streams_match_hand_computation(which, request):
     assert chat is (which == "smollm2")
     assert model.dtype == torch.float32
     if chat:
-        # Token ids, derived here without capture.tokenize: the rendered template, then the tokenizer.
+        # Token ids, derived here without rendering.tokenize: the rendered template, then the tokenizer.
         rendered = [
             tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
             for p in REAL_PROMPTS
@@ -341,7 +342,7 @@ def test_real_model_streams_match_hand_computation(which, request):
     assert tokenize(tokenizer, REAL_PROMPTS, chat) == ids
     assert len(ids[0]) != len(ids[1])  # the batch is padded
 
-    result = capture(model, tokenizer, {"set": REAL_PROMPTS}, chat_template=chat, progress=False)
+    result = capture(model, {"set": ids}, pad_id=tokenizer.pad_token_id or 0, progress=False)
     n_layers = model.config.num_hidden_layers
     assert result.n_layers == n_layers and result.d_model == model.config.hidden_size
     for i, prompt_ids in enumerate(ids):
@@ -360,11 +361,11 @@ SYSTEM = "System: you are a careful assistant. User: "
 def test_prefix_reuse_equals_full_forward(family):
     model = build(CONFIGS[family]())
     prompts = {"a": [SYSTEM + p for p in PROMPTS[:4]], "b": [SYSTEM + p for p in PROMPTS[4:]]}
-    tokens = [ids for p in prompts.values() for ids in tokenize(CharTokenizer(), p, False)]
-    assert shared_prefix_length(tokens) >= len(SYSTEM)  # the reuse really happens
-    kwargs = dict(chat_template=False, progress=False, batch_size=3)
-    full = capture(model, CharTokenizer(), prompts, prefix_reuse=False, **kwargs)
-    reused = capture(model, CharTokenizer(), prompts, prefix_reuse=True, **kwargs)
+    token_ids = render(CharTokenizer(), prompts, False).token_ids
+    assert shared_prefix_length([ids for of_set in token_ids.values() for ids in of_set]) >= len(SYSTEM)  # the reuse really happens
+    kwargs = dict(progress=False, batch_size=3)
+    full = capture(model, token_ids, prefix_reuse=False, **kwargs)
+    reused = capture(model, token_ids, prefix_reuse=True, **kwargs)
     for name in prompts:
         for stream in STREAMS:
             assert_rel_close(reused.samples[name][stream], full.samples[name][stream], rel=1e-4, what=f"{family} {stream}")
@@ -377,9 +378,10 @@ def test_shared_prefix_leaves_each_prompt_a_token_of_its_own():
 
 @pytest.mark.slow
 def test_prefix_reuse_equals_full_forward_on_smollm2(smollm2):
-    kwargs = dict(chat_template=True, progress=False)
-    full = capture(smollm2.model, smollm2.tokenizer, {"set": REAL_PROMPTS}, prefix_reuse=False, **kwargs)
-    reused = capture(smollm2.model, smollm2.tokenizer, {"set": REAL_PROMPTS}, prefix_reuse=True, **kwargs)
+    rendered = render(smollm2.tokenizer, {"set": REAL_PROMPTS}, chat_template=True)
+    kwargs = dict(pad_id=rendered.pad_id, progress=False)
+    full = capture(smollm2.model, rendered.token_ids, prefix_reuse=False, **kwargs)
+    reused = capture(smollm2.model, rendered.token_ids, prefix_reuse=True, **kwargs)
     for stream in STREAMS:
         assert_rel_close(reused.samples["set"][stream], full.samples["set"][stream], rel=1e-4, what=stream)
 

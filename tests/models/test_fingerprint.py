@@ -136,7 +136,7 @@ def dated_tokenizer():
 def test_a_template_that_reads_the_clock_renders_the_same_ids_on_any_day(monkeypatch):
     from transformers.utils import chat_template_utils
 
-    from geomcheck.run.capture import tokenize
+    from geomcheck.run.rendering import tokenize
 
     tokenizer = dated_tokenizer()
     prompts = ["How do I bake bread?"]
@@ -206,7 +206,7 @@ def test_a_cached_rerun_fingerprints_without_importing_torch(tmp_path, tiny_llam
     script = (
         "import sys; from pathlib import Path; from geomcheck.run.pipeline import ModelRun, RunOptions\n"
         f"run = ModelRun({str(tiny_llama_dir)!r}, RunOptions(cache_dir=Path({str(tmp_path)!r}), max_prompts=4, n_boot=0, progress=False))\n"
-        "meta = run.meta\n"
+        "meta = run.meta()\n"
         "print(run.loads, 'torch' in sys.modules, 'transformers' in sys.modules, meta['inputs']['token_ids'][:7], meta['environment']['torch'])"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT,

@@ -106,6 +106,7 @@ def test_cached_geometry_equals_the_computed_one_and_skips_the_activations(tmp_p
 def test_capture_hooks_work_on_a_model_sharded_by_accelerate_with_layers_offloaded(tmp_path, tiny_llama_dir):
     from geomcheck.run import models
     from geomcheck.run.capture import capture
+    from geomcheck.run.rendering import render
 
     spec = models.resolve(str(tiny_llama_dir))
     split = {"embed_tokens": "cpu", "layers.0": "cpu", "layers.1": "cpu", "layers.2": "disk", "layers.3": "disk", "norm": "cpu", "rotary_emb": "cpu"}
@@ -113,8 +114,9 @@ def test_capture_hooks_work_on_a_model_sharded_by_accelerate_with_layers_offload
     assert sharded.model.layers[3].mlp.down_proj.weight.device.type == "meta"  # really offloaded
     plain = models.load(spec)
     prompts = {"set": ["Write a poem about the sea", "Explain gravity to a child", "Name three rivers"]}
-    expected = capture(plain.model, plain.tokenizer, prompts, progress=False)
-    actual = capture(sharded.model, sharded.tokenizer, prompts, progress=False)
+    rendered = render(plain.tokenizer, prompts, chat_template=True)
+    expected = capture(plain.model, rendered.token_ids, pad_id=rendered.pad_id, progress=False)
+    actual = capture(sharded.model, rendered.token_ids, pad_id=rendered.pad_id, progress=False)
     for stream in ("pre", "mid", "post"):
         np.testing.assert_allclose(actual.samples["set"][stream], expected.samples["set"][stream], rtol=1e-6, atol=1e-7)
 

@@ -18,6 +18,7 @@ from conftest import tiny_tokenizer
 from geomcheck import STREAMS
 from geomcheck.run import models
 from geomcheck.run.capture import capture
+from geomcheck.run.rendering import render
 from geomcheck.run.families import find_sites, layout
 from qwen1_standin import QWenConfig, QWenLMHeadModel
 
@@ -89,5 +90,6 @@ def test_loads_through_the_entrys_auto_class_and_passes_the_proof(tmp_path):
     tokenizer.save_pretrained(tmp_path)
     loaded = models.load(dataclasses.replace(spec(), local_path=str(tmp_path)), dtype="float32")
     assert type(loaded.model).__name__ == "QWenLMHeadModel" and loaded.tokenizer.chat_template
-    result = capture(loaded.model, loaded.tokenizer, {"set": ["How do I bake bread?", "Name three rivers."]}, progress=False)
+    rendered = render(loaded.tokenizer, {"set": ["How do I bake bread?", "Name three rivers."]}, chat_template=True)
+    result = capture(loaded.model, rendered.token_ids, pad_id=rendered.pad_id, progress=False)
     assert result.n_layers == 2 and result.samples["set"]["mid"].shape == (2, 2, 32)

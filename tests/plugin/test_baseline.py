@@ -475,7 +475,7 @@ def test_the_drift_map_of_the_changed_checkpoint_marks_the_changed_layer(tiny_ll
 
     def drift_payload(model: Path, cache: str) -> dict:
         run = ModelRun(str(model), RunOptions(cache_dir=tmp_path / cache, max_prompts=8, n_boot=20, progress=False))
-        return baseline_payload(run.geometry, run.meta)
+        return baseline_payload(run.geometry, run.meta())
 
     scaled = scaled_copy(tiny_llama_dir, tmp_path / "scaled" / "tiny-llama", 100.0)
     matrix = drift_matrix(compare_all(drift_payload(tiny_llama_dir, "a"), drift_payload(scaled, "b")))

@@ -21,6 +21,7 @@ from geomcheck import STREAMS
 from geomcheck.run import families
 from geomcheck.run import models
 from geomcheck.run.capture import UnrecordedFamilyWarning, capture
+from geomcheck.run.rendering import render
 from geomcheck.run.families import FAMILIES, Read, StreamUnavailableError, UnknownFamilyError, layout, residual_writers
 from geomcheck.run.proof import StreamProofError
 from qwen1_standin import QWenConfig, QWenLMHeadModel
@@ -152,8 +153,9 @@ def assert_rel_close(actual, expected, rel: float, what: str) -> None:
 
 
 def run(model: torch.nn.Module, prompts: list[str], **kwargs) -> object:
-    defaults = dict(chat_template=False, progress=False, batch_size=3)
-    return capture(model, CharTokenizer(), {"set": prompts}, **{**defaults, **kwargs})
+    rendered = render(CharTokenizer(), {"set": prompts}, chat_template=False)
+    defaults = dict(progress=False, batch_size=3, pad_id=rendered.pad_id)
+    return capture(model, rendered.token_ids, **{**defaults, **kwargs})
 
 
 # ---------------------------------------------------------------------------------------------------------
