@@ -328,7 +328,7 @@ def serialize(run: ModelRun, model_arg: str, baseline: str, baselines: Iterable[
         "fingerprint": dataclasses.asdict(run.fingerprint),
         "identity": run.identity,
         "run_meta": run._run_meta,
-        "measured": run.measured,
+        "measured": run.measured(),
         "activations_key": run._activations_key,
         "options": {**options, "streams": list(run.options.streams), "dtype": run.dtype, "chat_template": run.chat_template},
         "geometry": {"n_boot": run.geometry.n_boot, "seed": run.geometry.seed, "format": GEOMETRY_FORMAT},

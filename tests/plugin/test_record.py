@@ -95,7 +95,7 @@ def rewrite_manifest(folder: Path, **changes) -> None:
 def test_a_record_reads_back_what_was_recorded_and_is_byte_identical_when_written_again(written, tiny_llama_dir, tmp_path):
     run = record.new_run(f"record:{written}", RunOptions(cache_dir=tmp_path, max_prompts=4, n_boot=0, progress=False))
     original = ModelRun(str(tiny_llama_dir), RunOptions(cache_dir=written.parent / "cache", max_prompts=4, n_boot=0, progress=False))
-    assert isinstance(run, record.RecordedRun) and run.identity == original.identity and run.meta == original.meta
+    assert isinstance(run, record.RecordedRun) and run.identity == original.identity and run.meta() == original.meta()
     for prompt_set, streams in original.capture.samples.items():
         for stream, readings in streams.items():
             np.testing.assert_array_equal(run.capture.samples[prompt_set][stream], readings)
