@@ -83,14 +83,8 @@ def test_killing_a_writer_mid_write_leaves_every_entry_whole(tmp_path, signal_na
     while not list(tmp_path.glob("*.safetensors")) and time.monotonic() < deadline:
         time.sleep(0.05)  # wait for the first whole entry, however slow the machine
     time.sleep(0.3)  # then strike during a later write (each 256 MB write takes longer than this)
-    for _ in range(10):  # a SIGINT that lands in a destructor is printed and dropped by Python: strike again
-        proc.send_signal(getattr(signal, signal_name))
-        try:
-            proc.wait(timeout=30)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    assert proc.poll() is not None, "the writer survived ten signals"
+    proc.send_signal(getattr(signal, signal_name))
+    proc.wait(timeout=60)
     cache = ArrayCache(tmp_path)
     entries = sorted(tmp_path.glob("*.safetensors"))
     assert entries, "the writer finished no entry before the signal"
