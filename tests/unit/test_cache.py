@@ -56,7 +56,10 @@ def test_corrupt_entry_is_detected_and_recomputed(tmp_path, damage):
 
 
 WRITER = """
-import sys, numpy as np
+import signal, sys, numpy as np
+# a user's Ctrl-C reaches a foreground writer with Python's handler; a suite started as a background job
+# (`make test &`) hands its children SIGINT ignored, and Python then installs no handler at all
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from pathlib import Path
 from geomcheck.run.cache import ArrayCache
 cache = ArrayCache(Path(sys.argv[1]))
