@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # the heavy modules load when a check first needs them, not a
     from geomcheck.gate.drift import DriftMatrix
     from geomcheck.stats.geometry import Geometry
     from geomcheck.run.pipeline import ModelRun, WeightOverlap
+    from geomcheck.run.registry import ModelSpec
 
 # every model-parametrized fixture of the plugin requests one of these (geometry, weights and activations ask for
 # model_run for this alone): a test that reaches one is a check (is_check)
@@ -219,6 +220,13 @@ def geomcheck_session(request: pytest.FixtureRequest) -> GeomcheckSession:
 def model_run(geomcheck_session: GeomcheckSession, model_name: str) -> ModelRun:
     """One model's run (prompts, model, cache), shared by every check of the session."""
     return geomcheck_session.run(model_name)
+
+
+@pytest.fixture(scope="session")
+def model_spec(model_run: ModelRun) -> ModelSpec:
+    """What the model was resolved to (registry entry, hub id or directory): its family, e.g. ``post_ln``
+    for a family whose streams are all LayerNorm outputs, dtype, revision; the same for a recorded run."""
+    return model_run.spec
 
 
 @pytest.fixture(scope="session")

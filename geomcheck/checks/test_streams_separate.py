@@ -40,7 +40,7 @@ def _shares(geometry: Geometry, prompt_set: str) -> Geometry:
     return copy
 
 
-def test_streams_separate(geometry, thresholds, geomcheck_control, geomcheck_record):
+def test_streams_separate(geometry, thresholds, geomcheck_control, model_spec, geomcheck_record):
     """|mean over layers of log(mid/pre)| ≥ min_abs_log_ratio with a 95% bootstrap interval excluding 0,
     and attention's share of the variance growth (Σ log(mid/pre) / Σ log(post/pre) over the layers where
     all three are positive; layers with zero variance are named) has a 95% interval above 1/2, for both
@@ -49,7 +49,7 @@ def test_streams_separate(geometry, thresholds, geomcheck_control, geomcheck_rec
     families, whose streams are LayerNorm outputs (see the module docstring)."""
     if not {"pre", "mid", "post"} <= set(geometry.streams):
         pytest.skip(f"needs streams pre, mid and post (see {flag('streams')}): attention's share is log(mid/pre) / log(post/pre)")
-    if geometry.post_ln:  # the reason is also the summary's figure: a plain skip's reason is not shown there
+    if model_spec.post_ln:  # the reason is also the summary's figure: a plain skip's reason is not shown there
         geomcheck_record(f"skipped: {POST_LN}")
         pytest.skip(POST_LN)
     figures, twins, problems = [], [], []

@@ -29,7 +29,6 @@ from geomcheck.run import registry
 from geomcheck.run import activations
 from geomcheck.run.activations import Capture, check_complete
 from geomcheck.run.cache import Arrays, ArrayCache, cache_key
-from geomcheck.run.families import family_named
 from geomcheck.run.fingerprint import Fingerprint, FingerprintError, of_model, short
 from geomcheck.stats import vocabulary
 from geomcheck.stats.geometry import Geometry, Readings, geometry_from_arrays, geometry_from_samples, geometry_to_arrays
@@ -387,7 +386,7 @@ class ModelRun:
         with self.timed("statistics"):
             arrays = self._cached("geometry", key, compute, meta)
             self._measured = unpack_measured(arrays)
-            return replace(geometry_from_arrays(arrays), post_ln=family_named(self.spec.family).post_ln)
+            return geometry_from_arrays(arrays)
 
     @cached_property
     def weights(self) -> WeightOverlap:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from geomcheck.errors import GeomcheckError
-from geomcheck.run.families import family_name
+from geomcheck.run.families import family_name, family_named
 from geomcheck.spelling import flag
 
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
@@ -72,6 +72,12 @@ class ModelSpec:
     def source(self) -> str:
         """Where the weights come from, for error messages and cache keys."""
         return self.local_path or self.hub_id
+
+    @property
+    def post_ln(self) -> bool:
+        """Whether the family normalises after each add (BERT): every stream captured is then a LayerNorm
+        output, never the raw residual. A fact of the family, so a recorded run knows it too."""
+        return family_named(self.family).post_ln
 
 
 def registry() -> dict[str, ModelSpec]:

@@ -72,9 +72,6 @@ class Geometry:
     seed: int = 0
     replicates: dict[str, np.ndarray] = field(default_factory=dict)
     centers: dict[str, np.ndarray] = field(default_factory=dict)
-    # the streams are LayerNorm outputs (a post-LN family, BERT), which no curve can tell: set by the run from
-    # the family record (geomcheck.run.families), for the checks whose claims are about an un-normalised residual
-    post_ln: bool = False
     builtin: frozenset[str] = field(init=False, repr=False)  # the computed keys, which derive may not replace
 
     def __post_init__(self) -> None:

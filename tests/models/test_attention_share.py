@@ -47,10 +47,10 @@ def llamas(tmp_path_factory) -> dict[float, Path]:
 
 
 def verdict(directory: Path, position: str, cache: Path) -> tuple[str | None, str]:
-    geometry = ModelRun(str(directory), RunOptions(cache_dir=cache, max_prompts=32, n_boot=50, position=position, progress=False)).geometry
+    run = ModelRun(str(directory), RunOptions(cache_dir=cache, max_prompts=32, n_boot=50, position=position, progress=False))
     recorded: list[str] = []
     try:
-        check_streams_separate(geometry, SHIPPED, None, lambda text, control=None: recorded.append(text))
+        check_streams_separate(run.geometry, SHIPPED, None, run.spec, lambda text, control=None: recorded.append(text))
     except AssertionError as failure:
         return str(failure), ""
     return None, recorded[0]
@@ -96,17 +96,23 @@ def save_bert(path: Path) -> Path:
 
 
 def test_on_a_post_ln_family_the_check_skips_saying_why_and_a_pre_ln_model_is_unaffected(tmp_path, tiny_llama_dir):
-    """BERT's family record says post-LN and the run's geometry carries it: the share computed there is no share
-    of a step, so the check skips with the reason rather than pass; the same run of a Llama is checked."""
-    bert = ModelRun(str(save_bert(tmp_path / "bert")), RunOptions(cache_dir=tmp_path / "cache", max_prompts=8, n_boot=20, progress=False)).geometry
-    assert bert.post_ln and {"pre", "mid", "post"} <= set(bert.streams)
-    print("tiny BERT's pooled share (harmful), not a share:", pooled_attention_share(*(bert.curve(s, "var_mean/harmful") for s in ("pre", "mid", "post"))))
-    recorded: list[str] = []
-    with pytest.raises(pytest.skip.Exception, match="post-LN family: every stream is a LayerNorm output"):
-        check_streams_separate(bert, SHIPPED, None, lambda text, control=None: recorded.append(text))
-    assert recorded == [f"skipped: {POST_LN}"]  # the summary shows why
-    llama = ModelRun(str(tiny_llama_dir), RunOptions(cache_dir=tmp_path / "cache", max_prompts=8, n_boot=20, progress=False)).geometry
+    """BERT's family record says post-LN and the run's spec carries it, also when the run is read back from
+    its record: the share computed there is no share of a step, so the check skips with the reason rather
+    than pass; the same run of a Llama is checked."""
+    from geomcheck.run import record
+
+    options = RunOptions(cache_dir=tmp_path / "cache", max_prompts=8, n_boot=20, progress=False)
+    bert = ModelRun(str(save_bert(tmp_path / "bert")), options)
+    assert bert.spec.post_ln and {"pre", "mid", "post"} <= set(bert.geometry.streams)
+    print("tiny BERT's pooled share (harmful), not a share:", pooled_attention_share(*(bert.geometry.curve(s, "var_mean/harmful") for s in ("pre", "mid", "post"))))
+    recorded_bert = record.new_run("record:bert", options, folder=record.write(bert, tmp_path / "record", str(tmp_path / "bert"), "baselines"))
+    for run in (bert, recorded_bert):
+        recorded: list[str] = []
+        with pytest.raises(pytest.skip.Exception, match="post-LN family: every stream is a LayerNorm output"):
+            check_streams_separate(run.geometry, SHIPPED, None, run.spec, lambda text, control=None: recorded.append(text))
+        assert recorded == [f"skipped: {POST_LN}"]  # the summary shows why
+    llama = ModelRun(str(tiny_llama_dir), options)
     recorded.clear()
-    assert not llama.post_ln
-    check_streams_separate(llama, SHIPPED, None, lambda text, control=None: recorded.append(text))  # passes (shares ≈ 1.02)
+    assert not llama.spec.post_ln
+    check_streams_separate(llama.geometry, SHIPPED, None, llama.spec, lambda text, control=None: recorded.append(text))  # passes (shares ≈ 1.02)
     assert "attention's share" in recorded[0]

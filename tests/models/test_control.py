@@ -75,12 +75,12 @@ def test_a_threshold_can_ask_that_the_effect_exceed_the_twins():
     from geomcheck import thresholds
     from geomcheck.checks.test_streams_separate import test_streams_separate
     from geomcheck.checks.test_variance_grows import test_variance_grows
-    from test_check_verdicts import crafted, verdict
+    from test_check_verdicts import PRE_LN, crafted, verdict
 
     geometry, shipped = crafted(growth=1.3, mid_over_pre=1.5), thresholds.shipped()
     recorded, failure = verdict(test_variance_grows, geometry, "mid", shipped["variance_grows"], geometry)
     assert failure is None
     _, failure = verdict(test_variance_grows, geometry, "mid", {**shipped["variance_grows"], "min_rate_over_control": 1.1}, geometry)
     assert failure is not None and "the growth holds for any network of this shape" in failure
-    _, failure = verdict(test_streams_separate, geometry, {**shipped["streams_separate"], "min_share_over_control": 0.1}, geometry)
+    _, failure = verdict(test_streams_separate, geometry, {**shipped["streams_separate"], "min_share_over_control": 0.1}, geometry, PRE_LN)
     assert failure is not None and "it holds for any network of this shape" in failure

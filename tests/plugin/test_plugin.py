@@ -75,7 +75,7 @@ def test_a_non_integer_ini_value_is_a_usage_error_naming_the_key(pytester: pytes
 def test_fixtures_are_documented(pytester: pytest.Pytester):
     pytester.makepyfile("def test_x(): pass")
     text = pytester.runpytest("--fixtures").stdout.str()
-    for fixture in ("geometry", "activations", "weights", "thresholds", "geomcheck_record", "model_name", "stream"):
+    for fixture in ("geometry", "activations", "weights", "thresholds", "geomcheck_record", "model_name", "model_spec", "stream"):
         assert re.search(rf"^{fixture} \[session scope\]|^{fixture}\b", text, re.M), fixture
     assert "95% bootstrap intervals" in text
     geometry = text[text.index("\ngeometry "):].split("\n\n")[0]

@@ -19,9 +19,11 @@ from geomcheck.checks import test_variance_grows as variance_grows
 from geomcheck.checks import test_weights_share_directions as weights_share_directions
 from geomcheck.stats.geometry import Geometry, geometry_from_samples
 from geomcheck.run.pipeline import WeightOverlap
+from geomcheck.run.registry import ModelSpec
 
 LAYERS, PROMPTS, FEATURES = 8, 24, 16
 SHIPPED = thresholds.shipped()
+PRE_LN = ModelSpec(name="crafted", hub_id="crafted")  # a Llama: its streams are the raw residual
 
 
 def crafted(growth: float = 1.3, mid_over_pre: float = 1.5, spread=lambda layer: 0.5 * layer) -> Geometry:
@@ -65,7 +67,7 @@ def test_variance_grows_fails_on_shrinking_variance_naming_rate_and_threshold():
 
 def test_streams_separate_passes_when_mid_is_larger():
     geometry = crafted(mid_over_pre=1.5)
-    recorded, failure = verdict(streams_separate.test_streams_separate, geometry, SHIPPED["streams_separate"], None)
+    recorded, failure = verdict(streams_separate.test_streams_separate, geometry, SHIPPED["streams_separate"], None, PRE_LN)
     assert failure is None
     # The share of layers whose var_mean intervals are apart is reported as the geometry computes it; at 24
     # prompts var_mean's m-out-of-n interval (m = 5) is wide, so 7 of 8 layers, not all, are apart at ×1.5.
@@ -74,7 +76,7 @@ def test_streams_separate_passes_when_mid_is_larger():
 
 
 def test_streams_separate_fails_when_the_curves_coincide():
-    _, failure = verdict(streams_separate.test_streams_separate, crafted(mid_over_pre=1.0), SHIPPED["streams_separate"], None)
+    _, failure = verdict(streams_separate.test_streams_separate, crafted(mid_over_pre=1.0), SHIPPED["streams_separate"], None, PRE_LN)
     assert failure is not None
     assert "pre and mid coincide (harmful): mean log(mid/pre) = " in failure
     assert "need |·| ≥ 0.0953 with an interval excluding 0" in failure
@@ -84,7 +86,7 @@ def test_streams_separate_skips_without_both_streams():
     geometry = crafted()
     geometry.streams = ("pre", "post")
     with pytest.raises(pytest.skip.Exception, match="needs streams pre, mid and post"):
-        verdict(streams_separate.test_streams_separate, geometry, SHIPPED["streams_separate"], None)
+        verdict(streams_separate.test_streams_separate, geometry, SHIPPED["streams_separate"], None, PRE_LN)
 
 
 def test_cosine_falls_passes_when_the_means_separate_with_depth():
