@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from geomcheck.run.models import LoadedModel
 
 MIN_PROMPTS = 2  # a variance needs two samples
-GEOMETRY_FORMAT = 7  # layout and interval method of cached geometry entries; bump when either changes
+GEOMETRY_FORMAT = 8  # layout and interval method of cached geometry entries; bump when either changes
 MEASURED = "measured"  # entry array holding, as JSON bytes, what the run that computed it measured
 # Code that computes the activations (modeling, tokenization): part of the activations key. torch, the
 # attention implementation and the device are not: they change rounding only, which the baseline

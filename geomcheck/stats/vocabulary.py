@@ -34,7 +34,7 @@ from geomcheck.stats.trends import cosine_trend, growth_fit, mean_log_ratio
 
 Values = Mapping[str, np.ndarray]
 Computed = Literal["moments", "variances", "curves", "shuffles", "samples"]
-IntervalKind = Literal["studentized", "log-studentized", "log-symmetric", "basic", "none"]
+IntervalKind = Literal["studentized", "log-studentized", "log-raised", "basic", "none"]
 QUANTILE = 0.99
 
 # How each kind is computed, as the docs' table says it.
@@ -48,7 +48,7 @@ COMPUTED: dict[str, str] = {
 INTERVAL_KINDS: dict[str, str] = {
     "studentized": "studentized bootstrap",
     "log-studentized": "studentized on the log scale (m-out-of-n pivots)",
-    "log-symmetric": "studentized on the log scale, symmetric",
+    "log-raised": "studentized on the log scale, symmetric; upper end raised by m-out-of-n",
     "basic": "basic bootstrap",
     "none": "none",
 }
@@ -154,7 +154,7 @@ RECORDS: tuple[Statistic, ...] = (
     Statistic("var_mean/{set}", "curve", "mean over features of the per-feature variance",
               "variances", POSITIVE, "log-studentized", VARIANCE_TOLERANCE, of_variances=lambda var: var.mean(axis=-1)),
     Statistic("var_max/{set}", "curve", "largest per-feature variance (dominated by massive activations)",
-              "variances", POSITIVE, "log-symmetric", VARIANCE_TOLERANCE, of_variances=lambda var: var.max(axis=-1)),
+              "variances", POSITIVE, "log-raised", VARIANCE_TOLERANCE, of_variances=lambda var: var.max(axis=-1)),
     Statistic("var_q99/{set}", "curve", "99th percentile of the per-feature variances: a max that a few massive features cannot move",
               "variances", POSITIVE, "basic", VARIANCE_TOLERANCE, of_variances=lambda var: upper_quantile(var, QUANTILE)),
     Statistic("top_feature/{set}", "curve", "index of the feature with the largest variance (no interval; a baseline compares it where that feature holds ≥ half the variance)",

@@ -44,7 +44,8 @@ def _coverage(samples, truth, label):
     for statistic, true_value in truth.items():
         interval = geometry.interval(f"mid/{statistic}")
         out[statistic] = float(np.mean((interval.low <= true_value) & (true_value <= interval.high)))
-        print(f"{label} {statistic}: true {true_value:.4f}, coverage {out[statistic]:.3f} over {LAYERS} trials")  # -rP shows it
+        width = f", median width (high/low) {np.median(interval.high / interval.low):.3g}" if statistic.startswith("var") else ""
+        print(f"{label} {statistic}: true {true_value:.4f}, coverage {out[statistic]:.3f} over {LAYERS} trials{width}")  # -rP shows it
     return out
 
 
@@ -59,29 +60,17 @@ def test_intervals_cover_the_truth_95_percent_of_the_time(n, apart):
 
 
 REGIMES = [(noise, massive, n) for noise in ("gaussian", "t3") for massive in (True, False) for n in (64, 139)]
-# Regimes measured short of TARGET on 2026-12-03, with the statistic that falls short (coverage of the shipped intervals; before the m-out-of-n
-# var_mean and the symmetric var_max, in brackets): recorded, not hidden, and not met by loosening the target.
-SHORT = {
-    ("t3", True, 64): ("var_max/harmful", "var_max 0.802 [0.768]: one feature's t3 variance (infinite fourth moment) at 64 prompts"),
-    ("t3", True, 139): ("var_max/harmful", "var_max 0.814 [0.812]: as at n=64"),
-}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("noise", "massive", "n"), REGIMES, ids=[f"{a}-{'massive' if b else 'flat'}-n{c}" for a, b, c in REGIMES])
-def test_variance_intervals_hold_under_heavy_tails(noise, massive, n, request):
+def test_variance_intervals_hold_under_heavy_tails(noise, massive, n):
     """var_mean and var_max reach the issue's coverage (≥ 0.93 Gaussian, ≥ 0.90 under t3; both log-studentized
-    by fourth-moment errors, var_mean from an m-out-of-n bootstrap, var_max symmetric); the cosine's
-    studentized interval stays in [0.92, 0.98] in every regime.
-    Where a statistic is measured short in a regime (SHORT), its target still stands and the test is an
-    expected failure on it alone: the regime's other statistics must still pass."""
+    by fourth-moment errors, var_mean from an m-out-of-n bootstrap, var_max the bootstrap's symmetric
+    interval, its upper end raised to the top feature's m-out-of-n one); the cosine's studentized interval stays in
+    [0.92, 0.98] in every regime. The printed widths are var_max's price: under t3 without a massive feature its upper end is far."""
     label = f"{noise} {'massive' if massive else 'flat'} n={n}"
     covered = _coverage(*_sets(n, 0.5, seed=1000 + n + 7 * massive, noise=noise, massive=massive), label)
     assert 0.92 <= covered["cosine_debiased"] <= 0.98, covered
-    short, reason = SHORT.get((noise, massive, n), (None, ""))
     for statistic in ("var_mean/harmful", "var_max/harmful"):
-        if statistic != short:
-            assert covered[statistic] >= TARGET[noise], f"{statistic} under {label}: coverage {covered[statistic]:.3f}"
-    if short is not None:
-        request.applymarker(pytest.mark.xfail(raises=AssertionError, strict=False, reason=reason))
-        assert covered[short] >= TARGET[noise], f"{short} under {label}: coverage {covered[short]:.3f}"
+        assert covered[statistic] >= TARGET[noise], f"{statistic} under {label}: coverage {covered[statistic]:.3f}"

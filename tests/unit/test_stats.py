@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from geomcheck.stats.resampling import (
+    SUBSAMPLE_EXPONENTS,
     basic_interval,
     bootstrap,
     debiased_world,
@@ -189,6 +190,20 @@ def test_subsample_counts_draw_ceil_sqrt_n_prompts_uniformly_and_are_seeded():
     assert not np.array_equal(subsample_counts((64, 139), 4000, seed=4)[0], first)
     with pytest.raises(ValueError, match="n_boot"):
         subsample_counts((64, 139), 0, seed=3)
+
+
+def test_var_max_subsamples_draw_n_to_the_two_thirds_from_a_stream_of_their_own():
+    """var_max's m-out-of-n draws (SUBSAMPLE_EXPONENTS) are larger than var_mean's and independent of them,
+    and adding them left var_mean's draws (stream 0) as they were."""
+    assert (subsample_size(64, 2 / 3), subsample_size(139, 2 / 3)) == (16, 27)
+    larger = subsample_counts((64, 139), 50, seed=3, exponent=SUBSAMPLE_EXPONENTS["var_max"], stream=1)
+    assert np.all(larger[0].sum(axis=1) == 16) and np.all(larger[1].sum(axis=1) == 27)
+    stream_zero = subsample_counts((64, 139), 50, seed=3, exponent=SUBSAMPLE_EXPONENTS["var_max"], stream=0)
+    assert not np.array_equal(larger[0], stream_zero[0])  # another stream, not the same draws
+    np.testing.assert_array_equal(subsample_counts((64, 139), 50, seed=3, stream=0)[0], subsample_counts((64, 139), 50, seed=3)[0])
+    for exponent in (0.0, 1.0):
+        with pytest.raises(ValueError, match="exponent"):
+            subsample_size(64, exponent)
 
 
 def test_debiased_world_moves_the_means_to_the_debiased_geometry_and_keeps_the_spread():
