@@ -266,7 +266,7 @@ class _SetBlock:
         about the sample's mean, whose plug-in value is the bootstrap's centre: products with ``(n, k)``
         arrays. ``var_max`` keeps the bootstrap's too, each replicate with its own top feature's fourth
         moment: a resample of all n prompts re-selects the largest variance, which a resample of the one
-        observed top feature cannot (see geometry_from_samples for how the two are joined)."""
+        observed top feature cannot (:func:`_variance_interval` joins the two)."""
         n, squared = len(self.centred), self.squared  # (n, k, d)
         per_prompt = squared.mean(axis=-1, dtype=np.float64)  # (n, k): var_mean is its mean, up to ddof
         top = self.observed[1].argmax(axis=-1)

@@ -193,8 +193,8 @@ def test_subsample_counts_draw_ceil_sqrt_n_prompts_uniformly_and_are_seeded():
 
 
 def test_var_max_subsamples_draw_n_to_the_two_thirds_from_a_stream_of_their_own():
-    """var_max's m-out-of-n draws (SUBSAMPLE_EXPONENTS) are larger than var_mean's and independent of them,
-    and adding them left var_mean's draws (stream 0) as they were."""
+    """var_max's m-out-of-n draws (SUBSAMPLE_EXPONENTS) are larger than var_mean's and from another child
+    stream of the seed; var_mean's are stream 0, the default."""
     assert (subsample_size(64, 2 / 3), subsample_size(139, 2 / 3)) == (16, 27)
     larger = subsample_counts((64, 139), 50, seed=3, exponent=SUBSAMPLE_EXPONENTS["var_max"], stream=1)
     assert np.all(larger[0].sum(axis=1) == 16) and np.all(larger[1].sum(axis=1) == 27)
