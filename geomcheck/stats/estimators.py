@@ -16,27 +16,42 @@ import numpy as np
 SETS = ("harmful", "harmless")
 
 
-def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Dot products along the last axis without an ``a * b`` temporary (the bootstrap takes them of
-    every replicate's means)."""
-    return np.einsum("...d,...d->...", a, b)
+Moments = tuple[np.ndarray, np.ndarray]  # a set's mean and per-feature variance (ddof=1) over its samples
+
+
+@dataclass(frozen=True, eq=False)
+class MeanProducts:
+    """All that the cosine statistics read of two sets' moments: the means' dot product and squared norms, and
+    each set's total variance (the sum over features, ddof=1), arrays of the same shape. From moments they are
+    sums over features (:meth:`of`); the bootstrap gets every replicate's from Gram matrices of the prompts
+    (:mod:`geomcheck.stats.geometry`), with no replicate's d-long means."""
+
+    dot: np.ndarray
+    norm2: tuple[np.ndarray, np.ndarray]  # harmful, harmless
+    trace: tuple[np.ndarray, np.ndarray]
+
+    @classmethod
+    def of(cls, harmful: Moments, harmless: Moments) -> MeanProducts:
+        return cls(*_inner(harmful[0], harmless[0]), (harmful[1].sum(axis=-1), harmless[1].sum(axis=-1)))
+
+
+def _inner(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """``a · b`` and both squared norms along the last axis, all by np.sum of a product (not einsum): one
+    summation order, so parallel means give exact ties (1.0), which cosine_spearman ranks."""
+    return np.sum(a * b, axis=-1), (np.sum(a * a, axis=-1), np.sum(b * b, axis=-1))
+
+
+def plain_cosine(products: MeanProducts) -> np.ndarray:
+    """Cosine of the two means; nan where either has zero norm (the angle is undefined: not a misleading 0)."""
+    denominator = np.sqrt(products.norm2[0]) * np.sqrt(products.norm2[1])
+    defined = denominator > 0
+    return np.where(defined, products.dot / np.where(defined, denominator, 1.0), np.nan)
 
 
 def mean_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine similarity of ``a`` and ``b`` along the last axis.
-
-    Where either vector has zero norm the angle is undefined, so the result is
-    nan there rather than a misleading 0 or a division warning.
-    """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    norm_a = np.linalg.norm(a, axis=-1)
-    norm_b = np.linalg.norm(b, axis=-1)
-    dot = np.sum(a * b, axis=-1)  # not einsum: its other summation order breaks exact ties of parallel means (1.0), which cosine_spearman ranks
-    denominator = norm_a * norm_b
-    defined = denominator > 0
-    safe = np.where(defined, denominator, 1.0)
-    return np.where(defined, dot / safe, np.nan)
+    """Cosine similarity of ``a`` and ``b`` along the last axis (nan where either vector is zero)."""
+    dot, norm2 = _inner(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+    return plain_cosine(MeanProducts(dot, norm2, (np.zeros_like(dot), np.zeros_like(dot))))
 
 
 def debiased_norm2(mean: np.ndarray, var: np.ndarray, n: int) -> np.ndarray:
@@ -60,23 +75,18 @@ def debiased_cosine(
     means is already unbiased. Where a corrected norm is not positive the means are not resolved from
     noise and the result is nan. It may slightly exceed 1 in magnitude (not clipped).
     """
-    return _debiased(harmful_mean, harmful_var, n_harmful, harmless_mean, harmless_var, n_harmless)[0]
+    products = MeanProducts.of((harmful_mean, harmful_var), (harmless_mean, harmless_var))
+    return debiased(products, (n_harmful, n_harmless))[0]
 
 
-def _debiased(
-    harmful_mean: np.ndarray, harmful_var: np.ndarray, n_harmful: int, harmless_mean: np.ndarray, harmless_var: np.ndarray, n_harmless: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`debiased_cosine` and both corrected squared norms (1 where the means are not resolved),
-    which :func:`cosine_gradients` reuses rather than computing them again over every replicate."""
-    norm_harmful = np.asarray(debiased_norm2(harmful_mean, harmful_var, n_harmful), dtype=np.float64)
-    norm_harmless = np.asarray(debiased_norm2(harmless_mean, harmless_var, n_harmless), dtype=np.float64)
+def debiased(products: MeanProducts, sizes: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`debiased_cosine` of the products, and both corrected squared norms (1 where the means are not
+    resolved), which :func:`gradient_coefficients` reuses."""
+    norm_harmful, norm_harmless = (np.asarray(norm - trace / size, dtype=np.float64) for norm, trace, size in zip(products.norm2, products.trace, sizes))
     resolved = (norm_harmful > 0) & (norm_harmless > 0)
     norm_harmful, norm_harmless = np.where(resolved, norm_harmful, 1.0), np.where(resolved, norm_harmless, 1.0)
     scale = np.sqrt(norm_harmful) * np.sqrt(norm_harmless)
-    return np.where(resolved, _dot(harmful_mean, harmless_mean) / scale, np.nan), norm_harmful, norm_harmless
-
-
-Moments = tuple[np.ndarray, np.ndarray]  # a set's mean and per-feature variance (ddof=1) over its samples
+    return np.where(resolved, products.dot / scale, np.nan), norm_harmful, norm_harmless
 
 
 def moments(samples: np.ndarray) -> Moments:
@@ -86,18 +96,24 @@ def moments(samples: np.ndarray) -> Moments:
     return samples.mean(axis=0, dtype=np.float64), samples.var(axis=0, ddof=1, dtype=np.float64)
 
 
-def cosine_gradients(harmful: Moments, harmless: Moments, sizes: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`debiased_cosine` of two sets' moments ``(..., d)`` and its gradients in each set's mean.
-
-    A sample's projection on its set's gradient is its influence on the cosine, so the cosine's variance
-    needs no d x d covariance. Gradients are finite everywhere (0-safe norms); the cosine is nan where the
-    means are not resolved, and so is any error made from it."""
-    (mean_h, var_h), (mean_n, var_n) = harmful, harmless
-    cosine, norm_h, norm_n = _debiased(mean_h, var_h, sizes[0], mean_n, var_n, sizes[1])
+def gradient_coefficients(products: MeanProducts, sizes: tuple[int, int]) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """:func:`debiased_cosine` of the products and its gradient in each set's mean, as coefficients of the two
+    means: ``gradient_h = c_h[0] · mean_h + c_h[1] · mean_n``, alike for ``gradient_n``. A sample's projection on
+    its set's gradient is its influence on the cosine, so the cosine's variance needs no d x d covariance,
+    and a projection is two dot products (which the bootstrap reads off Gram matrices). Finite everywhere
+    (0-safe norms); the cosine is nan where the means are not resolved, and so is any error made from it."""
+    cosine, norm_h, norm_n = debiased(products, sizes)
     scale = np.sqrt(norm_h) * np.sqrt(norm_n)
     safe = np.where(np.isfinite(cosine), cosine, 0.0)
-    gradient_h = mean_n / scale[..., None] - (safe / norm_h)[..., None] * mean_h
-    gradient_n = mean_h / scale[..., None] - (safe / norm_n)[..., None] * mean_n
+    return cosine, (-safe / norm_h, 1.0 / scale), (1.0 / scale, -safe / norm_n)
+
+
+def cosine_gradients(harmful: Moments, harmless: Moments, sizes: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`debiased_cosine` of two sets' moments ``(..., d)`` and its gradients in each set's mean, as vectors
+    (:func:`gradient_coefficients`)."""
+    means = harmful[0], harmless[0]
+    cosine, *coefficients = gradient_coefficients(MeanProducts.of(harmful, harmless), sizes)
+    gradient_h, gradient_n = (c[0][..., None] * means[0] + c[1][..., None] * means[1] for c in coefficients)
     return cosine, gradient_h, gradient_n
 
 

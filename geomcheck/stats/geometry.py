@@ -26,10 +26,11 @@ from geomcheck.stats.resampling import (
     resample_indices,
     studentized_interval,
     subsample_counts,
+    world_transform,
 )
-from geomcheck.stats.estimators import SETS, Interval, Moments, check_sizes, cosine_gradients, mean_cosine
+from geomcheck.stats.estimators import SETS, Interval, MeanProducts, Moments, check_sizes, gradient_coefficients, mean_cosine, plain_cosine
 from geomcheck.stats.trends import GrowthFit, Separation, Trend, cosine_trend, growth_fit, separation
-from geomcheck.stats.vocabulary import BY_NAME, RANGES, derived, statistics_from_moments
+from geomcheck.stats.vocabulary import BY_NAME, RANGES, curves_of, derived, statistics_from_moments
 
 __all__ = ["INTERVALS", "SETS", "Geometry", "bootstrap_samples", "geometry_from_samples"]
 
@@ -169,7 +170,7 @@ def _all_statistics(
 # Working memory of one block (layers x replicates): below the trim threshold _reuse_freed_blocks sets, so
 # the freed arrays are reused, and a small fraction of any real model's samples.
 BLOCK_BYTES = 24 * 2**20
-_BLOCK_ARRAYS = 16  # (replicates x layers x features) float64 arrays alive at once in a block
+_BLOCK_ARRAYS = 4  # (replicates x layers x features) float64-sized arrays alive at once: per set its float32 sums and variances
 
 
 def _reuse_freed_blocks() -> None:
@@ -193,73 +194,157 @@ def _blocks(n_layers: int, n_features: int, n_rows: int) -> tuple[list[slice], l
     return [slice(i, min(i + step, n_layers)) for i in range(0, n_layers, step)], [slice(i, min(i + chunk, n_rows)) for i in range(0, n_rows, chunk)]
 
 
-@dataclass
-class _SetBlock:
-    """One set's samples over a block of layers, centred, and every replicate's moments.
+# ``a·μ + x·z`` (see _Span): coefficients a (k, R, 2) of the means and x (R, prompts in rows) of those prompts
+Vector = tuple[np.ndarray, np.ndarray, slice]
+Image = tuple[np.ndarray, np.ndarray]  # a vector's dot products with each mean (k, R, 2) and each prompt (k, R, n + m)
 
-    The replicates are the resample-count matrix times the centred samples and their powers: sums over
-    each replicate's prompts as one matrix product (BLAS), instead of a copy of the prompts per replicate.
-    Centring first (in float64) keeps ``E x² − (E x)²`` free of cancellation beside massive activations.
-    The first moments' product stays float64: a replicate's cosine can be a near-cancelling sum of the
-    means, and float32 products moved one by 3e-5 relative in tests/test_stats.py. The squares, the label
-    shufflings' sums and the cosine's projections only sum same-sign or same-scale terms and run in float32
-    (2.4× faster than float64 at 3072 features, measured), within 1e-6 relative of float64 products.
-    """
 
-    centred: np.ndarray  # (n, k, d), float64
-    single: np.ndarray  # the same in float32, for the products float32 suffices for
-    squared: np.ndarray  # its squares, float32
-    observed: Moments  # mean and variance (ddof=1), (k, d), float64
-    kurtosis: np.ndarray  # (k,): see of()
-    replicate: Moments = (np.empty(0), np.empty(0))  # (B, k, d), once resampled
-    squares: np.ndarray = field(default_factory=lambda: np.empty(0))  # replicates' mean of squared centred values
-    shuffled: np.ndarray = field(default_factory=lambda: np.empty(0))  # (P, k, d): sums over the prompts each mask picks
+@dataclass(frozen=True, eq=False)
+class _Span:
+    """Dot products, per layer of a block, among the vectors every cosine of the bootstrap is made of: the two
+    observed means ``μ`` and the pooled prompts ``z``, each centred on its own set's mean (harmful first).
+
+    A replicate's mean, a label shuffling's mean and a cosine's gradient are all ``a·μ + x·z``, coefficients
+    ``a (k, R, 2)`` and ``x (R, n + m)`` (a replicate's only on its own set's prompts: a :data:`Vector`): their dot products are (R x prompts) products with these (prompts x
+    prompts) Gram matrices, never (R x d) arrays. Float64, as a replicate's cosine can be a near-cancelling
+    sum of its means; one product of the prompts with themselves per layer."""
+
+    means: np.ndarray  # (k, 2, 2): μ_i · μ_j
+    cross: np.ndarray  # (k, n + m, 2): z_p · μ_j
+    gram: np.ndarray  # (k, n + m, n + m): z_p · z_q
 
     @classmethod
-    def of(cls, block: np.ndarray) -> _SetBlock:
-        """The block's moments; its kurtosis per layer: the median over features of the excess kurtosis
-        across prompts (nan for a constant)."""
-        mean = block.mean(axis=0, dtype=np.float64)
-        centred = np.subtract(block, mean, dtype=np.float64)
-        squared = centred * centred
-        second = squared.mean(axis=0)
-        with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", r"All-NaN slice", RuntimeWarning)  # a layer every prompt shares
-            fourth = np.einsum("nkd,nkd->kd", squared, squared) / len(block)
-            kurtosis = np.nanmedian(np.where(second > 0, fourth / (second * second) - 3.0, np.nan), axis=-1)
-        observed = (mean, second * (len(block) / (len(block) - 1)))
-        return cls(centred, centred.astype(np.float32), squared.astype(np.float32), observed, kurtosis)
+    def of(cls, centred: Sequence[np.ndarray], means: Sequence[np.ndarray]) -> _Span:
+        pooled, plane = np.concatenate(centred), np.stack(means, axis=1)  # (n + m, k, d), (k, 2, d)
+        layers = [np.ascontiguousarray(pooled[:, layer]) for layer in range(pooled.shape[1])]
+        gram = np.stack([z @ z.T for z in layers])  # z @ z.T of one buffer: BLAS's symmetric product
+        cross = np.stack([z @ mean.T for z, mean in zip(layers, plane)])
+        return cls(plane @ plane.transpose(0, 2, 1), cross, gram)
 
-    def resampled(self, counts: np.ndarray, masks: np.ndarray | None = None, centre: np.ndarray | None = None) -> _SetBlock:
-        """The same block with the replicates of ``counts`` (a chunk of the resamples), their means about
-        ``centre`` (the observed mean unless given: the bootstrap's world moves it) and, given 0/1 ``masks``
-        over this set's prompts, the sums of the prompts each picks."""
-        n, shape, rows = len(self.centred), self.centred.shape[1:], len(counts)
-        shift = (counts @ self.centred.reshape(n, -1)).reshape(rows, *shape)
-        shift *= 1.0 / n
-        squares = np.multiply(counts.astype(np.float32) @ self.squared.reshape(n, -1), 1.0 / n, dtype=np.float64).reshape(rows, *shape)
-        variance = squares - shift * shift
-        variance *= n / (n - 1)
-        shift += self.observed[0] if centre is None else centre
-        shuffled = np.empty(0)
-        if masks is not None:
-            shuffled = (masks.astype(np.float32) @ self.single.reshape(n, -1)).astype(np.float64).reshape(len(masks), *shape)
-            shuffled += masks.sum(axis=1)[:, None, None] * self.observed[0]
-        return _SetBlock(self.centred, self.single, self.squared, self.observed, self.kurtosis, (shift, variance), squares, shuffled)
+    def image(self, vector: Vector) -> Image:
+        """The dot products of a :data:`Vector` with each mean and each prompt."""
+        a, x, rows = vector
+        return a @ self.means + x @ self.cross[:, rows], a @ self.cross.transpose(0, 2, 1) + x @ self.gram[:, rows]
 
-    def spread(self, counts: np.ndarray, projected: np.ndarray) -> np.ndarray:
-        """Each replicate's variance (ddof=1) of per-prompt values ``(n, k, B)``, over its own prompts."""
-        n = len(counts[0])
-        first = np.einsum("bi,ikb->bk", counts, projected) / n
-        second = np.einsum("bi,ikb->bk", counts, projected * projected) / n
-        return np.maximum(second - first * first, 0.0) * (n / (n - 1))
+    @staticmethod
+    def dot(vector: Vector, image: Image) -> np.ndarray:
+        """``(k, R)`` dot products of a :data:`Vector` with those whose :meth:`image` is given."""
+        a, x, rows = vector
+        return np.sum(a * image[0], axis=-1) + np.sum(x * image[1][:, :, rows], axis=-1)
 
-    def variance_pivots(self, counts: np.ndarray, subsamples: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarray, dict[str, Pivots]]]:
-        """What studentizes ``var_mean`` and ``var_max``: the observed standard error ``(k,)``, and for each
-        family of replicates (``"_boot"``: the bootstrap's own; ``"_sub"``: m-out-of-n) the replicates and
-        their errors ``(B, k)``. Each variance is a mean over prompts of squared deviations (averaged over
-        features, or of the top feature), whose variance over the prompts is its error (the fourth moments);
-        heavy tails make the plain bootstrap of it far too narrow (tests/unit/test_coverage.py).
+    def trace(self, rows: slice, weights: np.ndarray) -> np.ndarray:
+        """The total variance (ddof=1) ``(R, k)`` of each replicate that weights one set's prompts (``rows``) by
+        ``weights`` (its counts over n): exact in float64, since the debiased norms subtract it from a squared
+        norm it may nearly equal (the float32 variances' sum moved such a cosine by 2e-5 relative)."""
+        gram, n = self.gram[:, rows, rows], weights.shape[1]
+        shift = np.sum(weights * (weights @ gram), axis=-1)  # (k, R): each replicate's squared mean shift
+        return ((weights @ np.diagonal(gram, axis1=1, axis2=2).T) - shift.T) * (n / (n - 1))
+
+    def products(self, vectors: tuple[Vector, Vector], traces: tuple[np.ndarray, np.ndarray]) -> tuple[MeanProducts, tuple[Image, Image]]:
+        """Two means' :class:`MeanProducts` ``(R, k)`` (given their total variances ``(R, k)``) and images."""
+        images = tuple(self.image(vector) for vector in vectors)
+        dot, norm_h, norm_n = (self.dot(vectors[i], images[j]).T for i, j in ((0, 1), (0, 0), (1, 1)))
+        return MeanProducts(dot, (norm_h, norm_n), traces), images
+
+
+@dataclass(frozen=True, eq=False)
+class _Replicates:
+    """One chunk of replicates of a :class:`_Block`: per set its per-feature variances (ddof=1) and mean
+    squared centred values ``(R, k, d)`` in float32, and what its cosines read (``(R, k)``) with the
+    images of its two means (for the cosine's error)."""
+
+    variances: tuple[np.ndarray, np.ndarray]
+    squares: tuple[np.ndarray, np.ndarray]
+    products: MeanProducts
+    images: tuple[Image, Image]
+
+    def curves(self, sizes: tuple[int, int]) -> dict[str, np.ndarray]:
+        """Every per-layer curve of every replicate, ``(R, k)``."""
+        return curves_of(self.products, dict(zip(SETS, self.variances)), sizes)
+
+
+@dataclass(frozen=True, eq=False)
+class _Block:
+    """Both sets' samples over a block of layers of one stream, reduced to what every replicate's statistics
+    are products of.
+
+    Per set, its centred values and their squares in float32 ``(n, k, 2, d)``: a replicate's per-feature
+    variances are one product of its resample counts with them (BLAS), not a copy of its prompts. Centring
+    first (in float64) keeps ``E x² − (E x)²`` free of cancellation beside massive activations, and those
+    products only sum same-sign or same-scale terms: float32 is within 1e-6 relative of float64 there and
+    2x faster (measured at 3072 features). The cosines, whose sums may cancel, read the :class:`_Span`."""
+
+    sizes: tuple[int, int]
+    observed: tuple[Moments, Moments]  # mean and variance (ddof=1), (k, d), float64
+    kurtosis: tuple[np.ndarray, np.ndarray]  # (k,): see _moments
+    powers: tuple[np.ndarray, np.ndarray]  # (n, k, 2, d), float32
+    span: _Span
+
+    @classmethod
+    def of(cls, harmful: np.ndarray, harmless: np.ndarray) -> _Block:
+        observed, kurtosis, powers, centred = zip(*(_moments(block) for block in (harmful, harmless)))
+        return cls((len(harmful), len(harmless)), observed, kurtosis, powers, _Span.of(centred, [mean for mean, _ in observed]))
+
+    def resampled(self, counts: tuple[np.ndarray, np.ndarray], transform: np.ndarray) -> _Replicates:
+        """The replicates of ``counts`` (a chunk of each set's resample counts), each set's mean moved to
+        ``transform`` of the observed means (``(k, 2, 2)``, column j set j's: the identity, or
+        :func:`geomcheck.stats.resampling.world_transform`)."""
+        variances, squares, vectors = [], [], []
+        for index, (count, powers, n) in enumerate(zip(counts, self.powers, self.sizes)):
+            sums = (count.astype(np.float32) @ powers.reshape(n, -1)).reshape(len(count), *powers.shape[1:])
+            sums *= np.float32(1.0 / n)  # means; one factor for every entry (a ratio of two variances cancels its rounding)
+            shift, square = sums[:, :, 0], sums[:, :, 1]
+            variance = square - shift * shift
+            variance *= np.float32(n / (n - 1))
+            variances.append(variance)
+            squares.append(square)
+            vectors.append((np.broadcast_to(transform[:, None, :, index], (len(transform), len(count), 2)), count / n, self._rows()[index]))
+        products, images = self.span.products(tuple(vectors), tuple(self.span.trace(rows, count / n) for rows, count, n in zip(self._rows(), counts, self.sizes)))
+        return _Replicates(tuple(variances), tuple(squares), products, images)
+
+    def observed_cosine_error(self) -> np.ndarray:
+        """:func:`geomcheck.stats.estimators.cosine_standard_error` of the observed sets, per layer ``(k,)``:
+        each prompt's projection on its set's gradient is its dot products with the two means."""
+        cosine, *coefficients = gradient_coefficients(MeanProducts.of(*self.observed), self.sizes)
+        spread = 0.0
+        for rows, n, coefficient in zip(self._rows(), self.sizes, coefficients):
+            projected = self.span.cross[:, rows] @ np.stack(coefficient, axis=-1)[..., None]  # (k, n, 1)
+            spread = spread + projected[..., 0].var(axis=1, ddof=1) / n
+        return np.where(np.isfinite(cosine), np.sqrt(spread), np.nan)
+
+    def cosine_errors(self, counts: tuple[np.ndarray, np.ndarray], replicates: _Replicates) -> np.ndarray:
+        """The same error of every replicate ``(R, k)``, over its own prompts: a prompt's projection on the
+        replicate's gradient is a combination of its dot products with the replicate's two means (their
+        images), and its spread a count-weighted sum."""
+        cosine, *coefficients = gradient_coefficients(replicates.products, self.sizes)
+        spread = 0.0
+        for rows, n, count, (on_h, on_n) in zip(self._rows(), self.sizes, counts, coefficients):
+            projected = on_h.T[..., None] * replicates.images[0][1][:, :, rows] + on_n.T[..., None] * replicates.images[1][1][:, :, rows]
+            first = np.sum(count * projected, axis=-1) / n
+            second = np.sum(count * projected * projected, axis=-1) / n
+            spread = spread + np.maximum(second - first * first, 0.0).T * (1.0 / (n - 1))
+        return np.where(np.isfinite(cosine), np.sqrt(spread), np.nan)
+
+    def null_cosines(self, masks: np.ndarray) -> np.ndarray:
+        """Cosine of the means of each label shuffling ``(P, k)`` (0/1 ``masks`` over the pooled prompts: 1 on
+        the first side): the first side's mean is the masked prompts' over n, the other the rest's over m."""
+        sizes = np.array(self.sizes, dtype=np.float64)
+        picked = np.stack([masks[:, : self.sizes[0]].sum(axis=1), masks[:, self.sizes[0] :].sum(axis=1)], axis=-1)  # (P, 2)
+        layers = (len(self.span.gram), len(masks), 2)
+        first = np.broadcast_to(picked / sizes[0], layers), masks / sizes[0], slice(None)
+        second = np.broadcast_to((sizes - picked) / sizes[1], layers), -masks / sizes[1], slice(None)
+        zero = np.zeros((len(masks), layers[0]))
+        return plain_cosine(self.span.products((first, second), (zero, zero))[0])
+
+    def _rows(self) -> tuple[slice, slice]:
+        return slice(0, self.sizes[0]), slice(self.sizes[0], sum(self.sizes))
+
+    def variance_pivots(self, index: int, counts: np.ndarray, replicates: _Replicates, subsamples: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarray, dict[str, Pivots]]]:
+        """What studentizes set ``index``'s ``var_mean`` and ``var_max``: the observed standard error ``(k,)``,
+        and for each family of replicates (``"_boot"``: the bootstrap's own; ``"_sub"``: m-out-of-n) the
+        replicates and their errors ``(R, k)``. Each variance is a mean over prompts of squared deviations
+        (averaged over features, or of the top feature), whose variance over the prompts is its error (the
+        fourth moments); heavy tails make the plain bootstrap of it far too narrow (tests/unit/test_coverage.py).
 
         The m-out-of-n replicates (``subsamples[name]``: :func:`geomcheck.stats.resampling.subsample_counts`)
         resample the per-prompt mean square (``var_mean``) or the observed top feature's squares (``var_max``)
@@ -267,19 +352,36 @@ class _SetBlock:
         arrays. ``var_max`` keeps the bootstrap's too, each replicate with its own top feature's fourth
         moment: a resample of all n prompts re-selects the largest variance, which a resample of the one
         observed top feature cannot (:func:`_variance_interval` joins the two)."""
-        n, squared = len(self.centred), self.squared  # (n, k, d)
+        n, squared, variance = self.sizes[index], self.powers[index][:, :, 1], replicates.variances[index]  # (n, k, d), (R, k, d)
         per_prompt = squared.mean(axis=-1, dtype=np.float64)  # (n, k): var_mean is its mean, up to ddof
-        top = self.observed[1].argmax(axis=-1)
+        top = self.observed[index][1].argmax(axis=-1)
         top_squares = np.take_along_axis(squared, top[None, :, None], axis=-1)[..., 0].astype(np.float64)  # (n, k)
-        picked = self.replicate[1].argmax(axis=-1)  # (B, k): each replicate's top feature
-        top_squared = np.take_along_axis(squared, picked.T[None], axis=-1).astype(np.float64)  # (n, k, B): only those features' fourth moments
-        second = np.take_along_axis(self.squares, picked[..., None], axis=-1)[..., 0]
+        picked = variance.argmax(axis=-1)  # (R, k): each replicate's top feature
+        top_squared = np.take_along_axis(squared, picked.T[None], axis=-1).astype(np.float64)  # (n, k, R): only those features' fourth moments
+        second = np.take_along_axis(replicates.squares[index], picked[..., None], axis=-1)[..., 0].astype(np.float64)
         fourth = np.einsum("bi,ikb->bk", counts, top_squared * top_squared) / n
-        boot = self.replicate[1].max(axis=-1), np.sqrt(np.maximum(fourth - second * second, 0.0) / (n - 1))
+        boot = variance.max(axis=-1).astype(np.float64), np.sqrt(np.maximum(fourth - second * second, 0.0) / (n - 1))
         return {
             "var_mean": (_standard_error(per_prompt), {"_sub": _subsampled(subsamples["var_mean"], per_prompt)}),
             "var_max": (_standard_error(top_squares), {"_boot": boot, "_sub": _subsampled(subsamples["var_max"], top_squares)}),
         }
+
+
+def _moments(block: np.ndarray) -> tuple[Moments, np.ndarray, np.ndarray, np.ndarray]:
+    """One set's moments over a block ``(n, k, d)``; its kurtosis per layer (the median over features of the
+    excess kurtosis across prompts, nan for a constant); its centred values and their squares in float32
+    ``(n, k, 2, d)``; and the centred values in float64 (for the :class:`_Span`)."""
+    mean = block.mean(axis=0, dtype=np.float64)
+    centred = np.subtract(block, mean, dtype=np.float64)
+    squared = centred * centred
+    second = squared.mean(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"All-NaN slice", RuntimeWarning)  # a layer every prompt shares
+        fourth = np.einsum("nkd,nkd->kd", squared, squared) / len(block)
+        kurtosis = np.nanmedian(np.where(second > 0, fourth / (second * second) - 3.0, np.nan), axis=-1)
+    powers = np.empty((*block.shape[:2], 2, block.shape[2]), np.float32)
+    powers[:, :, 0], powers[:, :, 1] = centred, squared
+    return (mean, second * (len(block) / (len(block) - 1))), kurtosis, powers, centred
 
 
 def _standard_error(per_prompt: np.ndarray) -> np.ndarray:
@@ -296,11 +398,6 @@ def _subsampled(subsample: np.ndarray, per_prompt: np.ndarray) -> Pivots:
     return mean, np.sqrt(np.where(spread > 0, spread, np.nan) / (m - 1))
 
 
-def _flat(replicate: Moments) -> Moments:
-    """Replicate moments ``(B, k, d)`` as rows ``(B·k, d)``, the layout statistics_from_moments takes."""
-    return replicate[0].reshape(-1, replicate[0].shape[-1]), replicate[1].reshape(-1, replicate[1].shape[-1])
-
-
 def resampled_statistics(
     harmful: np.ndarray, harmless: np.ndarray, counts: tuple[np.ndarray, np.ndarray]
 ) -> Iterator[tuple[tuple[slice, slice], dict[str, np.ndarray], dict[str, np.ndarray]]]:
@@ -311,39 +408,11 @@ def resampled_statistics(
     sizes = len(harmful), len(harmless)
     layer_blocks, row_blocks = _blocks(harmful.shape[1], harmful.shape[2], max(len(counts[0]), 1))
     for layers in layer_blocks:
-        whole = _SetBlock.of(harmful[:, layers]), _SetBlock.of(harmless[:, layers])
-        observed = statistics_from_moments(*whole[0].observed, *whole[1].observed, sizes)
+        block = _Block.of(harmful[:, layers], harmless[:, layers])
+        observed = statistics_from_moments(*block.observed[0], *block.observed[1], sizes)
+        identity = np.broadcast_to(np.eye(2), (len(block.kurtosis[0]), 2, 2))
         for chunk in row_blocks:
-            pair = whole[0].resampled(counts[0][chunk]), whole[1].resampled(counts[1][chunk])
-            curves = statistics_from_moments(*_flat(pair[0].replicate), *_flat(pair[1].replicate), sizes)
-            yield (chunk, layers), observed, {name: curve.reshape(len(counts[0][chunk]), -1) for name, curve in curves.items()}
-
-
-def _observed_cosine_error(blocks: tuple[_SetBlock, _SetBlock], sizes: tuple[int, int]) -> np.ndarray:
-    """:func:`geomcheck.stats.estimators.cosine_standard_error` of the observed sets, per layer of the block."""
-    cosine, *gradients = cosine_gradients(blocks[0].observed, blocks[1].observed, sizes)
-    spread = sum(np.einsum("nkd,kd->nk", b.centred, g).var(axis=0, ddof=1) / n for b, g, n in zip(blocks, gradients, sizes))
-    return np.where(np.isfinite(cosine), np.sqrt(spread), np.nan)
-
-
-def _replicate_cosine_errors(blocks: tuple[_SetBlock, _SetBlock], counts: tuple[np.ndarray, np.ndarray], sizes: tuple[int, int]) -> np.ndarray:
-    """The same error of every replicate ``(B, k)`` (its means already in the debiased world): the prompts'
-    projections on each replicate's gradient are one batched float32 product per set, their spread over
-    each replicate's prompts a count-weighted sum."""
-    cosine_b, *gradients_b = cosine_gradients(blocks[0].replicate, blocks[1].replicate, sizes)
-    spread_b = 0.0
-    for block, gradient, count, size in zip(blocks, gradients_b, counts, sizes):
-        projected = np.matmul(gradient.astype(np.float32).transpose(1, 0, 2), block.single.transpose(1, 2, 0))  # (k, B, n)
-        spread_b = spread_b + block.spread(count, projected.transpose(2, 0, 1).astype(np.float64)) / size
-    return np.where(np.isfinite(cosine_b), np.sqrt(spread_b), np.nan)
-
-
-def _null_cosines(pair: tuple[_SetBlock, _SetBlock], sizes: tuple[int, int]) -> np.ndarray:
-    """Cosine of the means of each label shuffling ``(P, k)``: each set's prompts the masks put on the
-    first side (summed in the same product as the resample counts), the rest of the pooled prompts on the other."""
-    first = pair[0].shuffled + pair[1].shuffled
-    second = sizes[0] * pair[0].observed[0] + sizes[1] * pair[1].observed[0] - first
-    return mean_cosine(first / sizes[0], second / sizes[1])
+            yield (chunk, layers), observed, block.resampled((counts[0][chunk], counts[1][chunk]), identity).curves(sizes)
 
 
 def _check_samples(samples: Samples) -> tuple[tuple[str, ...], tuple[int, int], tuple[int, int]]:
@@ -392,20 +461,21 @@ def geometry_from_samples(samples: Samples, n_boot: int = 200, seed: int = 0) ->
             observed.setdefault(key, []).append(np.empty((n_layers, n_features)))
             world.setdefault(key, []).append(np.empty((n_layers, n_features)))
         for layers in layer_blocks:
-            whole = _SetBlock.of(samples["harmful"][stream][:, layers]), _SetBlock.of(samples["harmless"][stream][:, layers])
-            shifts = debiased_world(whole[0].observed, whole[1].observed, sizes)
-            for prompt_set, block, shift in zip(SETS, whole, shifts):
-                observed[f"{prompt_set}/mean"][-1][layers], observed[f"{prompt_set}/var"][-1][layers] = block.observed
-                world[f"{prompt_set}/mean"][-1][layers], world[f"{prompt_set}/var"][-1][layers] = block.observed[0] + shift, block.observed[1]
-                _put(point, f"{stream}/kurtosis/{prompt_set}", block.kurtosis, (layers,), (n_layers,))
-            if n_boot:
-                _put(point, f"{stream}/cosine_se", _observed_cosine_error(whole, sizes), (layers,), (n_layers,))
-            for chunk in row_blocks if n_boot else ():
-                count, halves = (counts[0][chunk], counts[1][chunk]), (masks[chunk, : sizes[0]], masks[chunk, sizes[0] :])
-                pair = tuple(block.resampled(c, m, block.observed[0] + shift) for block, c, m, shift in zip(whole, count, halves, shifts))
+            block = _Block.of(samples["harmful"][stream][:, layers], samples["harmless"][stream][:, layers])
+            shifts = debiased_world(*block.observed, sizes)
+            for prompt_set, (mean, var), kurtosis, shift in zip(SETS, block.observed, block.kurtosis, shifts):
+                observed[f"{prompt_set}/mean"][-1][layers], observed[f"{prompt_set}/var"][-1][layers] = mean, var
+                world[f"{prompt_set}/mean"][-1][layers], world[f"{prompt_set}/var"][-1][layers] = mean + shift, var
+                _put(point, f"{stream}/kurtosis/{prompt_set}", kurtosis, (layers,), (n_layers,))
+            if not n_boot:
+                continue
+            _put(point, f"{stream}/cosine_se", block.observed_cosine_error(), (layers,), (n_layers,))
+            transform = world_transform(*block.observed, sizes)
+            for chunk in row_blocks:
+                count = counts[0][chunk], counts[1][chunk]
                 subsample = tuple({name: drawn[side][chunk] for name, drawn in subsamples.items()} for side in range(2))
-                _replicate_block(pair, count, subsample, sizes, stream, (chunk, layers), (n_boot, n_layers), curves, point)
-                _put(point, f"{stream}/null", _null_cosines(pair, sizes), (chunk, layers), (n_boot, n_layers))
+                _replicate_block(block, block.resampled(count, transform), count, subsample, stream, (chunk, layers), (n_boot, n_layers), curves, point)
+                _put(point, f"{stream}/null", block.null_cosines(masks[chunk]), (chunk, layers), (n_boot, n_layers))
     moments_of = lambda source, s: (source[f"{s}/mean"], source[f"{s}/var"])  # noqa: E731
     kurtosis = {key: _median(point.pop(key)) for key in [k for k in point if "/kurtosis/" in k]}
     if not n_boot:
@@ -438,25 +508,24 @@ def _put(store: dict[str, np.ndarray], key: str, value: np.ndarray, index: tuple
 
 
 def _replicate_block(
-    pair: tuple[_SetBlock, _SetBlock],
+    block: _Block,
+    replicates: _Replicates,
     counts: tuple[np.ndarray, np.ndarray],
     subsamples: tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]],
-    sizes: tuple[int, int],
     stream: str,
     index: tuple[slice, slice],
     shape: tuple[int, int],
     curves: dict[str, np.ndarray],
     point: dict[str, np.ndarray],
 ) -> None:
-    """One block's replicate curves (in the debiased world) and what studentizes them: standard errors
+    """One chunk's replicate curves (in the debiased world) and what studentizes them: standard errors
     (``…_se``) and, for the variances, the replicates their pivots are made of, by family
-    (``…_boot_pivots``, ``…_sub_pivots`` and their ``…_se``: see :meth:`_SetBlock.variance_pivots`)."""
-    rows, width = index[0].stop - index[0].start, index[1].stop - index[1].start
-    for name, curve in statistics_from_moments(*_flat(pair[0].replicate), *_flat(pair[1].replicate), sizes).items():
-        _put(curves, f"{stream}/{name}", curve.reshape(rows, width), index, shape)
-    _put(curves, f"{stream}/cosine_se", _replicate_cosine_errors(pair, counts, sizes), index, shape)
-    for prompt_set, block, count, subsample in zip(SETS, pair, counts, subsamples):
-        for name, (error, families) in block.variance_pivots(count, subsample).items():
+    (``…_boot_pivots``, ``…_sub_pivots`` and their ``…_se``: see :meth:`_Block.variance_pivots`)."""
+    for name, curve in replicates.curves(block.sizes).items():
+        _put(curves, f"{stream}/{name}", curve, index, shape)
+    _put(curves, f"{stream}/cosine_se", block.cosine_errors(counts, replicates), index, shape)
+    for side, (prompt_set, count, subsample) in enumerate(zip(SETS, counts, subsamples)):
+        for name, (error, families) in block.variance_pivots(side, count, replicates, subsample).items():
             _put(point, f"{stream}/{name}/{prompt_set}_se", error, index[1:], shape[1:])
             for family, (pivots, draw_error) in families.items():
                 _put(curves, f"{stream}/{name}/{prompt_set}{family}_se", draw_error, index, shape)

@@ -154,6 +154,17 @@ def _symmetric_power(matrices: np.ndarray, power: float) -> np.ndarray:
     return (vectors * powered[..., None, :]) @ np.swapaxes(vectors, -1, -2)
 
 
+def world_transform(harmful: Moments, harmless: Moments, sizes: tuple[int, int]) -> np.ndarray:
+    """The move of :func:`debiased_world` as ``(..., 2, 2)`` matrices: column j holds set j's moved mean as a
+    combination of the two observed means (the bootstrap engine keeps every mean as such coefficients)."""
+    plane = np.stack([harmful[0], harmless[0]], axis=-1)  # (..., d, 2)
+    gram = np.swapaxes(plane, -1, -2) @ plane
+    corrected = gram.copy()
+    for index, ((mean, var), size) in enumerate(zip((harmful, harmless), sizes)):
+        corrected[..., index, index] = debiased_norm2(mean, var, size)
+    return _symmetric_power(gram, -0.5) @ _symmetric_power(corrected, 0.5)
+
+
 def debiased_world(harmful: Moments, harmless: Moments, sizes: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Shifts of each set's mean (``(..., d)``, to add to its samples) after which the two sample means
     have the debiased geometry: squared norms corrected by ``tr(Σ̂)/n``, the same dot product. Takes each
@@ -163,14 +174,10 @@ def debiased_world(harmful: Moments, harmless: Moments, sizes: tuple[int, int]) 
     means lie further apart than the true ones (noise adds ``tr(Σ)/n`` to each squared norm), so the
     cosine's replicates would spread as for a wider angle. The shift keeps each set's spread and moves
     the means within their own plane (a 2 x 2 Gram matrix ``G`` mapped to ``G − diag(tr(Σ̂)/n)`` by
-    ``G^{-1/2} (G − diag)^{1/2}``); where noise swamps the difference, the means become parallel.
+    ``G^{-1/2} (G − diag)^{1/2}``: :func:`world_transform`); where noise swamps the difference, the means
+    become parallel.
     """
-    plane = np.stack([harmful[0], harmless[0]], axis=-1)  # (..., d, 2)
-    gram = np.swapaxes(plane, -1, -2) @ plane
-    corrected = gram.copy()
-    for index, ((mean, var), size) in enumerate(zip((harmful, harmless), sizes)):
-        corrected[..., index, index] = debiased_norm2(mean, var, size)
-    moved = plane @ (_symmetric_power(gram, -0.5) @ _symmetric_power(corrected, 0.5))
+    moved = np.stack([harmful[0], harmless[0]], axis=-1) @ world_transform(harmful, harmless, sizes)
     return moved[..., 0] - harmful[0], moved[..., 1] - harmless[0]
 
 

@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 
 from geomcheck import atomic
-from geomcheck.stats.estimators import SETS, Moments, check_sizes, debiased_cosine, mean_cosine, moments, upper_quantile
+from geomcheck.stats.estimators import SETS, MeanProducts, check_sizes, debiased, moments, plain_cosine, upper_quantile
 from geomcheck.stats.trends import cosine_trend, growth_fit, mean_log_ratio
 
 Values = Mapping[str, np.ndarray]
@@ -58,8 +58,9 @@ INTERVAL_KINDS: dict[str, str] = {
 class Statistic:
     """One statistic: what it is, how it is computed, how its uncertainty is stated, how far it may drift.
 
-    Exactly one formula is given for the kinds that have one: ``of_moments(harmful, harmless, sizes,
-    plug_in)`` for ``moments``, ``of_variances(var)`` (per-feature variances ``(..., d)`` → ``(...)``) for
+    Exactly one formula is given for the kinds that have one: ``of_moments(products, sizes, plug_in)`` for
+    ``moments`` (the means' inner products and the sets' total variances,
+    :class:`geomcheck.stats.estimators.MeanProducts`: all a cosine of the means reads), ``of_variances(var)`` (per-feature variances ``(..., d)`` → ``(...)``) for
     ``variances``, ``from_curves(values, stream, prompt_set)`` for ``curves`` (None where the statistic is
     not defined for that stream; nan where one replicate leaves it undefined)."""
 
@@ -70,7 +71,7 @@ class Statistic:
     range: tuple[float, float] = (-math.inf, math.inf)
     interval: IntervalKind = "basic"
     tolerance: tuple[float, float] | None = None  # (rel, abs) of the baseline gate; None: not in a baseline
-    of_moments: Callable[[Moments, Moments, tuple[int, int], bool], np.ndarray] | None = None
+    of_moments: Callable[[MeanProducts, tuple[int, int], bool], np.ndarray] | None = None
     of_variances: Callable[[np.ndarray], np.ndarray] | None = None
     from_curves: Callable[[Values, str, str], float | None] | None = None
 
@@ -92,26 +93,49 @@ class Statistic:
         return tuple(self.name.format(set=s) for s in SETS) if "{set}" in self.name else (self.name,)
 
 
-def _cosine(harmful: Moments, harmless: Moments, sizes: tuple[int, int], plug_in: bool) -> np.ndarray:
-    return mean_cosine(harmful[0], harmless[0])
+def _cosine(products: MeanProducts, sizes: tuple[int, int], plug_in: bool) -> np.ndarray:
+    return plain_cosine(products)
 
 
-def _cosine_debiased(harmful: Moments, harmless: Moments, sizes: tuple[int, int], plug_in: bool) -> np.ndarray:
+def _cosine_debiased(products: MeanProducts, sizes: tuple[int, int], plug_in: bool) -> np.ndarray:
     """The plug-in functional of the debiased cosine is the plain cosine of the empirical means."""
-    if plug_in:
-        return mean_cosine(harmful[0], harmless[0])
-    return debiased_cosine(harmful[0], harmful[1], sizes[0], harmless[0], harmless[1], sizes[1])
+    return plain_cosine(products) if plug_in else debiased(products, sizes)[0]
 
 
 def _top_share(var: np.ndarray) -> np.ndarray:
-    total = var.sum(axis=-1)
+    total = var.sum(axis=-1, dtype=np.float64)  # the bootstrap's variances are float32: sums accumulate in float64
     return np.where(total > 0, var.max(axis=-1) / np.where(total > 0, total, 1.0), np.nan)
+
+
+class _Fits(dict):
+    """The values :func:`derived` reads, with each fit of a curve made once: a growth rate and its R², a
+    Spearman ρ and a slope, are two fields of one fit (the bootstrap derives them for every replicate)."""
+
+    def __init__(self, values: Values) -> None:
+        super().__init__(values)
+        self.made: dict[tuple[Callable, str], object] = {}
+
+    def fit(self, function: Callable[[np.ndarray], object], key: str) -> object:
+        """``function(self[key])``, made once; a ValueError (too few usable layers) raised to every reader."""
+        if (function, key) not in self.made:
+            try:
+                self.made[function, key] = function(self[key])
+            except ValueError as error:
+                self.made[function, key] = error
+        made = self.made[function, key]
+        if isinstance(made, ValueError):
+            raise made
+        return made
+
+
+def _fitted(values: Values, function: Callable[[np.ndarray], object], key: str) -> object:
+    return values.fit(function, key) if isinstance(values, _Fits) else function(values[key])
 
 
 def _growth(which: str) -> Callable[[Values, str, str], float]:
     def growth(values: Values, stream: str, prompt_set: str) -> float:
         try:
-            fit = growth_fit(values[f"{stream}/var_mean/{prompt_set}"])
+            fit = _fitted(values, growth_fit, f"{stream}/var_mean/{prompt_set}")
         except ValueError:  # too few positive layers in this replicate: no rate to report
             return math.nan
         return float(getattr(fit, which))
@@ -122,7 +146,7 @@ def _growth(which: str) -> Callable[[Values, str, str], float]:
 def _trend(which: str) -> Callable[[Values, str, str], float]:
     def trend(values: Values, stream: str, prompt_set: str) -> float:
         try:
-            return float(getattr(cosine_trend(values[f"{stream}/cosine"]), which))
+            return float(getattr(_fitted(values, cosine_trend, f"{stream}/cosine"), which))
         except ValueError:  # fewer than 2 layers with a defined cosine (means at 0 in this replicate): no trend
             return math.nan
 
@@ -152,7 +176,7 @@ RECORDS: tuple[Statistic, ...] = (
     Statistic("cosine_debiased", "curve", "cosine of the means with each squared norm corrected by tr(Σ̂)/n (the cross term is unbiased)",
               "moments", interval="studentized", tolerance=UNIT_TOLERANCE, of_moments=_cosine_debiased),
     Statistic("var_mean/{set}", "curve", "mean over features of the per-feature variance",
-              "variances", POSITIVE, "log-studentized", VARIANCE_TOLERANCE, of_variances=lambda var: var.mean(axis=-1)),
+              "variances", POSITIVE, "log-studentized", VARIANCE_TOLERANCE, of_variances=lambda var: var.mean(axis=-1, dtype=np.float64)),
     Statistic("var_max/{set}", "curve", "largest per-feature variance (dominated by massive activations)",
               "variances", POSITIVE, "log-raised", VARIANCE_TOLERANCE, of_variances=lambda var: var.max(axis=-1)),
     Statistic("var_q99/{set}", "curve", "99th percentile of the per-feature variances: a max that a few massive features cannot move",
@@ -221,14 +245,21 @@ def statistics_from_moments(
             f"{[x.shape for x in arrays]}"
         )
     harmful_mean, harmful_var, harmless_mean, harmless_var = arrays
-    n_harmful, n_harmless = sizes
     if plug_in:
-        harmful_var, harmless_var = harmful_var * (n_harmful - 1) / n_harmful, harmless_var * (n_harmless - 1) / n_harmless
-    variances = {"harmful": harmful_var, "harmless": harmless_var}
+        harmful_var, harmless_var = harmful_var * (sizes[0] - 1) / sizes[0], harmless_var * (sizes[1] - 1) / sizes[1]
+    products = MeanProducts.of((harmful_mean, harmful_var), (harmless_mean, harmless_var))
+    return curves_of(products, {"harmful": harmful_var, "harmless": harmless_var}, sizes, plug_in)
+
+
+def curves_of(products: MeanProducts, variances: Mapping[str, np.ndarray], sizes: tuple[int, int], plug_in: bool = False) -> dict[str, np.ndarray]:
+    """The per-layer curves from what they read: the means' :class:`~geomcheck.stats.estimators.MeanProducts`
+    (shape ``(...)``) and each set's per-feature variances ``(..., d)``. :func:`statistics_from_moments` takes
+    them of moments; the bootstrap passes every replicate's at once (products from Gram matrices, variances
+    in float32)."""
     out: dict[str, np.ndarray] = {}
     for record in RECORDS:
         if record.of_moments is not None:
-            out[record.name] = record.of_moments((harmful_mean, harmful_var), (harmless_mean, harmless_var), sizes, plug_in)
+            out[record.name] = record.of_moments(products, sizes, plug_in)
         elif record.of_variances is not None:
             for prompt_set, name in zip(SETS, record.names()):
                 out[name] = record.of_variances(variances[prompt_set])
@@ -250,6 +281,7 @@ def statistics_from_samples(harmful: np.ndarray, harmless: np.ndarray, plug_in: 
 def derived(values: Values, streams: tuple[str, ...] | list[str]) -> dict[str, np.ndarray]:
     """The summaries computed from the per-layer curves (records computed from ``curves``), every stream."""
     out: dict[str, np.ndarray] = {}
+    values = _Fits(values)
     for stream in streams:
         for record in RECORDS:
             if record.from_curves is None:
