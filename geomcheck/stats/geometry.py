@@ -205,9 +205,11 @@ class _Span:
     observed means ``μ`` and the pooled prompts ``z``, each centred on its own set's mean (harmful first).
 
     A replicate's mean, a label shuffling's mean and a cosine's gradient are all ``a·μ + x·z``, coefficients
-    ``a (k, R, 2)`` and ``x (R, n + m)`` (a replicate's only on its own set's prompts: a :data:`Vector`): their dot products are (R x prompts) products with these (prompts x
-    prompts) Gram matrices, never (R x d) arrays. Float64, as a replicate's cosine can be a near-cancelling
-    sum of its means; one product of the prompts with themselves per layer."""
+    ``a (k, R, 2)`` and ``x (R, n + m)`` (a replicate's only on its own set's prompts: a :data:`Vector`):
+    their dot products are (R x prompts) products with these (prompts x prompts) Gram matrices, never
+    (R x d) arrays. Float64, as a replicate's cosine can be a near-cancelling sum of its means (float32
+    Gram matrices moved a replicate's cosine by 1.7e-4 relative beside a massive feature); one product of
+    the prompts with themselves per layer."""
 
     means: np.ndarray  # (k, 2, 2): μ_i · μ_j
     cross: np.ndarray  # (k, n + m, 2): z_p · μ_j
@@ -224,7 +226,15 @@ class _Span:
     def image(self, vector: Vector) -> Image:
         """The dot products of a :data:`Vector` with each mean and each prompt."""
         a, x, rows = vector
-        return a @ self.means + x @ self.cross[:, rows], a @ self.cross.transpose(0, 2, 1) + x @ self.gram[:, rows]
+        return self.combined(a, self.of_prompts(x, rows), 1.0)
+
+    def of_prompts(self, x: np.ndarray, rows: slice) -> Image:
+        """The image of the prompt part ``x·z`` of a vector (the costly half: a product with the Gram matrices)."""
+        return x @ self.cross[:, rows], x @ self.gram[:, rows]
+
+    def combined(self, a: np.ndarray, prompts: Image, scale: float) -> Image:
+        """The image of ``a·μ + scale·(x·z)``, given that of ``x·z``."""
+        return a @ self.means + scale * prompts[0], a @ self.cross.transpose(0, 2, 1) + scale * prompts[1]
 
     @staticmethod
     def dot(vector: Vector, image: Image) -> np.ndarray:
@@ -240,9 +250,12 @@ class _Span:
         shift = np.sum(weights * (weights @ gram), axis=-1)  # (k, R): each replicate's squared mean shift
         return ((weights @ np.diagonal(gram, axis1=1, axis2=2).T) - shift.T) * (n / (n - 1))
 
-    def products(self, vectors: tuple[Vector, Vector], traces: tuple[np.ndarray, np.ndarray]) -> tuple[MeanProducts, tuple[Image, Image]]:
-        """Two means' :class:`MeanProducts` ``(R, k)`` (given their total variances ``(R, k)``) and images."""
-        images = tuple(self.image(vector) for vector in vectors)
+    def products(
+        self, vectors: tuple[Vector, Vector], traces: tuple[np.ndarray, np.ndarray], images: tuple[Image, Image] | None = None
+    ) -> tuple[MeanProducts, tuple[Image, Image]]:
+        """Two means' :class:`MeanProducts` ``(R, k)`` (given their total variances ``(R, k)``) and images
+        (made here unless given)."""
+        images = images or tuple(self.image(vector) for vector in vectors)
         dot, norm_h, norm_n = (self.dot(vectors[i], images[j]).T for i, j in ((0, 1), (0, 0), (1, 1)))
         return MeanProducts(dot, (norm_h, norm_n), traces), images
 
@@ -327,14 +340,18 @@ class _Block:
 
     def null_cosines(self, masks: np.ndarray) -> np.ndarray:
         """Cosine of the means of each label shuffling ``(P, k)`` (0/1 ``masks`` over the pooled prompts: 1 on
-        the first side): the first side's mean is the masked prompts' over n, the other the rest's over m."""
+        the first side): the first side's mean is the masked prompts' over n, the other the rest's over m. The
+        centred prompts sum to 0 within each set, so the rest's prompt part is −n/m times the first's: one
+        product with the Gram matrices serves both images."""
         sizes = np.array(self.sizes, dtype=np.float64)
         picked = np.stack([masks[:, : self.sizes[0]].sum(axis=1), masks[:, self.sizes[0] :].sum(axis=1)], axis=-1)  # (P, 2)
         layers = (len(self.span.gram), len(masks), 2)
         first = np.broadcast_to(picked / sizes[0], layers), masks / sizes[0], slice(None)
         second = np.broadcast_to((sizes - picked) / sizes[1], layers), -masks / sizes[1], slice(None)
+        prompts = self.span.of_prompts(first[1], slice(None))
+        images = self.span.combined(first[0], prompts, 1.0), self.span.combined(second[0], prompts, -sizes[0] / sizes[1])
         zero = np.zeros((len(masks), layers[0]))
-        return plain_cosine(self.span.products((first, second), (zero, zero))[0])
+        return plain_cosine(self.span.products((first, second), (zero, zero), images)[0])
 
     def _rows(self) -> tuple[slice, slice]:
         return slice(0, self.sizes[0]), slice(self.sizes[0], sum(self.sizes))
@@ -535,8 +552,7 @@ def _replicate_block(
 def _replicate_values(curves: dict[str, np.ndarray], null: Values, streams: Sequence[str], n_boot: int) -> dict[str, np.ndarray]:
     """Every value of each replicate: its curves, the null held fixed, and the summaries derived from them."""
     fixed = {key: np.broadcast_to(value, (n_boot, *np.shape(value))).copy() for key, value in null.items()}
-    summaries = [derived({**{k: v[b] for k, v in curves.items()}, **null}, streams) for b in range(n_boot)]
-    return {**curves, **fixed, **{key: np.stack([d[key] for d in summaries]) for key in summaries[0]}}
+    return {**curves, **fixed, **derived({**curves, **null}, streams)}
 
 
 def _intervals(values: Values, centers: Values, draws: Values, point: Values, errors: Values, null: Values, streams: Sequence[str]) -> dict[str, Interval]:

@@ -8,6 +8,7 @@ by their intervals and attention's share of each layer's step (hypothesis 2) and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -58,11 +59,54 @@ class GrowthFit:
         return describe_layers(self.outliers)
 
 
-def _ols(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Slope and intercept of the least-squares line of ``y`` on ``x``."""
-    x_centered = x - x.mean()
-    slope = float(np.dot(x_centered, y - y.mean()) / np.dot(x_centered, x_centered))
-    return slope, float(y.mean() - slope * x.mean())
+def _line(x: np.ndarray, y: np.ndarray, usable: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Slope and intercept of the least-squares line of ``y`` on ``x`` over the ``usable`` entries of the last
+    axis, every leading (replicate) axis at once: the bootstrap fits each replicate's curve, and one
+    masked product per sum replaces a Python loop over them (nan with fewer than two usable entries)."""
+    usable = np.broadcast_to(usable, y.shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        count = usable.sum(axis=-1)
+        x_mean = np.where(usable, x, 0.0).sum(axis=-1) / count
+        y_mean = np.where(usable, y, 0.0).sum(axis=-1) / count
+        x_centered = np.where(usable, x - x_mean[..., None], 0.0)
+        slope = np.sum(x_centered * np.where(usable, y - y_mean[..., None], 0.0), axis=-1) / np.sum(x_centered * x_centered, axis=-1)
+    return slope, y_mean - slope * x_mean
+
+
+class LogLinear(NamedTuple):
+    """:func:`log_linear` of curves ``(..., L)``: the fit's slope, intercept and R² ``(...)``, nan where fewer
+    than 3 layers are usable; residuals ``(..., L)`` in log space, nan at unusable layers; and the rounding
+    ``tolerance`` ``(...)`` below which a residual counts as zero."""
+
+    slope: np.ndarray
+    intercept: np.ndarray
+    r2: np.ndarray
+    residuals: np.ndarray
+    tolerance: np.ndarray
+
+    @property
+    def rate(self) -> np.ndarray:
+        return np.exp(self.slope)
+
+
+def log_linear(values: np.ndarray) -> LogLinear:
+    """Fit ``log(values) = intercept + slope * layer`` by least squares over the finite positive values of
+    each curve (last axis). When the log-values are constant (to rounding) a flat line fits them exactly and
+    ``r2`` is 1.0 instead of 0/0."""
+    values = np.asarray(values, dtype=np.float64)
+    usable = np.isfinite(values) & (values > 0)
+    y = np.log(np.where(usable, values, 1.0))
+    x = np.arange(values.shape[-1], dtype=np.float64)
+    slope, intercept = _line(x, y, usable)
+    residuals = np.where(usable, y - (intercept[..., None] + slope[..., None] * x), np.nan)
+    count = usable.sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        spread = np.where(usable, y - (np.sum(y, axis=-1) / count)[..., None], 0.0)  # y is 0 where unusable
+        ss_tot, ss_res = np.sum(spread * spread, axis=-1), np.nansum(residuals * residuals, axis=-1)
+        tolerance = _RESIDUAL_TOLERANCE * np.maximum(1.0, np.abs(y).max(axis=-1))
+        r2 = np.where(ss_tot <= count * tolerance**2, 1.0, 1.0 - ss_res / ss_tot)
+    few = count < 3
+    return LogLinear(*(np.where(few, np.nan, a) for a in (slope, intercept, r2)), residuals, tolerance)
 
 
 def growth_fit(values: np.ndarray, outlier_z: float = 3.0) -> GrowthFit:
@@ -91,28 +135,18 @@ def growth_fit(values: np.ndarray, outlier_z: float = 3.0) -> GrowthFit:
             f"{int(usable.sum())} of {values.size} are usable (the log of a zero, "
             f"negative or non-finite value is undefined; excluded layers: {list(excluded)})"
         )
-    x = layers[usable].astype(np.float64)
-    y = np.log(values[usable])
-    slope, intercept = _ols(x, y)
-    fitted_residuals = y - (intercept + slope * x)
-    ss_tot = float(np.sum((y - y.mean()) ** 2))
-    tolerance = _RESIDUAL_TOLERANCE * max(1.0, float(np.max(np.abs(y))))
-    if ss_tot <= y.size * tolerance**2:
-        r2 = 1.0
-    else:
-        r2 = 1.0 - float(np.sum(fitted_residuals**2)) / ss_tot
+    fit = log_linear(values)
+    fitted_residuals = fit.residuals[usable]
     deviation = np.abs(fitted_residuals - np.median(fitted_residuals))
     mad = float(np.median(deviation))
     scale = 1.4826 * mad if mad > 0 else float(np.std(fitted_residuals))
-    breaks = (deviation > outlier_z * scale) & (deviation > tolerance)
-    residuals = np.full(values.size, np.nan)
-    residuals[usable] = fitted_residuals
+    breaks = (deviation > outlier_z * scale) & (deviation > fit.tolerance)
     return GrowthFit(
-        rate=float(np.exp(slope)),
-        slope=slope,
-        intercept=intercept,
-        r2=r2,
-        residuals=residuals,
+        rate=float(fit.rate),
+        slope=float(fit.slope),
+        intercept=float(fit.intercept),
+        r2=float(fit.r2),
+        residuals=fit.residuals,
         excluded=excluded,
         outliers=tuple(int(i) for i in layers[usable][breaks]),
     )
@@ -185,7 +219,7 @@ def growth_shape(values: np.ndarray, degenerate_jump: float) -> GrowthShape:
     y = np.log(kept[usable])
     layers = np.arange(values.size)[usable].astype(np.float64)
     x = np.log1p(layers)
-    power, intercept = _ols(x, y)
+    power, intercept = (float(a) for a in _line(x, y, np.ones(y.shape, bool)))
     power_rss = float(np.sum((y - intercept - power * x) ** 2))
     exponential_rss = float(np.nansum(exponential.residuals**2))
     ss_tot = float(np.sum((y - y.mean()) ** 2))
@@ -217,13 +251,15 @@ def _nested_rate(layers: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(np.exp(coefficients[1] - half)), float(np.exp(coefficients[1] + half))
 
 
-def mean_log_ratio(lower: np.ndarray, upper: np.ndarray) -> float:
-    """Mean over layers of ``log(upper / lower)``, over the layers where both are finite and positive (nan
-    where none is): how far apart two curves are, e.g. a stream's variance over that of ``pre``."""
+def mean_log_ratio(lower: np.ndarray, upper: np.ndarray) -> np.float64 | np.ndarray:
+    """Mean over layers (last axis) of ``log(upper / lower)``, over the layers where both are finite and
+    positive (nan where none is): how far apart two curves are, e.g. a stream's variance over that of ``pre``."""
     lower = np.asarray(lower, dtype=np.float64)
     upper = np.asarray(upper, dtype=np.float64)
     positive = np.isfinite(lower) & np.isfinite(upper) & (lower > 0) & (upper > 0)
-    return float(np.mean(np.log(upper[positive] / lower[positive]))) if positive.any() else float("nan")
+    logs = np.log(np.where(positive, upper, 1.0) / np.where(positive, lower, 1.0))
+    with np.errstate(invalid="ignore"):
+        return (np.sum(logs, axis=-1) / positive.sum(axis=-1))[()]
 
 
 @dataclass(frozen=True)
@@ -306,14 +342,34 @@ class Trend:
 
 
 def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties sharing their average rank as Spearman requires."""
-    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    return (ends - (counts - 1) / 2.0)[inverse]
+    """1-based ranks along the last axis among the finite values, ties sharing their average rank as Spearman
+    requires (nan where a value is not finite): the values below it, plus the mean place of its ties. A
+    comparison with nan is false, so the non-finite values count nowhere; L x L comparisons per curve are
+    nothing beside a sort's bookkeeping at the tens of layers a curve has."""
+    below = np.sum(values[..., None, :] < values[..., :, None], axis=-1)
+    tied = np.sum(values[..., None, :] == values[..., :, None], axis=-1)
+    return np.where(np.isfinite(values), below + (tied + 1) / 2.0, np.nan)
+
+
+def monotone_trend(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Spearman ρ against the layer index and least-squares slope per layer ``(...)`` of curves ``(..., L)``,
+    over each curve's finite values: 0.0 and 0.0 where those are constant (no trend), nan where fewer
+    than two are finite."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(values)
+    count = finite.sum(axis=-1)
+    slope, _ = _line(np.arange(values.shape[-1], dtype=np.float64), values, finite)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        centre = ((count + 1) / 2.0)[..., None]
+        rank_x = np.where(finite, np.cumsum(finite, axis=-1) - centre, 0.0)  # the layers' ranks among the finite: 1, 2, …
+        rank_y = np.where(finite, _average_ranks(values) - centre, 0.0)
+        spearman = np.sum(rank_x * rank_y, axis=-1) / np.sqrt(np.sum(rank_x * rank_x, axis=-1) * np.sum(rank_y * rank_y, axis=-1))
+    constant = np.where(finite, values, np.inf).min(axis=-1) == np.where(finite, values, -np.inf).max(axis=-1)
+    return tuple(np.where(count < 2, np.nan, np.where(constant, 0.0, a)) for a in (spearman, slope))
 
 
 def cosine_trend(values: np.ndarray) -> Trend:
-    """Trend of the harmful/harmless cosine with depth (hypothesis 3).
+    """Trend of the harmful/harmless cosine with depth (hypothesis 3): :func:`monotone_trend`.
 
     Spearman rather than Pearson because the hypothesis is "falls", not "falls
     linearly".  Non-finite values (undefined cosines) are dropped.  Constant
@@ -328,16 +384,8 @@ def cosine_trend(values: np.ndarray) -> Trend:
             f"cosine_trend needs at least 2 finite values; got {int(finite.sum())} "
             f"of {values.size}"
         )
-    x = np.arange(values.size, dtype=np.float64)[finite]
-    y = values[finite]
-    if np.ptp(y) == 0:
-        return Trend(spearman=0.0, slope=0.0)
-    slope, _ = _ols(x, y)
-    rank_x = _average_ranks(x) - (x.size + 1) / 2.0
-    rank_y = _average_ranks(y) - (y.size + 1) / 2.0
-    spread = np.sqrt(np.dot(rank_x, rank_x) * np.dot(rank_y, rank_y))
-    spearman = float(np.dot(rank_x, rank_y) / spread)
-    return Trend(spearman=spearman, slope=slope)
+    spearman, slope = monotone_trend(values)
+    return Trend(spearman=float(spearman), slope=float(slope))
 
 
 def early_late_fall(values: np.ndarray) -> float:

@@ -30,7 +30,7 @@ import numpy as np
 
 from geomcheck import atomic
 from geomcheck.stats.estimators import SETS, MeanProducts, check_sizes, debiased, moments, plain_cosine, upper_quantile
-from geomcheck.stats.trends import cosine_trend, growth_fit, mean_log_ratio
+from geomcheck.stats.trends import log_linear, mean_log_ratio, monotone_trend
 
 Values = Mapping[str, np.ndarray]
 Computed = Literal["moments", "variances", "curves", "shuffles", "samples"]
@@ -73,7 +73,7 @@ class Statistic:
     tolerance: tuple[float, float] | None = None  # (rel, abs) of the baseline gate; None: not in a baseline
     of_moments: Callable[[MeanProducts, tuple[int, int], bool], np.ndarray] | None = None
     of_variances: Callable[[np.ndarray], np.ndarray] | None = None
-    from_curves: Callable[[Values, str, str], float | None] | None = None
+    from_curves: Callable[[Values, str, str], np.ndarray | None] | None = None
 
     def __post_init__(self) -> None:
         formulas = {"moments": self.of_moments, "variances": self.of_variances, "curves": self.from_curves}
@@ -107,60 +107,29 @@ def _top_share(var: np.ndarray) -> np.ndarray:
     return np.where(total > 0, var.max(axis=-1) / np.where(total > 0, total, 1.0), np.nan)
 
 
-class _Fits(dict):
-    """The values :func:`derived` reads, with each fit of a curve made once: a growth rate and its R², a
-    Spearman ρ and a slope, are two fields of one fit (the bootstrap derives them for every replicate)."""
-
-    def __init__(self, values: Values) -> None:
-        super().__init__(values)
-        self.made: dict[tuple[Callable, str], object] = {}
-
-    def fit(self, function: Callable[[np.ndarray], object], key: str) -> object:
-        """``function(self[key])``, made once; a ValueError (too few usable layers) raised to every reader."""
-        if (function, key) not in self.made:
-            try:
-                self.made[function, key] = function(self[key])
-            except ValueError as error:
-                self.made[function, key] = error
-        made = self.made[function, key]
-        if isinstance(made, ValueError):
-            raise made
-        return made
-
-
-def _fitted(values: Values, function: Callable[[np.ndarray], object], key: str) -> object:
-    return values.fit(function, key) if isinstance(values, _Fits) else function(values[key])
-
-
-def _growth(which: str) -> Callable[[Values, str, str], float]:
-    def growth(values: Values, stream: str, prompt_set: str) -> float:
-        try:
-            fit = _fitted(values, growth_fit, f"{stream}/var_mean/{prompt_set}")
-        except ValueError:  # too few positive layers in this replicate: no rate to report
-            return math.nan
-        return float(getattr(fit, which))
+def _growth(which: str) -> Callable[[Values, str, str], np.ndarray]:
+    def growth(values: Values, stream: str, prompt_set: str) -> np.ndarray:
+        return getattr(log_linear(values[f"{stream}/var_mean/{prompt_set}"]), which)  # nan: fewer than 3 positive layers
 
     return growth
 
 
-def _trend(which: str) -> Callable[[Values, str, str], float]:
-    def trend(values: Values, stream: str, prompt_set: str) -> float:
-        try:
-            return float(getattr(_fitted(values, cosine_trend, f"{stream}/cosine"), which))
-        except ValueError:  # fewer than 2 layers with a defined cosine (means at 0 in this replicate): no trend
-            return math.nan
+def _trend(which: int) -> Callable[[Values, str, str], np.ndarray]:
+    def trend(values: Values, stream: str, prompt_set: str) -> np.ndarray:
+        return monotone_trend(values[f"{stream}/cosine"])[which]  # nan: fewer than 2 layers with a defined cosine
 
     return trend
 
 
-def _null_ratio(values: Values, stream: str, prompt_set: str) -> float | None:
+def _null_ratio(values: Values, stream: str, prompt_set: str) -> np.ndarray | None:
     if f"{stream}/cosine_null" not in values:
         return None
-    null_fall = 1.0 - values[f"{stream}/cosine_null"][-1]
-    return float((1.0 - values[f"{stream}/cosine"][-1]) / null_fall) if null_fall > 0 else math.nan
+    null_fall = 1.0 - np.asarray(values[f"{stream}/cosine_null"])[..., -1]
+    fall = 1.0 - np.asarray(values[f"{stream}/cosine"])[..., -1]
+    return np.where(null_fall > 0, fall / np.where(null_fall > 0, null_fall, 1.0), np.nan)
 
 
-def _log_ratio_to_pre(values: Values, stream: str, prompt_set: str) -> float | None:
+def _log_ratio_to_pre(values: Values, stream: str, prompt_set: str) -> np.ndarray | None:
     if stream == "pre" or f"pre/var_mean/{prompt_set}" not in values:
         return None
     return mean_log_ratio(values[f"pre/var_mean/{prompt_set}"], values[f"{stream}/var_mean/{prompt_set}"])
@@ -190,8 +159,8 @@ RECORDS: tuple[Statistic, ...] = (
     Statistic("growth_rate/{set}", "summary", "exp(slope) of a least-squares fit of log(var_mean) on depth: growth per layer",
               "curves", POSITIVE, from_curves=_growth("rate")),
     Statistic("growth_r2/{set}", "summary", "R² of that log-linear fit", "curves", UNIT, from_curves=_growth("r2")),
-    Statistic("cosine_spearman", "summary", "Spearman ρ of cosine against the layer index", "curves", SIGNED, from_curves=_trend("spearman")),
-    Statistic("cosine_slope", "summary", "least-squares slope of cosine per layer", "curves", from_curves=_trend("slope")),
+    Statistic("cosine_spearman", "summary", "Spearman ρ of cosine against the layer index", "curves", SIGNED, from_curves=_trend(0)),
+    Statistic("cosine_slope", "summary", "least-squares slope of cosine per layer", "curves", from_curves=_trend(1)),
     Statistic("cosine_null_ratio", "summary", "1 − cosine at the last layer over 1 − cosine_null there: the fall against shuffled labels",
               "curves", POSITIVE, from_curves=_null_ratio),
     Statistic("cosine_null_p", "summary", "share of label shufflings whose last-layer cosine is as low as the observed (no interval)",
@@ -279,9 +248,10 @@ def statistics_from_samples(harmful: np.ndarray, harmless: np.ndarray, plug_in: 
 
 
 def derived(values: Values, streams: tuple[str, ...] | list[str]) -> dict[str, np.ndarray]:
-    """The summaries computed from the per-layer curves (records computed from ``curves``), every stream."""
+    """The summaries computed from the per-layer curves (records computed from ``curves``), every stream:
+    curves ``(L,)`` give numbers, replicates' curves ``(B, L)`` give ``(B,)`` arrays (fixed values such as
+    the null's curve may stay ``(L,)``)."""
     out: dict[str, np.ndarray] = {}
-    values = _Fits(values)
     for stream in streams:
         for record in RECORDS:
             if record.from_curves is None:
@@ -289,7 +259,7 @@ def derived(values: Values, streams: tuple[str, ...] | list[str]) -> dict[str, n
             for prompt_set, name in zip(SETS, record.names()) if "{set}" in record.name else [("", record.name)]:
                 value = record.from_curves(values, stream, prompt_set)
                 if value is not None:
-                    out[f"{stream}/{name}"] = np.float64(value)
+                    out[f"{stream}/{name}"] = np.asarray(value, dtype=np.float64)[()]
     return out
 
 

@@ -139,3 +139,53 @@ def test_bootstrap_intervals_contain_the_point_estimate(sets, seed, level):
         defined = np.isfinite(value)
         assert np.all(intervals[key].low[defined] <= value[defined])
         assert np.all(value[defined] <= intervals[key].high[defined])
+
+
+# Curves with ties (values drawn from a few levels), undefined layers (nan) and, for the growth fit,
+# non-positive ones: the cases where a batched fit could disagree with a per-curve one.
+_LEVELS = st.sampled_from([np.nan, -1.0, 0.0, 0.25, 0.5, 0.5, 1.0, 2.0, 8.0])
+_CURVES = st.integers(1, 4).flatmap(lambda rows: st.integers(2, 9).flatmap(
+    lambda layers: arrays(np.float64, (rows, layers), elements=_LEVELS | st.floats(0.01, 100.0))))
+
+
+@FAST
+@given(_CURVES)
+def test_batched_trend_equals_scipy_spearman_and_polyfit_per_curve(curves):
+    """monotone_trend of replicates (B, L) at once, against scipy's Spearman ρ (average ranks) and
+    numpy's least-squares slope of each curve's finite values, one curve at a time."""
+    from scipy.stats import spearmanr
+
+    from geomcheck.stats.trends import monotone_trend
+
+    spearman, slope = monotone_trend(curves)
+    for row, rho, b in zip(curves, spearman, slope):
+        finite = np.isfinite(row)
+        layers, values = np.flatnonzero(finite).astype(float), row[finite]
+        if finite.sum() < 2:
+            assert np.isnan(rho) and np.isnan(b)
+        elif np.ptp(values) == 0:
+            assert (rho, b) == (0.0, 0.0)
+        else:
+            assert rho == pytest.approx(spearmanr(layers, values).statistic, abs=1e-12)
+            assert b == pytest.approx(np.polyfit(layers, values, 1)[0], rel=1e-9, abs=1e-12)
+
+
+@FAST
+@given(_CURVES)
+def test_batched_log_linear_fit_equals_polyfit_per_curve(curves):
+    """log_linear of replicates (B, L) at once, against numpy's fit of each curve's log over its positive
+    layers and growth_fit of that curve alone."""
+    from geomcheck.stats.trends import growth_fit, log_linear
+
+    fit = log_linear(curves)
+    for index, row in enumerate(curves):
+        usable = np.isfinite(row) & (row > 0)
+        if usable.sum() < 3:
+            assert np.isnan(fit.slope[index]) and np.isnan(fit.r2[index])
+            continue
+        slope, intercept = np.polyfit(np.flatnonzero(usable).astype(float), np.log(row[usable]), 1)
+        assert fit.slope[index] == pytest.approx(slope, abs=1e-9)
+        assert fit.intercept[index] == pytest.approx(intercept, abs=1e-9)
+        alone = growth_fit(row)
+        assert (alone.slope, alone.r2) == (fit.slope[index], fit.r2[index])
+        np.testing.assert_array_equal(alone.residuals, fit.residuals[index])
