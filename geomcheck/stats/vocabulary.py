@@ -61,8 +61,9 @@ class Statistic:
     Exactly one formula is given for the kinds that have one: ``of_moments(products, sizes, plug_in)`` for
     ``moments`` (the means' inner products and the sets' total variances,
     :class:`geomcheck.stats.estimators.MeanProducts`: all a cosine of the means reads), ``of_variances(var)`` (per-feature variances ``(..., d)`` → ``(...)``) for
-    ``variances``, ``from_curves(values, stream, prompt_set)`` for ``curves`` (None where the statistic is
-    not defined for that stream; nan where one replicate leaves it undefined)."""
+    ``variances``, ``from_curves(values, stream, prompt_set)`` for ``curves`` (one value per set of curves:
+    a function of their last axis, since the bootstrap passes every replicate's ``(B, L)`` at once; None
+    where the statistic is not defined for that stream; nan where one replicate leaves it undefined)."""
 
     name: str
     shape: Literal["curve", "summary"]
@@ -253,13 +254,21 @@ def derived(values: Values, streams: tuple[str, ...] | list[str]) -> dict[str, n
     the null's curve may stay ``(L,)``)."""
     out: dict[str, np.ndarray] = {}
     for stream in streams:
+        batch = np.shape(values[f"{stream}/cosine"])[:-1]
         for record in RECORDS:
             if record.from_curves is None:
                 continue
             for prompt_set, name in zip(SETS, record.names()) if "{set}" in record.name else [("", record.name)]:
                 value = record.from_curves(values, stream, prompt_set)
-                if value is not None:
-                    out[f"{stream}/{name}"] = np.asarray(value, dtype=np.float64)[()]
+                if value is None:
+                    continue
+                value = np.asarray(value, dtype=np.float64)
+                if value.shape != batch:  # e.g. a constant: every replicate would share it, a zero-width interval
+                    raise ValueError(
+                        f"statistic {record.name}: from_curves gave shape {value.shape} for curves of leading shape {batch}; "
+                        "it must give one value per set of curves, a function of their last axis (e.g. values[key][..., -1])"
+                    )
+                out[f"{stream}/{name}"] = value[()]
     return out
 
 

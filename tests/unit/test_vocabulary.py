@@ -133,3 +133,20 @@ def test_the_table_has_a_row_per_record_and_spells_infinite_ranges():
     assert [row.split("|")[1].strip().strip("`") for row in rows] == [r.name for r in RECORDS]
     cosine, variance = (next(row for row in rows if row.startswith(f"| `{name}`")) for name in ("cosine", "var_mean/{set}"))
     assert "| [-1, 1] |" in cosine and "| [0, ∞] |" in variance
+
+
+def test_a_summary_that_is_not_one_value_per_set_of_curves_is_refused(monkeypatch):
+    """The bootstrap derives the summaries of all replicates at once: a formula that ignores the curves' leading
+    axis (here a constant) would give every replicate the same value and a zero-width interval, so it is refused
+    by name; one that reads the last axis gives each replicate its own value."""
+    last = Statistic("cosine_last", "summary", "cosine at the last layer", "curves", from_curves=lambda v, s, p: v[f"{s}/cosine"][..., -1])
+    constant = Statistic("cosine_one", "summary", "one", "curves", from_curves=lambda v, s, p: 1.0)
+    rng = np.random.default_rng(0)
+    replicates = {"pre/cosine": rng.uniform(0.5, 1.0, (20, 4)), **{f"pre/var_mean/{s}": rng.uniform(1.0, 2.0, (20, 4)) for s in ("harmful", "harmless")}}
+    monkeypatch.setattr(vocabulary, "RECORDS", (*RECORDS, last))
+    summaries = vocabulary.derived(replicates, ["pre"])
+    np.testing.assert_array_equal(summaries["pre/cosine_last"], replicates["pre/cosine"][:, -1])
+    assert summaries["pre/growth_rate/harmful"].shape == (20,)
+    monkeypatch.setattr(vocabulary, "RECORDS", (*RECORDS, constant))
+    with pytest.raises(ValueError, match=r"statistic cosine_one: from_curves gave shape \(\) for curves of leading shape \(20,\)"):
+        vocabulary.derived(replicates, ["pre"])
